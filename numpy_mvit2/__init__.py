@@ -1,0 +1,33 @@
+"""MobileViTV2 in plain NumPy, reproducing transformers' ``MobileViTV2*`` models.
+
+    >>> from numpy_mvit2 import MobileViTV2ForImageClassification
+    >>> model = MobileViTV2ForImageClassification.from_pretrained("path/to/checkpoint-folder")
+    >>> logits = model(pixel_values).logits          # pixel_values: (B, 3, H, W) float32
+"""
+
+from .config import MobileViTV2Config, make_divisible
+from .modeling import (
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+    MobileViTV2ForImageClassification,
+    MobileViTV2ForSemanticSegmentation,
+    MobileViTV2Model,
+    MobileViTV2PreTrainedModel,
+    SemanticSegmenterOutput,
+)
+from .weights import CheckpointError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseModelOutputWithPoolingAndNoAttention",
+    "CheckpointError",
+    "ImageClassifierOutputWithNoAttention",
+    "MobileViTV2Config",
+    "MobileViTV2ForImageClassification",
+    "MobileViTV2ForSemanticSegmentation",
+    "MobileViTV2Model",
+    "MobileViTV2PreTrainedModel",
+    "SemanticSegmenterOutput",
+    "make_divisible",
+]

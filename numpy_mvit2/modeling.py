@@ -1,0 +1,283 @@
+"""The public models, with transformers' class names, call signatures and output fields.
+
+``MobileViTV2Model``, ``MobileViTV2ForImageClassification`` and
+``MobileViTV2ForSemanticSegmentation`` hold a config and a nested dict of NumPy parameters, and
+compose the functions of ``numpy_mvit2.blocks``. Inference only: every dropout is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import blocks
+from .config import MobileViTV2Config
+from .ops import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    global_avg_pool,
+    interpolate_bilinear,
+    linear,
+    mse_loss,
+)
+from .weights import CheckpointError, align_prefix, check_state_dict, flatten, read_checkpoint_folder, to_params
+from .weights.init import random_state_dict
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelOutput:
+    """A dataclass that also reads like transformers' ``ModelOutput``: by attribute, by key
+    (``out["logits"]``), or by position over the fields that are not None (``out[0]``,
+    ``out.to_tuple()``)."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+@dataclass
+class BaseModelOutputWithPoolingAndNoAttention(ModelOutput):
+    """``last_hidden_state`` [B, C5, H/32, W/32]; ``pooler_output`` [B, C5] (None without
+    ``expand_output``); ``hidden_states``: the five stages' outputs when asked for."""
+
+    last_hidden_state: np.ndarray | None = None
+    pooler_output: np.ndarray | None = None
+    hidden_states: tuple | None = None
+
+
+@dataclass
+class ImageClassifierOutputWithNoAttention(ModelOutput):
+    """``loss`` (a scalar, when labels are given), ``logits`` [B, num_labels], ``hidden_states``."""
+
+    loss: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    hidden_states: tuple | None = None
+
+
+@dataclass
+class SemanticSegmenterOutput(ModelOutput):
+    """``loss`` (when labels are given), ``logits`` [B, num_labels, H/os, W/os], ``hidden_states``;
+    ``attentions`` is always None, as in transformers."""
+
+    loss: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+_DTYPES = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
+
+
+def _resolve_dtype(dtype):
+    try:
+        resolved = _DTYPES.get(np.dtype(dtype))
+    except TypeError:
+        resolved = None
+    if resolved is None:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return resolved
+
+
+class MobileViTV2PreTrainedModel:
+    """What the three models share: a config, parameters, loading, input checks.
+
+    ``Model(config)`` draws seeded random weights (``seed=``; not pretrained, see
+    ``numpy_mvit2.weights.init``); ``Model(config, state_dict=...)`` takes tensors under
+    transformers' names; ``Model.from_pretrained(folder)`` reads a checkpoint folder.
+    ``dtype`` is float32 (default) or float64: the whole forward pass then runs in that precision.
+    Batch norms are folded into their convolutions unless ``fold_batch_norm=False``.
+    """
+
+    head = "base"
+    base_model_prefix = "mobilevitv2"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: MobileViTV2Config, *, state_dict: dict | None = None, dtype=np.float32, seed: int = 0,
+                 fold_batch_norm: bool = True, _source: str = "state_dict"):
+        if not isinstance(config, MobileViTV2Config):
+            raise TypeError(f"config must be a MobileViTV2Config, got {type(config).__name__}")
+        self.config = config
+        self.dtype = _resolve_dtype(dtype)
+        self.batch_norm_folded = fold_batch_norm
+        if state_dict is None:
+            state_dict, _source = random_state_dict(config, self.head, seed), f"random weights (seed {seed})"
+        state_dict = align_prefix(dict(state_dict), self.head)
+        check_state_dict(state_dict, config, self.head, _source)
+        self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype=np.float32,
+                        config: MobileViTV2Config | None = None, fold_batch_norm: bool = True, **config_overrides):
+        """Load ``config.json`` and ``model.safetensors`` (or a sharded ``model.safetensors.index.json``)
+        from a folder. Strict: every tensor the config implies must be present with its shape, and
+        nothing else (BN's ``num_batches_tracked`` aside); all problems are reported in one error."""
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            raise CheckpointError(
+                f"{folder}: no such checkpoint folder (loading by repo id is not available yet; "
+                "pass a local folder holding config.json and model.safetensors)"
+            )
+        if config is None:
+            config = MobileViTV2Config.from_pretrained(folder, **config_overrides)
+        state_dict, source = read_checkpoint_folder(folder)
+        model = cls(config, state_dict=state_dict, dtype=dtype, fold_batch_norm=fold_batch_norm, _source=str(source))
+        return model
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The parameters under transformers' names (BN folded into the convolutions if it was)."""
+        return flatten(self.params)
+
+    def num_parameters(self) -> int:
+        return sum(v.size for v in self.state_dict().values())
+
+    def _pixels(self, pixel_values) -> np.ndarray:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        x = np.asarray(pixel_values)
+        if x.ndim != 4:
+            raise ValueError(f"pixel_values must be a 4-D array (batch, channels, height, width), got shape {x.shape}")
+        if x.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values has {x.shape[1]} channels (shape {x.shape}) but the config expects "
+                f"num_channels={self.config.num_channels}; arrays are channels-first (B, C, H, W)"
+            )
+        if x.shape[0] == 0:
+            raise ValueError("pixel_values holds an empty batch")
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"pixel_values must hold numbers, got dtype {x.dtype}")
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def _backbone(self, pixel_values) -> list[np.ndarray]:
+        backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
+        return blocks.backbone(self._pixels(pixel_values), **backbone_params, config=self.config)
+
+    def _flags(self, output_hidden_states, return_dict):
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        return output_hidden_states, return_dict
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r}, dtype={np.dtype(self.dtype).name})"
+
+
+class MobileViTV2Model(MobileViTV2PreTrainedModel):
+    """The backbone: conv stem and five stages; ``pooler_output`` is the spatial mean of the last
+    stage (left out with ``expand_output=False``)."""
+
+    def __init__(self, config: MobileViTV2Config, expand_output: bool = True, **kwargs):
+        super().__init__(config, **kwargs)
+        self.expand_output = expand_output
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, expand_output: bool = True, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        model.expand_output = expand_output
+        return model
+
+    def __call__(self, pixel_values=None, output_hidden_states=None, return_dict=None):
+        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        hidden_states = self._backbone(pixel_values)
+        last = hidden_states[-1]
+        pooled = global_avg_pool(last) if self.expand_output else None
+        hidden_states = tuple(hidden_states) if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (last, pooled, hidden_states) if v is not None)
+        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states)
+
+
+class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
+    """The backbone, its pooled features, and a linear classifier (the identity when num_labels is 0)."""
+
+    head = "classification"
+
+    def __call__(self, pixel_values=None, output_hidden_states=None, labels=None, return_dict=None):
+        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        hidden_states = self._backbone(pixel_values)
+        pooled = global_avg_pool(hidden_states[-1])
+        if self.config.num_labels > 0:
+            logits = linear(pooled, **self.params["classifier"])
+        else:
+            logits = pooled
+        loss = None if labels is None else self.loss_function(labels, logits)
+        hidden_states = tuple(hidden_states) if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
+
+    def loss_function(self, labels, logits):
+        """transformers' ``ForSequenceClassificationLoss``. If ``config.problem_type`` is unset it is
+        chosen, and written into the config as transformers does: "regression" for one label,
+        "single_label_classification" for integer labels, else "multi_label_classification".
+        (transformers accepts only int32/int64 labels as class indices; any integer dtype is accepted here.)"""
+        config = self.config
+        labels = np.asarray(labels)
+        if config.problem_type is None:
+            if config.num_labels == 1:
+                config.problem_type = "regression"
+            elif config.num_labels > 1 and np.issubdtype(labels.dtype, np.integer):
+                config.problem_type = "single_label_classification"
+            else:
+                config.problem_type = "multi_label_classification"
+        if config.problem_type == "regression":
+            labels = labels.astype(logits.dtype)
+            if config.num_labels == 1:
+                return mse_loss(logits.squeeze(), labels.squeeze())
+            return mse_loss(logits, labels)
+        if config.problem_type == "single_label_classification":
+            return cross_entropy(logits.reshape(-1, config.num_labels), labels.reshape(-1))
+        if labels.dtype.kind not in "biuf":
+            raise ValueError(f"multi-label targets must be numbers, got dtype {labels.dtype}")
+        return binary_cross_entropy_with_logits(logits, labels.astype(logits.dtype))
+
+
+class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
+    """The backbone and a DeepLabV3 head (ASPP) on its last stage: per-pixel logits at
+    1/output_stride of the input size."""
+
+    head = "segmentation"
+
+    def __call__(self, pixel_values=None, labels=None, output_hidden_states=None, return_dict=None):
+        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        if labels is not None and self.config.num_labels == 1:
+            raise ValueError("The number of labels should be greater than one")
+        hidden_states = self._backbone(pixel_values)
+        logits = blocks.deeplabv3(hidden_states[-1], **self.params["segmentation_head"], config=self.config)
+        loss = None
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
+                raise ValueError(f"labels must have shape (batch, height, width) = ({logits.shape[0]}, H, W), got {labels.shape}")
+            upsampled = interpolate_bilinear(logits, labels.shape[-2:])
+            loss = cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
+        hidden_states = tuple(hidden_states) if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)

@@ -1,0 +1,390 @@
+"""The kernels of MobileViTV2, one NumPy function each.
+
+Every function here is pure: arrays in, arrays out, no state. Each docstring gives the equation it
+computes and the shapes it takes, and ``tests/test_ops.py`` pins each one against its
+``torch.nn.functional`` twin. Layout is NCHW throughout: ``B`` batch, ``C`` channels, ``H x W``
+spatial size. Arrays keep the dtype they arrive in (float32 or float64); nothing is upcast behind
+the reader's back except where a comment says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------------------------
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one axis, as ``torch.nn.Conv2d`` computes it:
+    ``floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _taps(x, kernel, stride, dilation, out_hw):  # [B, C, Hp, Wp] -> kernel*kernel views [B, C, Ho, Wo]
+    """The strided windows a kernel tap (kh, kw) sees: ``x[:, :, kh*d + s*i, kw*d + s*j]``."""
+    ho, wo = out_hw
+    for kh in range(kernel):
+        for kw in range(kernel):
+            h0, w0 = kh * dilation, kw * dilation
+            yield kh, kw, x[:, :, h0 : h0 + stride * (ho - 1) + 1 : stride, w0 : w0 + stride * (wo - 1) + 1 : stride]
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # [B, Cin, H, W] -> [B, Cout, Ho, Wo]
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d`` with square kernels and zero padding.
+
+    ``y[b, o, i, j] = bias[o] + sum_{c, kh, kw} weight[o, c, kh, kw] * xpad[b, g*Cg + c, s*i + d*kh, s*j + d*kw]``
+    where ``g = o // (Cout / groups)`` is the group of output channel ``o``, ``Cg = Cin / groups``
+    the input channels per group, ``s`` the stride, ``d`` the dilation and ``xpad`` the input with
+    ``padding`` zeros on each side.
+
+    weight: ``[Cout, Cin / groups, k, k]``; bias: ``[Cout]`` or None.
+
+    Three paths compute the same sum: a 1x1 convolution is one matrix product over channels; a
+    depthwise convolution (one input channel per group) is ``k*k`` shifted multiply-adds; the
+    general case gathers the ``k*k`` taps (im2col) and does one matrix product per group.
+    """
+    batch, cin, height, width = x.shape
+    cout, cin_g, kernel, kernel_w = weight.shape
+    if kernel != kernel_w:
+        raise ValueError(f"conv2d: only square kernels are supported, got weight of shape {weight.shape}")
+    if cin != cin_g * groups or cout % groups:
+        raise ValueError(
+            f"conv2d: input has {cin} channels and weight {tuple(weight.shape)} with groups={groups}; "
+            f"expected {cin_g * groups} input channels and output channels divisible by {groups}"
+        )
+    ho = conv_output_size(height, kernel, stride, padding, dilation)
+    wo = conv_output_size(width, kernel, stride, padding, dilation)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(
+            f"conv2d: input of size {height}x{width} is too small for kernel {kernel}, dilation {dilation}, "
+            f"padding {padding}"
+        )
+
+    if kernel == 1 and padding == 0 and groups == 1:  # a matrix product over the channel axis
+        xs = x[:, :, ::stride, ::stride] if stride > 1 else x
+        y = np.matmul(weight.reshape(cout, cin), xs.reshape(batch, cin, -1)).reshape(batch, cout, ho, wo)
+    else:
+        if padding:
+            x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        if cin_g == 1 and cout == groups:  # depthwise: each channel has its own k x k filter
+            y = np.zeros((batch, cout, ho, wo), dtype=np.result_type(x, weight))
+            for kh, kw, tap in _taps(x, kernel, stride, dilation, (ho, wo)):
+                y += weight[None, :, 0, kh, kw, None, None] * tap
+        else:  # im2col: [B, groups, Cg * k * k, Ho * Wo], then one matmul per group
+            cols = np.empty((batch, cin, kernel, kernel, ho, wo), dtype=x.dtype)
+            for kh, kw, tap in _taps(x, kernel, stride, dilation, (ho, wo)):
+                cols[:, :, kh, kw] = tap
+            cols = cols.reshape(batch, groups, cin_g * kernel * kernel, ho * wo)
+            w = weight.reshape(groups, cout // groups, cin_g * kernel * kernel)
+            y = np.matmul(w, cols).reshape(batch, cout, ho, wo)
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return y
+
+
+def linear(x, weight, bias=None):  # [..., in] -> [..., out]
+    """Affine map ``y = x W^T + b`` as ``torch.nn.functional.linear``; weight ``[out, in]``."""
+    y = x @ weight.T
+    return y + bias if bias is not None else y
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def batch_norm(x, running_mean, running_var, weight, bias, eps=1e-5):  # [B, C, H, W] -> [B, C, H, W]
+    """Batch norm in inference form: ``y = (x - mean[c]) / sqrt(var[c] + eps) * gamma[c] + beta[c]``,
+    with the running statistics, as ``torch.nn.functional.batch_norm(training=False)``."""
+    scale = weight / np.sqrt(running_var + eps)
+    shift = bias - running_mean * scale
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps=1e-5):
+    """Fold an inference batch norm into the convolution before it.
+
+    ``BN(conv(x)) = conv'(x)`` with ``W'[o] = W[o] * s[o]`` and ``b'[o] = (b[o] - mean[o]) * s[o] + beta[o]``
+    where ``s = gamma / sqrt(var + eps)``. Shapes: ``[Cout, Cin/g, k, k]`` and ``[Cout]`` in and out.
+    Computed in float64 whatever the inputs' dtype, so folding adds no round-off of its own.
+    """
+    scale = weight.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
+    b = np.zeros(conv_weight.shape[0]) if conv_bias is None else conv_bias.astype(np.float64)
+    new_weight = conv_weight.astype(np.float64) * scale[:, None, None, None]
+    new_bias = (b - running_mean.astype(np.float64)) * scale + bias.astype(np.float64)
+    return new_weight, new_bias
+
+
+def group_norm(x, num_groups, weight, bias, eps=1e-5):  # [B, C, *] -> [B, C, *]
+    """Group norm, as ``torch.nn.functional.group_norm``: the channels are split into ``num_groups``
+    groups; each sample's group is normalised by its own mean and biased variance,
+    ``y = (x - mu) / sqrt(var + eps) * gamma[c] + beta[c]``. MobileViTV2 uses one group over
+    ``[C, P, N]`` patches, which makes it a layer norm over channels and positions together."""
+    batch, channels = x.shape[:2]
+    xg = x.reshape(batch, num_groups, -1)
+    mean = xg.mean(axis=-1, keepdims=True)
+    centred = xg - mean
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    y = (centred / np.sqrt(var + eps)).reshape(x.shape)
+    affine_shape = (1, channels) + (1,) * (x.ndim - 2)
+    return y * weight.reshape(affine_shape) + bias.reshape(affine_shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Activations (names as transformers' ACT2FN spells them)
+# --------------------------------------------------------------------------------------------
+
+
+def relu(x):  # [...] -> [...]
+    """``max(x, 0)``."""
+    return np.maximum(x, 0)
+
+
+def relu6(x):  # [...] -> [...]
+    """``min(max(x, 0), 6)``."""
+    return np.clip(x, 0, 6)
+
+
+def sigmoid(x):  # [...] -> [...]
+    """``1 / (1 + exp(-x))``, written so that neither branch overflows."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def silu(x):  # [...] -> [...]
+    """SiLU, also called swish: ``x * sigmoid(x)``."""
+    return x * sigmoid(x)
+
+
+def hardswish(x):  # [...] -> [...]
+    """``x * relu6(x + 3) / 6``."""
+    return x * relu6(x + 3) / 6
+
+
+def tanh(x):  # [...] -> [...]
+    return np.tanh(x)
+
+
+def identity(x):  # [...] -> [...]
+    return x
+
+
+def erf(x):  # [...] -> [...]
+    """The error function ``erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt``, to float64 round-off.
+
+    NumPy has none, so we sum the everywhere-positive series
+    ``erf(x) = 2/sqrt(pi) * exp(-x^2) * sum_n 2^n x^(2n+1) / (1*3*...*(2n+1))``
+    for ``|x| < 6`` (positive terms: no cancellation) and use ``erf(x) = sign(x)`` beyond, where
+    ``1 - |erf(x)| < 3e-17``. Evaluated in float64, returned in the input's dtype.
+    """
+    x = np.asarray(x)
+    z = np.clip(np.abs(x.astype(np.float64)), 0, 6.0)
+    term = z.copy()
+    total = z.copy()
+    z2 = z * z
+    n_terms = int(2 * float(z2.max(initial=0.0)) + 60)
+    for n in range(1, n_terms):
+        term = term * (2 * z2 / (2 * n + 1))
+        total += term
+    result = 2 / math.sqrt(math.pi) * np.exp(-z2) * total
+    result = np.where(z >= 6.0, 1.0, np.minimum(result, 1.0))
+    return (np.sign(x) * result).astype(x.dtype)
+
+
+def gelu(x):  # [...] -> [...]
+    """Exact GELU: ``x * Phi(x) = x/2 * (1 + erf(x / sqrt(2)))``."""
+    return x * 0.5 * (1 + erf(x / math.sqrt(2)))
+
+
+def gelu_tanh(x):  # [...] -> [...]
+    """GELU's tanh approximation: ``x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``
+    (``gelu_new``, ``gelu_pytorch_tanh`` and ``gelu_python_tanh`` in transformers)."""
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def gelu_fast(x):  # [...] -> [...]
+    """The same approximation as ``gelu_tanh``, with transformers' rounded constant 0.7978845608."""
+    return 0.5 * x * (1 + np.tanh(x * 0.7978845608 * (1 + 0.044715 * x * x)))
+
+
+def quick_gelu(x):  # [...] -> [...]
+    """``x * sigmoid(1.702 x)``."""
+    return x * sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "swish": silu,
+    "silu": silu,
+    "relu": relu,
+    "relu6": relu6,
+    "gelu": gelu,
+    "gelu_python": gelu,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_python_tanh": gelu_tanh,
+    "gelu_fast": gelu_fast,
+    "quick_gelu": quick_gelu,
+    "hardswish": hardswish,
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+    "linear": identity,
+}
+"""Activation name (as in ``config.hidden_act``) -> function."""
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax, pooling, resizing
+# --------------------------------------------------------------------------------------------
+
+
+def softmax(x, axis=-1):  # [...] -> [...]
+    """``exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``axis``."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1):  # [...] -> [...]
+    """``x_i - max x - log sum_j exp(x_j - max x)`` along ``axis``."""
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def global_avg_pool(x):  # [B, C, H, W] -> [B, C]
+    """Mean over the spatial axes (``adaptive_avg_pool2d(x, 1)`` without the trailing 1 x 1)."""
+    return x.mean(axis=(-2, -1))
+
+
+def _bilinear_weights(in_size: int, out_size: int, dtype):  # -> (i0 [out], i1 [out], lam [out])
+    """Source indices and weights along one axis for ``align_corners=False``, as PyTorch computes them:
+    ``src = max((dst + 0.5) * in/out - 0.5, 0)``, ``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``,
+    ``lam = src - i0``. The arithmetic is done in the array's own precision, as PyTorch's CPU kernel does."""
+    scale = np.asarray(in_size / out_size, dtype=dtype)
+    src = (np.arange(out_size, dtype=dtype) + dtype(0.5)) * scale - dtype(0.5)
+    src = np.maximum(src, 0)
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    lam = (src - i0).astype(dtype)
+    return i0, i1, lam
+
+
+def interpolate_bilinear(x, size):  # [B, C, H, W] -> [B, C, Ho, Wo]
+    """Bilinear resize with the semantics of
+    ``torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)``.
+
+    Separable: first along the height, ``y = (1 - lam_h) x[i0] + lam_h x[i1]``, then the same
+    along the width. Each output pixel samples the input at ``(dst + 0.5) * in/out - 0.5``
+    (pixel centres aligned, clamped at the top-left border).
+    """
+    out_h, out_w = size
+    dtype = x.dtype.type if x.dtype.kind == "f" else np.float32
+    x = x.astype(dtype, copy=False)
+    if (out_h, out_w) == x.shape[-2:]:
+        return x.copy()
+    i0, i1, lam = _bilinear_weights(x.shape[-2], out_h, dtype)
+    x = x[..., i0, :] * (1 - lam)[:, None] + x[..., i1, :] * lam[:, None]
+    j0, j1, mu = _bilinear_weights(x.shape[-1], out_w, dtype)
+    return x[..., j0] * (1 - mu) + x[..., j1] * mu
+
+
+# --------------------------------------------------------------------------------------------
+# Patches and separable self-attention
+# --------------------------------------------------------------------------------------------
+
+
+def unfold_patches(x, patch_size):  # [B, C, H, W] -> [B, C, P, N]
+    """Cut a feature map into non-overlapping ``p x p`` patches, as
+    ``torch.nn.functional.unfold(x, kernel_size=p, stride=p).reshape(B, C, p*p, -1)``.
+
+    ``out[b, c, ph*p + pw, nh*Nw + nw] = x[b, c, nh*p + ph, nw*p + pw]``: axis 2 is the position
+    inside a patch (P = p*p pixels), axis 3 the patch (N = floor(H/p) * floor(W/p) patches, in
+    row-major order). Rows and columns beyond the last whole patch are dropped, as unfold drops them.
+    """
+    batch, channels, height, width = x.shape
+    nh, nw = height // patch_size, width // patch_size
+    x = x[:, :, : nh * patch_size, : nw * patch_size]
+    x = x.reshape(batch, channels, nh, patch_size, nw, patch_size)
+    return x.transpose(0, 1, 3, 5, 2, 4).reshape(batch, channels, patch_size * patch_size, nh * nw)
+
+
+def fold_patches(patches, output_size, patch_size):  # [B, C, P, N] -> [B, C, H, W]
+    """The inverse of ``unfold_patches``, as ``torch.nn.functional.fold`` with kernel = stride = p:
+    every patch goes back to where it came from; pixels no patch covered (the rows and columns
+    ``unfold_patches`` dropped) are zero."""
+    batch, channels = patches.shape[:2]
+    height, width = output_size
+    nh, nw = height // patch_size, width // patch_size
+    x = patches.reshape(batch, channels, patch_size, patch_size, nh, nw).transpose(0, 1, 4, 2, 5, 3)
+    x = x.reshape(batch, channels, nh * patch_size, nw * patch_size)
+    if (nh * patch_size, nw * patch_size) == (height, width):
+        return np.ascontiguousarray(x)
+    out = np.zeros((batch, channels, height, width), dtype=patches.dtype)
+    out[:, :, : nh * patch_size, : nw * patch_size] = x
+    return out
+
+
+def separable_attention(query, key, value):  # [B, 1, P, N], [B, d, P, N], [B, d, P, N] -> [B, d, P, N], [B, 1, P, N]
+    """Separable self-attention (MobileViTV2 paper, section 3.2), for every pixel position p of a patch.
+
+    1. Context scores: ``c_s = softmax over the N patches of the query`` ([B, 1, P, N]); a single
+       latent token ``L`` is compared against every patch, so this costs O(N) rather than O(N^2).
+    2. Context vector: ``c_v = sum_n c_s[n] * key[:, :, :, n]`` ([B, d, P, 1]), a weighted mean of keys.
+    3. Output: ``relu(value) * c_v``, the context vector broadcast to every patch.
+
+    Returns the output and the context scores.
+    """
+    scores = softmax(query, axis=-1)
+    context = np.sum(key * scores, axis=-1, keepdims=True)
+    return relu(value) * context, scores
+
+
+# --------------------------------------------------------------------------------------------
+# Losses (mean reduction, as transformers calls them)
+# --------------------------------------------------------------------------------------------
+
+
+def cross_entropy(logits, target, ignore_index=-100):  # [B, C, ...], [B, ...] int -> scalar
+    """Mean negative log-likelihood ``-mean_i log softmax(logits_i)[target_i]`` over the positions whose
+    target is not ``ignore_index``, as ``torch.nn.functional.cross_entropy``. The class axis is 1.
+    If every target is ignored the mean is over nothing and the result is NaN, as in PyTorch."""
+    target = np.asarray(target)
+    if not np.issubdtype(target.dtype, np.integer):
+        raise ValueError(f"cross_entropy: targets must be integer class indices, got dtype {target.dtype}")
+    num_classes = logits.shape[1]
+    if logits.shape[:1] + logits.shape[2:] != target.shape:
+        raise ValueError(f"cross_entropy: logits of shape {logits.shape} do not match targets of shape {target.shape}")
+    keep = target != ignore_index
+    bad = keep & ((target < 0) | (target >= num_classes))
+    if bad.any():
+        raise ValueError(
+            f"cross_entropy: target values {sorted(set(np.unique(target[bad]).tolist()))[:10]} are outside "
+            f"[0, {num_classes}) and are not the ignore index {ignore_index}"
+        )
+    logp = log_softmax(logits, axis=1)
+    safe = np.where(keep, target, 0)
+    picked = np.take_along_axis(logp, np.expand_dims(safe, 1), axis=1)[:, 0]
+    count = keep.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return -(picked * keep).sum() / np.asarray(count, dtype=logits.dtype)
+
+
+def mse_loss(prediction, target):  # [...], [...] -> scalar
+    """``mean((prediction - target)^2)``; shapes must match exactly."""
+    if prediction.shape != np.shape(target):
+        raise ValueError(f"mse_loss: prediction of shape {prediction.shape} and target of shape {np.shape(target)} differ")
+    d = prediction - target
+    return np.mean(d * d)
+
+
+def binary_cross_entropy_with_logits(logits, target):  # [...], [...] -> scalar
+    """``mean(max(x, 0) - x*y + log(1 + exp(-|x|)))``, the stable form of
+    ``-mean(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``."""
+    if logits.shape != np.shape(target):
+        raise ValueError(
+            f"binary_cross_entropy_with_logits: logits of shape {logits.shape} and targets of shape "
+            f"{np.shape(target)} differ"
+        )
+    return np.mean(np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits))))

@@ -1,0 +1,111 @@
+"""A state dict under transformers' names -> the nested parameter dict the blocks take.
+
+Steps, in order: drop BN step counters; put the backbone under the prefix the model class expects;
+check every name and shape against ``expected_shapes`` (all problems reported at once); fold
+each batch norm into the convolution before it (in float64); cast to the run dtype; nest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import MobileViTV2Config
+from ..ops import fold_batch_norm
+from .files import CheckpointError
+from .shapes import BASE_PREFIX, expected_shapes
+
+HEAD_PREFIXES = ("classifier.", "segmentation_head.")
+
+
+def align_prefix(state: dict, head: str) -> dict:
+    """Match the checkpoint's layout to the model class, as transformers does when it loads a
+    checkpoint of one class into another: a bare ``MobileViTV2Model`` takes the backbone of a
+    classification or segmentation checkpoint (the prefix stripped, the other head's tensors left
+    out); a model with a head takes a bare backbone's tensors under ``mobilevitv2.``."""
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    has_prefix = any(k.startswith(BASE_PREFIX) for k in state)
+    if head == "base" and has_prefix:
+        return {k[len(BASE_PREFIX):]: v for k, v in state.items() if k.startswith(BASE_PREFIX)}
+    if head != "base" and not has_prefix:
+        return {(k if k.startswith(HEAD_PREFIXES) else BASE_PREFIX + k): v for k, v in state.items()}
+    return state
+
+
+def check_state_dict(state: dict, config: MobileViTV2Config, head: str, source: str) -> None:
+    """Raise one ``CheckpointError`` listing every missing key, unexpected key and shape mismatch."""
+    expected = expected_shapes(config, head)
+    missing = [k for k in expected if k not in state]
+    unexpected = sorted(k for k in state if k not in expected)
+    mismatched = [
+        f"  {k}: expected {expected[k]}, found {tuple(state[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"{source} does not match the config (width_multiplier={config.width_multiplier}, "
+             f"num_labels={config.num_labels}, head={head}):"]
+    if missing:
+        lines.append(f" {len(missing)} missing key(s):")
+        lines += [f"  {k} {expected[k]}" for k in missing]
+    if unexpected:
+        lines.append(f" {len(unexpected)} unexpected key(s):")
+        lines += [f"  {k} {tuple(state[k].shape)}" for k in unexpected]
+    if mismatched:
+        lines.append(f" {len(mismatched)} shape mismatch(es):")
+        lines += mismatched
+    raise CheckpointError("\n".join(lines))
+
+
+def fold_all_batch_norms(state: dict, eps: float = 1e-5) -> dict:
+    """Replace every ``X.convolution.weight`` followed by ``X.normalization.*`` by a folded
+    ``X.convolution.weight`` and ``X.convolution.bias`` (float64)."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".normalization.weight")]:
+        layer = key[: -len(".normalization.weight")]
+        bn = {name: out.pop(f"{layer}.normalization.{name}") for name in ("weight", "bias", "running_mean", "running_var")}
+        out[f"{layer}.convolution.weight"], out[f"{layer}.convolution.bias"] = fold_batch_norm(
+            out[f"{layer}.convolution.weight"], out.get(f"{layer}.convolution.bias"), eps=eps, **bn
+        )
+    return out
+
+
+def nest(state: dict) -> dict:
+    """``{"a.0.b": x}`` -> ``{"a": [{"b": x}]}``: dotted names become nested dicts, and numbered
+    components become lists."""
+    root: dict = {}
+    for key, value in state.items():
+        node = root
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+def _lists(node):
+    if not isinstance(node, dict):
+        return node
+    if node and all(k.isdigit() for k in node):
+        return [_lists(node[str(i)]) for i in range(len(node))]
+    return {k: _lists(v) for k, v in node.items()}
+
+
+def flatten(params, prefix: str = "") -> dict:
+    """The inverse of ``nest``."""
+    items = enumerate(params) if isinstance(params, list) else params.items()
+    out = {}
+    for k, v in items:
+        name = f"{prefix}{k}"
+        if isinstance(v, (dict, list)):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def to_params(state: dict, dtype, fold: bool = True) -> dict:
+    """A checked state dict -> nested params in ``dtype`` (BN folded unless ``fold=False``)."""
+    if fold:
+        state = fold_all_batch_norms(state)
+    return nest({k: np.ascontiguousarray(v, dtype=dtype) for k, v in state.items()})

@@ -1,0 +1,28 @@
+"""Shared test set-up.
+
+PyTorch and transformers are the reference the tests compare against. Outside CI a test module
+that needs them is skipped when they are missing; in CI (``CI`` set) a missing reference is an
+error, so the cross-checks can never silently stop running.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
+
+
+def require(module_name: str):
+    """Import a reference library; fail in CI, skip elsewhere, when it is missing."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            raise ImportError(f"{module_name} is required in CI for the cross-checks: {e}") from e
+        pytest.skip(f"{module_name} is not installed ({e}); install the test extra: pip install -e '.[test]'",
+                    allow_module_level=True)
