@@ -87,11 +87,6 @@ def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, laye
     x = conv_layer(x, **conv_kxk, activation=act)
     x = conv_layer(x, **conv_1x1)
     height, width = x.shape[-2:]
-    if min(height, width) < config.patch_size:
-        raise ValueError(
-            f"stage {spec.index + 1}: feature map of {height}x{width} is smaller than the patch size "
-            f"{config.patch_size}; the input image is too small for this model"
-        )
     patches = unfold_patches(x, config.patch_size)
     for layer in transformer["layer"]:
         patches = transformer_layer(patches, **layer, act=act, eps=config.layer_norm_eps)

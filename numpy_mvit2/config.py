@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -108,10 +109,20 @@ class MobileViTV2Config:
         kwargs.pop("model_type", None)
         self.extra = kwargs  # keys we do not use (architectures, transformers_version, mlp_ratio, ...)
         for key, value in kwargs.items():
-            setattr(self, key, value)
+            if not isinstance(getattr(type(self), key, None), property):  # never shadow a derived width
+                setattr(self, key, value)
 
         if self.id2label is None:
             self.num_labels = 2 if num_labels is None else num_labels
+        elif num_labels is not None and isinstance(self.id2label, dict) and len(self.id2label) != num_labels:
+            # transformers warns, then lets num_labels win: the labels become LABEL_0 .. LABEL_{n-1}
+            warnings.warn(
+                f"MobileViTV2Config: num_labels={num_labels} does not match the {len(self.id2label)} entries "
+                f"of id2label; the labels are reset to LABEL_0..LABEL_{num_labels - 1}",
+                stacklevel=2,
+            )
+            self.id2label = None
+            self.num_labels = num_labels
         else:
             if not isinstance(self.id2label, dict):
                 raise ValueError(f"MobileViTV2Config: id2label must be a dict of class index -> label, got {self.id2label!r:.80}")
@@ -222,6 +233,26 @@ class MobileViTV2Config:
                 )
             )
         return specs
+
+    def feature_map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Spatial size of the stem's output and of each stage's output for an input of
+        ``height x width``: every stride-2 step (3x3 kernel, padding 1) maps n to ``(n - 1) // 2 + 1``."""
+        sizes = [((height - 1) // 2 + 1, (width - 1) // 2 + 1)]
+        for spec in self.stages:
+            h, w = sizes[-1]
+            sizes.append(((h - 1) // 2 + 1, (w - 1) // 2 + 1) if spec.stride == 2 else (h, w))
+        return sizes
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ValueError if some MobileViT stage would see a feature map smaller than a patch."""
+        sizes = self.feature_map_sizes(height, width)
+        for spec, (h, w) in zip(self.stages, sizes[1:]):
+            if spec.kind == "mobilevit" and min(h, w) < self.patch_size:
+                smallest = 1 + (self.patch_size - 1) * 2 ** (1 + sum(s.stride == 2 for s in self.stages))
+                raise ValueError(
+                    f"input of {height}x{width} pixels is too small: stage {spec.index + 1} would see a {h}x{w} "
+                    f"feature map, smaller than patch_size={self.patch_size} (each side needs at least {smallest} pixels)"
+                )
 
     @property
     def hidden_sizes(self) -> list[int]:

@@ -24,6 +24,7 @@ from .ops import (
     mse_loss,
 )
 from .weights import CheckpointError, align_prefix, check_state_dict, flatten, read_checkpoint_folder, to_params
+from .weights.convert import is_folded
 from .weights.init import random_state_dict
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +96,8 @@ _DTYPES = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
 
 
 def _resolve_dtype(dtype):
+    if dtype is None:
+        return np.float32
     try:
         resolved = _DTYPES.get(np.dtype(dtype))
     except TypeError:
@@ -124,11 +127,11 @@ class MobileViTV2PreTrainedModel:
             raise TypeError(f"config must be a MobileViTV2Config, got {type(config).__name__}")
         self.config = config
         self.dtype = _resolve_dtype(dtype)
-        self.batch_norm_folded = fold_batch_norm
         if state_dict is None:
             state_dict, _source = random_state_dict(config, self.head, seed), f"random weights (seed {seed})"
         state_dict = align_prefix(dict(state_dict), self.head)
         check_state_dict(state_dict, config, self.head, _source)
+        self.batch_norm_folded = fold_batch_norm or is_folded(state_dict)
         self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm)
 
     @classmethod
@@ -150,7 +153,10 @@ class MobileViTV2PreTrainedModel:
         return model
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters under transformers' names (BN folded into the convolutions if it was)."""
+        """The parameters under transformers' names. With batch norm folded (the default), each
+        layer's four ``normalization`` tensors are replaced by a ``convolution.bias``: such a dict
+        loads back into these models (``Model(config, state_dict=...)``) but not into transformers;
+        load with ``fold_batch_norm=False`` for a dict transformers accepts."""
         return flatten(self.params)
 
     def num_parameters(self) -> int:
@@ -171,6 +177,7 @@ class MobileViTV2PreTrainedModel:
             raise ValueError("pixel_values holds an empty batch")
         if x.dtype.kind not in "biuf":
             raise ValueError(f"pixel_values must hold numbers, got dtype {x.dtype}")
+        self.config.check_input_size(*x.shape[-2:])
         return np.ascontiguousarray(x, dtype=self.dtype)
 
     def _backbone(self, pixel_values) -> list[np.ndarray]:

@@ -1,6 +1,7 @@
 """Opt-in checks against the published numbers of the real Apple checkpoints.
 
-These need files this machine cannot download, so they run only when you point at them:
+These need files this machine cannot download, so the module is collected only when one of the
+checkpoint variables is set (see conftest.py), and each test needs its checkpoint and the image:
 
     NUMPY_MVIT2_IMAGENET_CHECKPOINT=/path/to/mobilevitv2-1.0-imagenet1k-256   (folder: config.json + model.safetensors)
     NUMPY_MVIT2_VOC_CHECKPOINT=/path/to/mobilevitv2-1.0-voc-deeplabv3
@@ -34,7 +35,7 @@ def preprocess(folder: str) -> np.ndarray:
     return processor(images=Image.open(CATS), return_tensors="np")["pixel_values"].astype(np.float32)
 
 
-@pytest.mark.skipif(not (IMAGENET and CATS), reason="set NUMPY_MVIT2_IMAGENET_CHECKPOINT and NUMPY_MVIT2_COCO_CATS to run")
+@pytest.mark.skipif(not (IMAGENET and CATS), reason="needs NUMPY_MVIT2_IMAGENET_CHECKPOINT and NUMPY_MVIT2_COCO_CATS")
 def test_imagenet_checkpoint_published_logits():
     from numpy_mvit2 import MobileViTV2ForImageClassification
 
@@ -45,7 +46,7 @@ def test_imagenet_checkpoint_published_logits():
     assert model.config.id2label[int(logits[0].argmax())] == "tabby, tabby cat"
 
 
-@pytest.mark.skipif(not (VOC and CATS), reason="set NUMPY_MVIT2_VOC_CHECKPOINT and NUMPY_MVIT2_COCO_CATS to run")
+@pytest.mark.skipif(not (VOC and CATS), reason="needs NUMPY_MVIT2_VOC_CHECKPOINT and NUMPY_MVIT2_COCO_CATS")
 def test_voc_checkpoint_published_logits():
     from numpy_mvit2 import MobileViTV2ForSemanticSegmentation
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..config import MobileViTV2Config
 from ..ops import fold_batch_norm
 from .files import CheckpointError
-from .shapes import BASE_PREFIX, expected_shapes
+from .shapes import BASE_PREFIX, expected_shapes, folded_shapes
 
 HEAD_PREFIXES = ("classifier.", "segmentation_head.")
 
@@ -31,9 +31,20 @@ def align_prefix(state: dict, head: str) -> dict:
     return state
 
 
+def is_folded(state: dict) -> bool:
+    """True for a state dict whose batch norms were folded into the convolutions (no
+    ``normalization`` tensors, a bias on every convolution), as ``model.state_dict()`` gives it."""
+    return not any(".normalization." in k for k in state) and "conv_stem.convolution.bias" in {
+        k[len(BASE_PREFIX):] if k.startswith(BASE_PREFIX) else k for k in state
+    }
+
+
 def check_state_dict(state: dict, config: MobileViTV2Config, head: str, source: str) -> None:
-    """Raise one ``CheckpointError`` listing every missing key, unexpected key and shape mismatch."""
+    """Raise one ``CheckpointError`` listing every missing key, unexpected key and shape mismatch.
+    A batch-norm-folded state dict is checked against the folded layout."""
     expected = expected_shapes(config, head)
+    if is_folded(state):
+        expected = folded_shapes(expected)
     missing = [k for k in expected if k not in state]
     unexpected = sorted(k for k in state if k not in expected)
     mismatched = [

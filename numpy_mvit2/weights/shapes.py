@@ -92,3 +92,17 @@ def expected_shapes(config: MobileViTV2Config, head: str) -> dict[str, tuple]:
     shapes = {prefix + name: shape for name, shape in backbone_shapes(config).items()}
     shapes.update(head_shapes(config, head))
     return shapes
+
+
+def folded_shapes(shapes: dict[str, tuple]) -> dict[str, tuple]:
+    """The same list after batch-norm folding: each ``X.normalization.{weight,bias,running_mean,running_var}``
+    is gone and ``X.convolution.bias`` takes its place (the layout of ``model.state_dict()`` when
+    batch norm was folded at load)."""
+    out = {}
+    for name, shape in shapes.items():
+        if ".normalization." in name:
+            layer = name.split(".normalization.")[0]
+            out.setdefault(f"{layer}.convolution.bias", shape)
+        else:
+            out[name] = shape
+    return out
