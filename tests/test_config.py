@@ -133,7 +133,8 @@ def test_num_labels_with_matching_id2label_keeps_names():
 
 def test_num_labels_conflicting_with_id2label():
     """transformers 5 warns, then lets num_labels win: id2label becomes LABEL_0..LABEL_{n-1}."""
-    ours = MobileViTV2Config(id2label={0: "a", 1: "b"}, num_labels=3)
+    with pytest.warns(UserWarning, match="num_labels=3 does not match"):
+        ours = MobileViTV2Config(id2label={0: "a", 1: "b"}, num_labels=3)
     theirs = transformers.MobileViTV2Config(id2label={0: "a", 1: "b"}, num_labels=3)
     assert ours.num_labels == theirs.num_labels
     assert ours.id2label == theirs.id2label
@@ -309,7 +310,8 @@ def test_from_pretrained_num_labels_override(tmp_path):
     """transformers' from_pretrained(folder, num_labels=3) re-labels a 4-label config with 3 labels."""
     transformers.MobileViTV2Config(num_labels=4).save_pretrained(tmp_path)
     theirs = transformers.MobileViTV2Config.from_pretrained(tmp_path, num_labels=3)
-    ours = MobileViTV2Config.from_pretrained(tmp_path, num_labels=3)
+    with pytest.warns(UserWarning, match="num_labels=3 does not match"):
+        ours = MobileViTV2Config.from_pretrained(tmp_path, num_labels=3)
     assert theirs.num_labels == 3
     assert ours.num_labels == theirs.num_labels
     assert ours.id2label == theirs.id2label
