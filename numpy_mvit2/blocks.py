@@ -13,6 +13,8 @@ Shapes: ``B`` batch, ``C`` channels, ``H x W`` feature map, ``d`` attention widt
 
 from __future__ import annotations
 
+import numpy as np
+
 from .config import MobileViTV2Config, StageSpec
 from .ops import (
     ACTIVATIONS,
@@ -25,8 +27,6 @@ from .ops import (
     separable_attention,
     unfold_patches,
 )
-
-import numpy as np
 
 
 def conv_layer(x, convolution, normalization=None, *, stride=1, dilation=1, activation=None):  # [B, Cin, H, W] -> [B, Cout, Ho, Wo]

@@ -23,7 +23,14 @@ from .ops import (
     linear,
     mse_loss,
 )
-from .weights import CheckpointError, align_prefix, check_state_dict, flatten, read_checkpoint_folder, to_params
+from .weights import (
+    CheckpointError,
+    align_prefix,
+    check_state_dict,
+    flatten,
+    read_checkpoint_folder,
+    to_params,
+)
 from .weights.convert import is_folded
 from .weights.init import random_state_dict
 

@@ -14,7 +14,6 @@ Preprocessing uses transformers' PIL image processor with the checkpoint's prepr
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

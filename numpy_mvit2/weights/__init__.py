@@ -1,7 +1,19 @@
 """Reading checkpoints: files -> named arrays -> checked, BN-folded, nested parameters."""
 
-from .convert import align_prefix, check_state_dict, flatten, fold_all_batch_norms, nest, to_params
-from .files import CheckpointError, read_checkpoint_folder, read_safetensors, read_sharded_safetensors
+from .convert import (
+    align_prefix,
+    check_state_dict,
+    flatten,
+    fold_all_batch_norms,
+    nest,
+    to_params,
+)
+from .files import (
+    CheckpointError,
+    read_checkpoint_folder,
+    read_safetensors,
+    read_sharded_safetensors,
+)
 from .shapes import expected_shapes
 
 __all__ = [
