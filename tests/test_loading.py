@@ -70,29 +70,27 @@ def write_shards(folder: Path, tensors: dict[str, np.ndarray], num_shards: int) 
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def classification_ref(tmp_path_factory):
-    """(folder, torch model) of a randomized transformers MobileViTV2ForImageClassification."""
-    folder = tmp_path_factory.mktemp("classification")
-    model = make_reference(small_config(), "classification", seed=1)
+def saved_reference(tmp_path_factory, head: str, seed: int):
+    """(folder, torch model) of a randomized transformers model of ``head``, written to disk."""
+    folder = tmp_path_factory.mktemp(head)
+    model = make_reference(small_config(), head, seed=seed)
     save_reference(model, folder)
     return folder, model
+
+
+@pytest.fixture(scope="module")
+def classification_ref(tmp_path_factory):
+    return saved_reference(tmp_path_factory, "classification", seed=1)
 
 
 @pytest.fixture(scope="module")
 def base_ref(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base")
-    model = make_reference(small_config(), "base", seed=2)
-    save_reference(model, folder)
-    return folder, model
+    return saved_reference(tmp_path_factory, "base", seed=2)
 
 
 @pytest.fixture(scope="module")
 def segmentation_ref(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("segmentation")
-    model = make_reference(small_config(), "segmentation", seed=3)
-    save_reference(model, folder)
-    return folder, model
+    return saved_reference(tmp_path_factory, "segmentation", seed=3)
 
 
 @pytest.fixture(scope="module")
