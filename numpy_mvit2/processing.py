@@ -1,0 +1,706 @@
+"""Photos in, pixel arrays out; logits in, labels and masks out. Pillow and NumPy only.
+
+``MobileViTImageProcessor`` prepares images exactly as transformers' PIL image processor for
+MobileViT (``MobileViTImageProcessorPil``) does, step for step, so the pretrained checkpoints see
+the pixels they were trained on. For each image, in this order:
+
+1. to a channels-first array ``[C, H, W]`` (RGB conversion: see below);
+2. resize with Pillow (``size``: ``{"shortest_edge": s}`` keeps the aspect ratio, the long side
+   becoming ``int(s * long / short)``; ``{"height": h, "width": w}`` is exact);
+3. rescale: ``x * rescale_factor`` (1/255), computed in float64, stored as float32;
+4. center crop to ``crop_size`` (an image smaller than the crop is padded with zeros);
+5. flip the channel order, RGB -> BGR (the ml-cvnets checkpoints were trained on BGR).
+
+There is no mean/std normalisation: the published checkpoints take BGR values in [0, 1].
+
+Inputs: a path (``str`` or ``os.PathLike``), a ``PIL.Image``, an array ``[H, W, C]`` or ``[C, H, W]``
+(uint8, or float holding 0..255 integers or values in [0, 1]), a 4-D array (a batch), or a list
+of any of these. As in transformers, a path is opened, turned upright by its EXIF orientation
+(``PIL.ImageOps.exif_transpose``) and converted with ``Image.convert("RGB")`` (transformers'
+``load_image``); a PIL image or an array is taken as it is, without EXIF rotation.
+
+RGB conversion (``do_convert_rgb``): ``True`` converts every image as transformers'
+``convert_to_rgb`` does (transparency composited onto white, grayscale repeated, palette, CMYK
+and 16-bit through Pillow's ``convert("RGB")``); ``False`` never converts (transformers' default:
+a grayscale image then gives one channel, RGBA four, a palette image its palette indices, and a
+16-bit image with values above 255 an error). ``None``, the default here, converts exactly the
+images that transformers' default would turn into something other than three colour channels:
+PIL images whose mode is not "RGB", and arrays with one or four channels. For every other input
+the result is transformers' default result, bit for bit.
+
+Post-processing: ``post_process_semantic_segmentation`` (bilinear upsampling of the logits to
+each target size, then the arg-max class per pixel, as transformers) and
+``post_process_image_classification`` (the top-k labels with softmax scores).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .ops import interpolate_bilinear
+
+try:  # repo ids come with numpy_mvit2.hub; until it is here, folders only
+    from .hub import resolve_file
+except ImportError:  # pragma: no cover - removed once hub.py is merged
+    from .weights import CheckpointError as _CheckpointError
+
+    def resolve_file(name_or_path, filename, *, revision=None, required=True):
+        folder = Path(name_or_path)
+        if not folder.is_dir():
+            raise _CheckpointError(f"{name_or_path}: no such folder (loading by repo id is not available yet)")
+        path = folder / filename
+        if path.is_file():
+            return path
+        if required:
+            raise _CheckpointError(f"{folder} has no {filename}")
+        return None
+
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be used: missing, unreadable, not an image, truncated, too large.
+    ``str(error)`` is ``"<path>: <reason>"``; ``error.path`` and ``error.reason`` hold the parts."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = os.fspath(path), reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------
+# Opening files
+# --------------------------------------------------------------------------------------------
+
+
+def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file and decode it fully, raising ``ImageLoadError`` with the reason.
+
+    ``max_pixels`` refuses images with more pixels than that, before decoding them. Without it,
+    Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) applies and is reported the
+    same way. The image is returned as stored: no EXIF rotation, no mode conversion."""
+    name = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # our own limit replaces Pillow's warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(name)
+    except FileNotFoundError:
+        raise ImageLoadError(name, "no such file") from None
+    except IsADirectoryError:
+        raise ImageLoadError(name, "is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageLoadError(name, "permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image file that Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(name, f"refused, too many pixels ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow's plugins raise all of these
+        raise ImageLoadError(name, f"cannot open image ({e})") from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        image.close()
+        raise ImageLoadError(
+            name, f"refused, {width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}"
+        )
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        image.close()
+        raise ImageLoadError(name, f"truncated or corrupt image data ({e})") from None
+    return image
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+    """A photo from a file as transformers' ``load_image`` gives it: opened, turned upright by its
+    EXIF orientation, converted to RGB with ``Image.convert("RGB")`` (transparency dropped, not
+    composited). Raises ``ImageLoadError`` for a file that cannot be used."""
+    image = open_image(path, max_pixels=max_pixels)
+    try:
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageLoadError(path, f"cannot decode image ({e})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The steps, on channels-first arrays
+# --------------------------------------------------------------------------------------------
+
+
+def infer_channel_axis(image: np.ndarray, channels=(1, 3, 4)) -> int:
+    """0 for ``[C, H, W]``, -1 for ``[H, W, C]``: the axis whose length is a channel count, the
+    first axis when both are (transformers' rule)."""
+    if image.ndim != 3:
+        raise ValueError(f"an image array must have 3 dimensions, got shape {image.shape}")
+    if image.shape[0] in channels:
+        return 0
+    if image.shape[-1] in channels:
+        return -1
+    raise ValueError(
+        f"cannot tell the channel axis of an image of shape {image.shape}: neither the first nor the last "
+        f"axis has {', '.join(map(str, channels[:-1]))} or {channels[-1]} entries"
+    )
+
+
+def _channel_axis(image: np.ndarray, input_data_format) -> int:
+    if input_data_format is None:
+        return infer_channel_axis(image)
+    fmt = str(getattr(input_data_format, "value", input_data_format))
+    if fmt in ("channels_first", "first"):
+        return 0
+    if fmt in ("channels_last", "last"):
+        return -1
+    raise ValueError(f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}")
+
+
+def convert_pil_to_rgb(image: Image.Image) -> np.ndarray:  # PIL image -> [H, W, 3]
+    """transformers' ``convert_to_rgb`` for a PIL image: an image with an alpha band or a
+    transparent colour is composited onto white, any other converted with ``convert("RGB")``."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.array(image.convert("RGB"))
+
+
+def convert_array_to_rgb(image: np.ndarray, axis: int) -> np.ndarray:  # [C, H, W] or [H, W, C], C in (1, 3, 4) -> 3 channels
+    """transformers' ``convert_to_rgb`` for an array: one channel is repeated three times, four
+    channels (RGBA) are composited onto white (255 for integer arrays, 1.0 for float arrays in
+    [0, 1]; integer results rounded), three are returned as they are."""
+    image = np.moveaxis(image, axis, -1)
+    channels = image.shape[-1]
+    if channels == 1:
+        rgb = np.repeat(image, 3, axis=-1)
+    elif channels == 4:
+        is_int = np.issubdtype(image.dtype, np.integer)
+        if not is_int and (image.min() < 0.0 or image.max() > 1.0):
+            raise ValueError(
+                f"an RGBA float image must hold values in [0, 1] to be composited onto white, got [{image.min()}, {image.max()}]"
+            )
+        white = 255 if is_int else 1.0
+        alpha = image[..., 3:4] / white
+        blended = alpha * image[..., :3] + (1 - alpha) * white
+        rgb = np.round(blended).astype(image.dtype) if is_int else blended.astype(image.dtype)
+    else:
+        rgb = image
+    return np.moveaxis(rgb, -1, axis)
+
+
+def _needs_scaling_for_pil(image: np.ndarray) -> bool:
+    """Whether an array must be multiplied by 255 before it becomes an 8-bit PIL image (float
+    values in [0, 1]); integers 0..255 go as they are; anything else is refused."""
+    if image.dtype == np.uint8:
+        return False
+    if np.allclose(image, image.astype(int)):
+        if image.min() >= 0 and image.max() <= 255:
+            return False
+        raise ValueError(
+            f"image values must be 8-bit (0..255) to be resized with Pillow, got [{image.min()}, {image.max()}]"
+        )
+    if image.min() >= 0 and image.max() <= 1:
+        return True
+    raise ValueError(
+        "a float image must hold integers in 0..255 or values in [0, 1] to be resized with Pillow, "
+        f"got values in [{image.min()}, {image.max()}]"
+    )
+
+
+def resize(image: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:  # [C, H, W] -> [C, h, w]
+    """Resize with Pillow, through an 8-bit PIL image: float images in [0, 1] are scaled to 0..255
+    and cut to integers on the way in (``astype(uint8)`` truncates) and scaled back by 1/255 after."""
+    scale = _needs_scaling_for_pil(image)
+    hwc = image.transpose(1, 2, 0)
+    if hwc.shape[-1] == 1:
+        hwc = hwc[..., 0]
+    if scale:
+        hwc = rescale(hwc, 255.0)
+    pil = Image.fromarray(hwc.astype(np.uint8))
+    height, width = size
+    out = np.array(pil.resize((width, height), resample=resample))
+    if out.ndim == 2:
+        out = out[..., None]
+    out = out.transpose(2, 0, 1)
+    return rescale(out, 1 / 255) if scale else out
+
+
+def rescale(image: np.ndarray, factor: float) -> np.ndarray:  # [...] -> [...] float32
+    """``image * factor``, computed in float64, returned as float32."""
+    return (image.astype(np.float64) * factor).astype(np.float32)
+
+
+def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # [C, H, W] -> [C, h, w]
+    """The central ``h x w`` window; the crop starts at ``(H - h) // 2``. Along a side shorter than
+    the crop the image is padded with zeros instead, starting at ``ceil((h - H) / 2)``."""
+    out_h, out_w = size
+    height, width = image.shape[-2:]
+    if height >= out_h and width >= out_w:
+        top, left = (height - out_h) // 2, (width - out_w) // 2
+        return image[..., top : top + out_h, left : left + out_w]
+    out = np.zeros(image.shape[:-2] + (out_h, out_w), dtype=image.dtype)
+    src, dst = [], []
+    for n, c in ((height, out_h), (width, out_w)):
+        if n >= c:
+            start = (n - c) // 2
+            src.append(slice(start, start + c))
+            dst.append(slice(0, c))
+        else:
+            start = math.ceil((c - n) / 2)
+            src.append(slice(0, n))
+            dst.append(slice(start, start + n))
+    out[..., dst[0], dst[1]] = image[..., src[0], src[1]]
+    return out
+
+
+def flip_channel_order(image: np.ndarray) -> np.ndarray:  # [C, H, W] -> [C, H, W]
+    """RGB -> BGR (and back): the channel axis reversed."""
+    return image[::-1]
+
+
+def reduce_labels(labels: np.ndarray) -> np.ndarray:  # [1, H, W] -> [1, H, W]
+    """Label ids minus one, 0 (background) becoming 255 (ignored): for datasets whose class 0 is
+    not a class. Works on a copy."""
+    labels = labels.copy()
+    labels[labels == 0] = 255
+    labels = labels - 1
+    labels[labels == 254] = 255
+    return labels
+
+
+def output_size(height: int, width: int, size: dict) -> tuple[int, int]:
+    """The size a resize to ``size`` gives an ``height x width`` image (transformers' rules)."""
+    if "shortest_edge" in size and "longest_edge" in size:
+        short_target, max_size = size["shortest_edge"], size["longest_edge"]
+        small, large = float(min(height, width)), float(max(height, width))
+        raw = None
+        if large / small * short_target > max_size:
+            raw = max_size * small / large
+            short_target = int(round(raw))
+        if (height <= width and height == short_target) or (width <= height and width == short_target):
+            return height, width
+        if width < height:
+            return (int(raw * height / width) if raw is not None else int(short_target * height / width)), short_target
+        return short_target, (int(raw * width / height) if raw is not None else int(short_target * width / height))
+    if "shortest_edge" in size:
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+    return size["height"], size["width"]
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+SIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+def size_dict(size, *, default_to_square: bool, name: str = "size") -> dict[str, int]:
+    """transformers' size forms -> a dict: an int is ``{"shortest_edge": n}`` (or a square for
+    ``default_to_square``), a pair is ``(height, width)``; dicts are checked."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = {"height": int(size), "width": int(size)} if default_to_square else {"shortest_edge": int(size)}
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        size = {"height": size[0], "width": size[1]}
+    if not isinstance(size, dict) or set(size) not in SIZE_KEYS:
+        allowed = ", ".join("{" + ", ".join(sorted(k)) + "}" for k in SIZE_KEYS)
+        raise ValueError(f"{name} must be an int, a (height, width) pair or a dict with keys {allowed}; got {size!r}")
+    if not all(_positive_int(v) for v in size.values()):
+        raise ValueError(f"{name} must hold positive integers, got {size!r}")
+    return {k: int(v) for k, v in size.items()}
+
+
+def resampling(value) -> Image.Resampling:
+    """A Pillow filter from its number (as ``preprocessor_config.json`` stores it) or its name."""
+    if isinstance(value, str) and value.lower() in RESAMPLING:
+        return RESAMPLING[value.lower()]
+    try:
+        return Image.Resampling(int(value))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"resample must be a Pillow filter (0-5, or one of {', '.join(RESAMPLING)}), got {value!r}"
+        ) from None
+
+
+class BatchFeature(dict):
+    """A dict whose keys are also attributes (``out.pixel_values``), as transformers' BatchFeature."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+OPTIONS = (
+    "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_center_crop", "crop_size",
+    "do_flip_channel_order", "do_reduce_labels", "do_convert_rgb",
+)
+
+
+class MobileViTImageProcessor:
+    """The image processor of MobileViT and MobileViTV2: transformers' ``MobileViTImageProcessorPil``
+    in Pillow and NumPy (see the module docstring for the steps and the inputs).
+
+    Defaults are transformers' class defaults; a checkpoint's ``preprocessor_config.json``
+    (``from_pretrained``) overrides them: for the apple/mobilevitv2 checkpoints a shortest edge
+    of 288 (544 for the segmentation models) and a 256 (512) center crop.
+
+        >>> processor = MobileViTImageProcessor.from_pretrained("path/to/checkpoint-folder")
+        >>> batch = processor(["cat.jpg", "dog.png"], return_tensors="np")
+        >>> batch["pixel_values"].shape
+        (2, 3, 256, 256)
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, do_resize: bool = True, size=None, resample=Image.Resampling.BICUBIC, do_rescale: bool = True,
+                 rescale_factor: float = 1 / 255, do_center_crop: bool = True, crop_size=None,
+                 do_flip_channel_order: bool = True, do_reduce_labels: bool = False, do_convert_rgb: bool | None = None,
+                 **kwargs):
+        self.do_resize = bool(do_resize)
+        self.size = size_dict({"shortest_edge": 224} if size is None else size, default_to_square=False)
+        self.resample = resampling(resample)
+        self.do_rescale = bool(do_rescale)
+        if not isinstance(rescale_factor, (int, float)) or isinstance(rescale_factor, bool):
+            raise ValueError(f"rescale_factor must be a number, got {rescale_factor!r}")
+        self.rescale_factor = float(rescale_factor)
+        self.do_center_crop = bool(do_center_crop)
+        self.crop_size = size_dict({"height": 256, "width": 256} if crop_size is None else crop_size,
+                                   default_to_square=True, name="crop_size")
+        if set(self.crop_size) != {"height", "width"}:
+            raise ValueError(f"crop_size must give a height and a width, got {self.crop_size!r}")
+        self.do_flip_channel_order = bool(do_flip_channel_order)
+        self.do_reduce_labels = bool(do_reduce_labels)
+        self.do_convert_rgb = None if do_convert_rgb is None else bool(do_convert_rgb)
+        # keys of preprocessor_config.json that MobileViT's processor does not use (image_mean,
+        # image_std, do_normalize: transformers' MobileViT processor never normalises), kept for to_dict
+        self.extra = {k: v for k, v in kwargs.items() if k not in ("image_processor_type", "feature_extractor_type", "processor_class")}
+
+    # -- reading and writing ----------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, config: dict, **overrides) -> "MobileViTImageProcessor":
+        config = {**config, **overrides}
+        if "reduce_labels" in config and "do_reduce_labels" not in config:  # the old name
+            config["do_reduce_labels"] = config.pop("reduce_labels")
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        **overrides) -> "MobileViTImageProcessor":
+        """Read ``preprocessor_config.json`` from a checkpoint folder or a Hugging Face repo id (or a
+        path to the JSON file itself). Keyword arguments override the file's values."""
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_file():
+            path = resolve_file(pretrained_model_name_or_path, PREPROCESSOR_CONFIG, revision=revision)
+        try:
+            config = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise OSError(f"cannot read {path}: {e.strerror or e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} must hold a JSON object, found {type(config).__name__}")
+        try:
+            return cls.from_dict(config, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    @classmethod
+    def for_model_config(cls, config, **overrides) -> "MobileViTImageProcessor":
+        """The settings the apple/mobilevitv2 checkpoints were converted with, derived from a model
+        config, for a checkpoint folder without ``preprocessor_config.json``: shortest edge
+        ``image_size + 32``, center crop ``image_size``, bilinear resampling, BGR."""
+        settings = dict(size={"shortest_edge": config.image_size + 32},
+                        crop_size={"height": config.image_size, "width": config.image_size},
+                        resample=Image.Resampling.BILINEAR)
+        return cls(**{**settings, **overrides})
+
+    def to_dict(self) -> dict:
+        out = {name: getattr(self, name) for name in OPTIONS}
+        out["resample"] = int(self.resample)
+        out.update(self.extra)
+        out["image_processor_type"] = "MobileViTImageProcessor"
+        return out
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write ``preprocessor_config.json`` (which transformers reads too)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / PREPROCESSOR_CONFIG
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in OPTIONS)})"
+
+    # -- preprocessing ------------------------------------------------------------------------------
+
+    def __call__(self, images, segmentation_maps=None, *, return_tensors: str | None = None,
+                 input_data_format=None, **overrides) -> BatchFeature:
+        """``pixel_values``: one float32 ``[C, h, w]`` array per image (a list), or ``[B, C, h, w]``
+        with ``return_tensors="np"``. With ``segmentation_maps`` (one ``[H, W]`` label map per image:
+        PIL "L"/"P" images, 2-D integer arrays or paths), ``labels`` too: int64 ``[h, w]`` maps,
+        resized with nearest-neighbour sampling, cropped like the images, never rescaled or
+        flipped, and reduced when ``do_reduce_labels``. Keyword arguments override the settings
+        for this call."""
+        unknown = set(overrides) - set(OPTIONS)
+        if unknown:
+            raise TypeError(f"unexpected argument(s): {', '.join(sorted(unknown))}; the settings are {', '.join(OPTIONS)}")
+        if return_tensors not in (None, "np"):
+            raise ValueError(f"return_tensors must be None or 'np' (NumPy arrays), got {return_tensors!r}")
+        settings = {name: getattr(self, name) for name in OPTIONS}
+        if overrides:
+            settings.update(overrides)
+            settings["size"] = size_dict(settings["size"], default_to_square=False)
+            settings["crop_size"] = size_dict(settings["crop_size"], default_to_square=True, name="crop_size")
+            settings["resample"] = resampling(settings["resample"])
+        pixel_values = [
+            self._steps(self._to_chw(image, settings["do_convert_rgb"], input_data_format), settings, do_reduce_labels=False)
+            for image in flatten_images(images, expected_ndim=3)
+        ]
+        data = BatchFeature(pixel_values=pixel_values)
+        if segmentation_maps is not None:
+            label_settings = {**settings, "do_rescale": False, "do_flip_channel_order": False,
+                              "resample": Image.Resampling.NEAREST}
+            labels = []
+            for label_map in flatten_images(segmentation_maps, expected_ndim=2, open_path=_open_label_map):
+                label_map = np.array(label_map) if isinstance(label_map, Image.Image) else np.asarray(label_map)
+                label_map = label_map[None] if label_map.ndim == 2 else np.moveaxis(label_map, -1, 0)
+                processed = self._steps(label_map, label_settings, do_reduce_labels=settings["do_reduce_labels"])
+                labels.append(np.squeeze(processed, 0).astype(np.int64))
+            data["labels"] = labels
+        if return_tensors == "np":
+            for key, value in data.items():
+                shapes = {v.shape for v in value}
+                if len(shapes) > 1:
+                    raise ValueError(
+                        f"cannot stack {key} of different shapes {sorted(shapes)} into one array; "
+                        "use a center crop or a fixed size, or return_tensors=None for a list"
+                    )
+                data[key] = np.stack([np.ascontiguousarray(v) for v in value])
+        return data
+
+    preprocess = __call__
+
+    @staticmethod
+    def _to_chw(image, do_convert_rgb, input_data_format) -> np.ndarray:  # image -> [C, H, W]
+        if isinstance(image, Image.Image):
+            convert = do_convert_rgb if do_convert_rgb is not None else image.mode != "RGB"
+            array = convert_pil_to_rgb(image) if convert else np.array(image)
+            return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        array = np.asarray(image)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"an image array must hold numbers, got dtype {array.dtype}")
+        axis = _channel_axis(array, input_data_format)
+        convert = do_convert_rgb if do_convert_rgb is not None else array.shape[axis] in (1, 4)
+        if convert:
+            array = convert_array_to_rgb(array, axis)
+            axis = _channel_axis(array, input_data_format)
+        return array if axis == 0 else np.moveaxis(array, -1, 0)
+
+    @staticmethod
+    def _steps(image: np.ndarray, s: dict, *, do_reduce_labels: bool) -> np.ndarray:  # [C, H, W] -> [C, h, w]
+        """transformers' order: reduce labels, resize, rescale, center crop, flip channels."""
+        if do_reduce_labels:
+            image = reduce_labels(image)
+        if s["do_resize"]:
+            image = resize(image, output_size(*image.shape[-2:], s["size"]), s["resample"])
+        if s["do_rescale"]:
+            image = rescale(image, s["rescale_factor"])
+        if s["do_center_crop"]:
+            image = center_crop(image, (s["crop_size"]["height"], s["crop_size"]["width"]))
+        if s["do_flip_channel_order"]:
+            image = flip_channel_order(image)
+        return image
+
+    # -- post-processing ----------------------------------------------------------------------------
+
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores: bool = False):
+        return post_process_semantic_segmentation(outputs, target_sizes, return_segmentation_scores)
+
+    def post_process_image_classification(self, outputs, top_k: int = 5, id2label=None, function: str = "softmax"):
+        return post_process_image_classification(outputs, top_k, id2label, function)
+
+    post_process_semantic_segmentation.__doc__ = "See ``numpy_mvit2.processing.post_process_semantic_segmentation``."
+    post_process_image_classification.__doc__ = "See ``numpy_mvit2.processing.post_process_image_classification``."
+
+
+def _open_label_map(path) -> Image.Image:
+    # A label map is read as stored (its "L" or "P" indices are the labels): no EXIF rotation, no
+    # RGB conversion (transformers' load_image would convert it to RGB, destroying the ids).
+    return open_image(path)
+
+
+def flatten_images(images, *, expected_ndim: int = 3, open_path=load_image) -> list:
+    """One image, a batch array, a list, or a list of lists -> a flat list of PIL images and
+    arrays; paths are opened with ``open_path``."""
+    def single(item):
+        if isinstance(item, (str, os.PathLike)):
+            return [open_path(item)]
+        if isinstance(item, Image.Image):
+            return [item]
+        if isinstance(item, np.ndarray) or hasattr(item, "__array__"):
+            array = np.asarray(item)
+            if array.ndim == expected_ndim:
+                return [array]
+            if array.ndim == expected_ndim + 1:
+                return list(array)
+            raise ValueError(f"an image array must have {expected_ndim} (one image) or {expected_ndim + 1} "
+                             f"(a batch) dimensions, got shape {array.shape}")
+        raise TypeError(f"an image must be a path, a PIL image or a NumPy array, got {type(item).__name__}")
+
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("no images given (an empty list)")
+        out = []
+        for item in images:
+            out.extend(flatten_images(item, expected_ndim=expected_ndim, open_path=open_path)
+                       if isinstance(item, (list, tuple)) else single(item))
+        return out
+    return single(images)
+
+
+# --------------------------------------------------------------------------------------------
+# Post-processing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SemanticSegmentationOutput:
+    """One image's result with ``return_segmentation_scores``: the class map [H, W] and the
+    (upsampled) logits it was taken from [num_labels, H, W]."""
+
+    segmentation: np.ndarray
+    segmentation_scores: np.ndarray
+
+
+def _logits(outputs) -> np.ndarray:
+    return np.asarray(outputs.logits if hasattr(outputs, "logits") else outputs)
+
+
+def post_process_semantic_segmentation(outputs, target_sizes=None, return_segmentation_scores: bool = False,
+                                       *, rows_per_chunk: int = 256):
+    """Per-pixel classes, as transformers' ``post_process_semantic_segmentation``.
+
+    ``outputs``: a segmentation output (or its ``logits``, [B, num_labels, h, w]). Without
+    ``target_sizes``, the arg-max class of each logit pixel ([h, w] each). With ``target_sizes``
+    (one ``(height, width)`` per image), the logits are first upsampled bilinearly
+    (``align_corners=False``) to that size. Returns a list of int64 [H, W] arrays, or of
+    ``SemanticSegmentationOutput`` with ``return_segmentation_scores``. Large targets are done
+    ``rows_per_chunk`` output rows at a time (the same numbers, less memory)."""
+    logits = _logits(outputs)
+    if logits.ndim != 4:
+        raise ValueError(f"segmentation logits must have shape (batch, num_labels, height, width), got {logits.shape}")
+    if target_sizes is not None:
+        target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
+        if len(target_sizes) != len(logits):
+            raise ValueError(f"target_sizes has {len(target_sizes)} sizes for a batch of {len(logits)} logits; give one per image")
+    results = []
+    for i, image_logits in enumerate(logits):
+        image_logits = image_logits[None]  # [1, L, h, w]
+        if target_sizes is None:
+            scores = image_logits[0]
+            results.append(SemanticSegmentationOutput(scores.argmax(axis=0), scores) if return_segmentation_scores
+                           else scores.argmax(axis=0))
+            continue
+        height, width = target_sizes[i]
+        if return_segmentation_scores:
+            scores = interpolate_bilinear(image_logits, (height, width))[0]
+            results.append(SemanticSegmentationOutput(scores.argmax(axis=0), scores))
+            continue
+        # separable: first along the height (cheap: the logits are narrow), then the width in
+        # blocks of rows, taking each block's arg-max before the next
+        tall = interpolate_bilinear(image_logits, (height, image_logits.shape[-1]))
+        classes = np.empty((height, width), dtype=np.int64)
+        for top in range(0, height, rows_per_chunk):
+            block = tall[..., top : top + rows_per_chunk, :]
+            classes[top : top + rows_per_chunk] = interpolate_bilinear(block, (block.shape[-2], width))[0].argmax(axis=0)
+        results.append(classes)
+    return results
+
+
+def post_process_image_classification(outputs, top_k: int = 5, id2label=None, function: str = "softmax") -> list[list[dict]]:
+    """The ``top_k`` classes of each image, best first: ``[{"label": str, "index": int, "score":
+    float}, ...]`` per image. ``function`` turns logits into scores: "softmax" (single-label
+    models, the default), "sigmoid" (multi-label) or "none". ``id2label`` maps class indices to
+    names (a model config's ``id2label``); without it the label is ``LABEL_{index}``."""
+    logits = _logits(outputs).astype(np.float64)
+    if logits.ndim == 1:
+        logits = logits[None]
+    if logits.ndim != 2:
+        raise ValueError(f"classification logits must have shape (batch, num_labels), got {logits.shape}")
+    if function == "softmax":
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        scores = np.exp(shifted)
+        scores /= scores.sum(axis=-1, keepdims=True)
+    elif function == "sigmoid":
+        scores = 1.0 / (1.0 + np.exp(-logits))
+    elif function == "none":
+        scores = logits
+    else:
+        raise ValueError(f"function must be 'softmax', 'sigmoid' or 'none', got {function!r}")
+    top_k = max(1, min(int(top_k), logits.shape[-1]))
+    id2label = {int(k): v for k, v in (id2label or {}).items()}
+    results = []
+    for row in scores:
+        best = np.argsort(-row, kind="stable")[:top_k]
+        results.append([{"label": id2label.get(int(i), f"LABEL_{int(i)}"), "index": int(i), "score": float(row[i])}
+                        for i in best])
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Colours
+# --------------------------------------------------------------------------------------------
+
+
+def voc_palette(num_colors: int = 256) -> np.ndarray:  # -> [num_colors, 3] uint8
+    """The PASCAL VOC colour map: class ``i``'s colour spreads the bits of ``i`` over the three
+    channels, from the most significant bit of each channel down (0 black, 1 dark red, 2 dark
+    green, ..., 255 the colour VOC uses for "ignore")."""
+    palette = np.zeros((num_colors, 3), dtype=np.uint8)
+    for index in range(num_colors):
+        value, rgb = index, [0, 0, 0]
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                rgb[channel] |= ((value >> channel) & 1) << bit
+            value >>= 3
+        palette[index] = rgb
+    return palette
+
+
+__all__ = [
+    "BatchFeature",
+    "ImageLoadError",
+    "MobileViTImageProcessor",
+    "SemanticSegmentationOutput",
+    "load_image",
+    "open_image",
+    "post_process_image_classification",
+    "post_process_semantic_segmentation",
+    "voc_palette",
+]
