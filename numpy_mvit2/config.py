@@ -12,13 +12,17 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 from .ops import ACTIVATIONS
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+PATCH_REMAINDERS = ("zero", "resize")  # transformers' behaviour, timm's and ml-cvnets' (see MobileViTV2Config)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -93,6 +97,11 @@ class MobileViTV2Config:
     problem_type: str = None
     output_hidden_states: bool = False
     return_dict: bool = True
+    # Not in transformers: what a MobileViT block does with a feature map the patch size does not
+    # divide. "zero" (transformers): unfold drops the last rows/columns and fold leaves them zero.
+    # "resize" (timm, ml-cvnets): the map is first resized (bilinear, align_corners=True) up to the
+    # next multiple of patch_size, and the block's output keeps that size.
+    patch_remainder: str = "zero"
 
     model_type = "mobilevitv2"
 
@@ -190,6 +199,8 @@ class MobileViTV2Config:
             )
         if isinstance(self.semantic_loss_ignore_index, bool) or not isinstance(self.semantic_loss_ignore_index, int):
             bad("semantic_loss_ignore_index", "an integer")
+        if self.patch_remainder not in PATCH_REMAINDERS:
+            bad("patch_remainder", ", ".join(repr(v) for v in PATCH_REMAINDERS))
 
     # -- derived widths: computed here and nowhere else ---------------------------------------
 
@@ -238,13 +249,24 @@ class MobileViTV2Config:
         """Spatial size of the stem's output and of each stage's output for an input of
         ``height x width``: every stride-2 step (3x3 kernel, padding 1) maps n to ``(n - 1) // 2 + 1``."""
         sizes = [((height - 1) // 2 + 1, (width - 1) // 2 + 1)]
+        p = self.patch_size
         for spec in self.stages:
             h, w = sizes[-1]
-            sizes.append(((h - 1) // 2 + 1, (w - 1) // 2 + 1) if spec.stride == 2 else (h, w))
+            if spec.stride == 2:
+                h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+            if spec.kind == "mobilevit" and self.patch_remainder == "resize":  # resized up to a multiple of p
+                h, w = -(-h // p) * p, -(-w // p) * p
+            sizes.append((h, w))
         return sizes
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise ValueError if some MobileViT stage would see a feature map smaller than a patch."""
+        """Raise ValueError if some MobileViT stage would see a feature map smaller than a patch
+        (with ``patch_remainder="resize"`` such maps are resized up, so any size is accepted)."""
+        if isinstance(height, bool) or not isinstance(height, (int, np.integer)) or height < 1 or \
+                isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+            raise ValueError(f"input size must be positive integers, got {height}x{width}")
+        if self.patch_remainder == "resize":
+            return
         sizes = self.feature_map_sizes(height, width)
         for spec, (h, w) in zip(self.stages, sizes[1:]):
             if spec.kind == "mobilevit" and min(h, w) < self.patch_size:
@@ -266,6 +288,29 @@ class MobileViTV2Config:
         return cls(**{**copy.deepcopy(config_dict), **overrides})
 
     @classmethod
+    def from_timm_dict(cls, data: dict, **overrides) -> "MobileViTV2Config":
+        """The config of a timm checkpoint (its ``config.json``: ``"architecture": "mobilevitv2_100"``,
+        ``num_classes``, optionally ``label_names`` and ``pretrained_cfg``). The width comes from the
+        architecture's name (``_050`` -> 0.5, ..., ``_200`` -> 2.0); the rest are MobileViTV2's
+        defaults, as timm builds them. timm's ``pretrained_cfg`` (its preprocessing) is kept in
+        ``config.extra["timm_pretrained_cfg"]``."""
+        arch = str(data.get("architecture", ""))
+        match = re.fullmatch(r"mobilevitv2_(\d{3})(?:\..*)?", arch)
+        if not match:
+            raise ValueError(f"timm architecture {arch!r} is not a MobileViTV2 (expected mobilevitv2_050 ... mobilevitv2_200)")
+        kwargs: dict = {"width_multiplier": int(match[1]) / 100}
+        num_classes = data.get("num_classes", 1000)
+        names = data.get("label_names")
+        if isinstance(names, list) and len(names) == num_classes:
+            kwargs["id2label"] = {i: str(n) for i, n in enumerate(names)}
+        else:
+            kwargs["num_labels"] = num_classes
+        if "pretrained_cfg" in data:
+            kwargs["timm_pretrained_cfg"] = copy.deepcopy(data["pretrained_cfg"])
+        kwargs["timm_architecture"] = arch
+        return cls(**{**kwargs, **overrides})
+
+    @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "MobileViTV2Config":
         path = Path(path)
         try:
@@ -279,6 +324,11 @@ class MobileViTV2Config:
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
         model_type = data.get("model_type")
+        if "architecture" in data and model_type is None:  # timm's config.json
+            try:
+                return cls.from_timm_dict(data)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
         if model_type not in (None, cls.model_type):
             raise ValueError(f"{path}: model_type is {model_type!r}, expected {cls.model_type!r}")
         try:
@@ -287,11 +337,16 @@ class MobileViTV2Config:
             raise ValueError(f"{path}: {e}") from None
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **overrides) -> "MobileViTV2Config":
-        """Read ``config.json`` from a checkpoint folder (or a path to the JSON file itself)."""
-        path = Path(folder)
-        if path.is_dir():
-            path = path / "config.json"
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir=None, **overrides) -> "MobileViTV2Config":
+        """Read ``config.json`` from a checkpoint folder, a path to the JSON file itself, or a Hub
+        repo id (through the Hugging Face cache; see ``numpy_mvit2.hub``). transformers' and timm's
+        ``config.json`` are both understood. Keyword arguments override fields."""
+        path = Path(pretrained_model_name_or_path)
+        if not (path.is_file() and path.suffix == ".json"):
+            from .hub import resolve_file
+
+            path = resolve_file(pretrained_model_name_or_path, "config.json", revision=revision, cache_dir=cache_dir)
         config = cls.from_json_file(path)
         if overrides:
             config = cls.from_dict({**config.to_dict(), **overrides})
