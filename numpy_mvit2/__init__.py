@@ -15,6 +15,14 @@ from .modeling import (
     MobileViTV2PreTrainedModel,
     SemanticSegmenterOutput,
 )
+from .processing import (
+    ImageLoadError,
+    MobileViTImageProcessor,
+    load_image,
+    post_process_image_classification,
+    post_process_semantic_segmentation,
+)
+from .summary import summarize
 from .weights import CheckpointError
 
 __version__ = "0.1.0"
@@ -23,11 +31,17 @@ __all__ = [
     "BaseModelOutputWithPoolingAndNoAttention",
     "CheckpointError",
     "ImageClassifierOutputWithNoAttention",
+    "ImageLoadError",
+    "MobileViTImageProcessor",
     "MobileViTV2Config",
     "MobileViTV2ForImageClassification",
     "MobileViTV2ForSemanticSegmentation",
     "MobileViTV2Model",
     "MobileViTV2PreTrainedModel",
     "SemanticSegmenterOutput",
+    "load_image",
     "make_divisible",
+    "post_process_image_classification",
+    "post_process_semantic_segmentation",
+    "summarize",
 ]

@@ -39,31 +39,14 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .hub import resolve_file
 from .ops import interpolate_bilinear
-
-try:  # repo ids come with numpy_mvit2.hub; until it is here, folders only
-    from .hub import resolve_file
-except ImportError:  # pragma: no cover - removed once hub.py is merged
-    from .weights import CheckpointError as _CheckpointError
-
-    def resolve_file(name_or_path, filename, *, revision=None, required=True):
-        folder = Path(name_or_path)
-        if not folder.is_dir():
-            raise _CheckpointError(f"{name_or_path}: no such folder (loading by repo id is not available yet)")
-        path = folder / filename
-        if path.is_file():
-            return path
-        if required:
-            raise _CheckpointError(f"{folder} has no {filename}")
-        return None
-
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -293,7 +276,7 @@ def output_size(height: int, width: int, size: dict) -> tuple[int, int]:
         raw = None
         if large / small * short_target > max_size:
             raw = max_size * small / large
-            short_target = int(round(raw))
+            short_target = round(raw)
         if (height <= width and height == short_target) or (width <= height and width == short_target):
             return height, width
         if width < height:
@@ -374,7 +357,7 @@ class MobileViTImageProcessor:
         (2, 3, 256, 256)
     """
 
-    model_input_names = ["pixel_values"]
+    model_input_names = ("pixel_values",)
 
     def __init__(self, do_resize: bool = True, size=None, resample=Image.Resampling.BICUBIC, do_rescale: bool = True,
                  rescale_factor: float = 1 / 255, do_center_crop: bool = True, crop_size=None,
@@ -385,7 +368,7 @@ class MobileViTImageProcessor:
         self.resample = resampling(resample)
         self.do_rescale = bool(do_rescale)
         if not isinstance(rescale_factor, (int, float)) or isinstance(rescale_factor, bool):
-            raise ValueError(f"rescale_factor must be a number, got {rescale_factor!r}")
+            raise TypeError(f"rescale_factor must be a number, got {rescale_factor!r}")
         self.rescale_factor = float(rescale_factor)
         self.do_center_crop = bool(do_center_crop)
         self.crop_size = size_dict({"height": 256, "width": 256} if crop_size is None else crop_size,
@@ -402,7 +385,7 @@ class MobileViTImageProcessor:
     # -- reading and writing ----------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, config: dict, **overrides) -> "MobileViTImageProcessor":
+    def from_dict(cls, config: dict, **overrides) -> MobileViTImageProcessor:
         config = {**config, **overrides}
         if "reduce_labels" in config and "do_reduce_labels" not in config:  # the old name
             config["do_reduce_labels"] = config.pop("reduce_labels")
@@ -410,7 +393,7 @@ class MobileViTImageProcessor:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        **overrides) -> "MobileViTImageProcessor":
+                        **overrides) -> MobileViTImageProcessor:
         """Read ``preprocessor_config.json`` from a checkpoint folder or a Hugging Face repo id (or a
         path to the JSON file itself). Keyword arguments override the file's values."""
         path = Path(pretrained_model_name_or_path)
@@ -423,20 +406,20 @@ class MobileViTImageProcessor:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(config, dict):
-            raise ValueError(f"{path} must hold a JSON object, found {type(config).__name__}")
+            raise TypeError(f"{path} must hold a JSON object, found {type(config).__name__}")
         try:
             return cls.from_dict(config, **overrides)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
 
     @classmethod
-    def for_model_config(cls, config, **overrides) -> "MobileViTImageProcessor":
+    def for_model_config(cls, config, **overrides) -> MobileViTImageProcessor:
         """The settings the apple/mobilevitv2 checkpoints were converted with, derived from a model
         config, for a checkpoint folder without ``preprocessor_config.json``: shortest edge
         ``image_size + 32``, center crop ``image_size``, bilinear resampling, BGR."""
-        settings = dict(size={"shortest_edge": config.image_size + 32},
-                        crop_size={"height": config.image_size, "width": config.image_size},
-                        resample=Image.Resampling.BILINEAR)
+        settings = {"size": {"shortest_edge": config.image_size + 32},
+                    "crop_size": {"height": config.image_size, "width": config.image_size},
+                    "resample": Image.Resampling.BILINEAR}
         return cls(**{**settings, **overrides})
 
     def to_dict(self) -> dict:
