@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 from PIL import Image
 
-from conftest import require
-
-transformers = require("transformers")
-torch = require("torch")
-cbook = require("matplotlib.cbook")
-
-from numpy_mvit2 import MobileViTImageProcessor  # noqa: E402
-from numpy_mvit2.processing import (  # noqa: E402
+from numpy_mvit2 import CheckpointError, MobileViTImageProcessor
+from numpy_mvit2.processing import (
     ImageLoadError,
     center_crop,
     load_image,
@@ -30,6 +26,10 @@ from numpy_mvit2.processing import (  # noqa: E402
     post_process_semantic_segmentation,
     voc_palette,
 )
+
+transformers = require("transformers")
+torch = require("torch")
+cbook = require("matplotlib.cbook")
 
 transformers.logging.set_verbosity_error()
 TOLERANCE = 1e-6
@@ -146,8 +146,6 @@ def test_photo_path_pil_and_arrays(photo_path, photo):
 
 
 def test_pathlike_is_a_path(photo_path):
-    from pathlib import Path
-
     mine = ours(**APPLE)(Path(photo_path), return_tensors="np")["pixel_values"]
     assert_same(ours(**APPLE)(photo_path, return_tensors="np")["pixel_values"], mine)
 
@@ -423,8 +421,6 @@ def test_save_pretrained_is_read_by_transformers(tmp_path, photo):
 
 
 def test_from_pretrained_errors(tmp_path):
-    from numpy_mvit2 import CheckpointError
-
     with pytest.raises(CheckpointError, match="preprocessor_config.json"):
         MobileViTImageProcessor.from_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text("{not json")
@@ -456,7 +452,7 @@ def test_open_image_errors(tmp_path, photo_path):
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(ImageLoadError, match="not an image"):
         open_image(tmp_path / "text.png")
-    data = open(photo_path, "rb").read()
+    data = Path(photo_path).read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 3])
     with pytest.raises(ImageLoadError, match="truncated") as error:
         load_image(tmp_path / "truncated.jpg")

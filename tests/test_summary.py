@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import require
 from reference import make_reference
 
-torch = require("torch")
-transformers = require("transformers")
-
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from numpy_mvit2 import (  # noqa: E402
+from numpy_mvit2 import (
     MobileViTV2Config,
     MobileViTV2ForImageClassification,
     MobileViTV2ForSemanticSegmentation,
     MobileViTV2Model,
 )
-from numpy_mvit2.summary import format_summary, summarize  # noqa: E402
+from numpy_mvit2.summary import format_summary, summarize
+
+torch = require("torch")
+transformers = require("transformers")
+FlopCounterMode = require("torch.utils.flop_counter").FlopCounterMode
 
 OURS = {"base": MobileViTV2Model, "classification": MobileViTV2ForImageClassification,
         "segmentation": MobileViTV2ForSemanticSegmentation}
