@@ -173,11 +173,17 @@ def note(text: str, quiet: bool) -> None:
 LOAD_ERRORS = (CheckpointError, OSError, ValueError, TypeError, KeyError)
 
 
+def _reason(name: str, e: BaseException) -> str:
+    """The error's message without a leading repetition of the model's name."""
+    text = str(e)
+    return text[len(name) + 2 :] if text.startswith(f"{name}: ") else text
+
+
 def load_model(cls, name: str):
     try:
         return cls.from_pretrained(name)
     except LOAD_ERRORS as e:
-        raise ModelError(f"cannot load model {name!r}: {e}") from None
+        raise ModelError(f"cannot load model {name}: {_reason(name, e)}") from None
 
 
 def load_processor(name: str, config: MobileViTV2Config, quiet: bool) -> MobileViTImageProcessor:
@@ -188,7 +194,7 @@ def load_processor(name: str, config: MobileViTV2Config, quiet: bool) -> MobileV
         if path is not None:
             return MobileViTImageProcessor.from_pretrained(path)
     except LOAD_ERRORS as e:
-        raise ModelError(f"cannot load the image processor settings of {name!r}: {e}") from None
+        raise ModelError(f"cannot load the image processor settings of {name}: {_reason(name, e)}") from None
     processor = MobileViTImageProcessor.for_model_config(config)
     note(f"{name} has no {PREPROCESSOR_CONFIG}; preparing images as the apple/mobilevitv2 checkpoints expect: "
          f"shortest edge {processor.size['shortest_edge']}, center crop {config.image_size}, BGR, values in [0, 1]", quiet)
@@ -390,7 +396,7 @@ def cmd_info(args) -> int:
     try:
         config = MobileViTV2Config.from_pretrained(args.model)
     except LOAD_ERRORS as e:
-        raise ModelError(f"cannot load the config of {args.model!r}: {e}") from None
+        raise ModelError(f"cannot load the config of {args.model}: {_reason(args.model, e)}") from None
     head = args.head or guess_head(config)
     height, width = args.image_size or (config.image_size, config.image_size)
     try:
