@@ -141,6 +141,8 @@ class MobileViTV2PreTrainedModel:
         self.batch_norm_folded = fold_batch_norm or is_folded(state_dict)
         self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm)
         self.checkpoint_source = "transformers"  # whose tensor names the weights came under
+        self.name_or_path = None  # what from_pretrained was given, and the file it read
+        self.weights_file = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype=np.float32,
@@ -181,6 +183,8 @@ class MobileViTV2PreTrainedModel:
             config = infer_config(align_prefix(state, cls.head), cls.head, source=described, **config_overrides)
         model = cls(config, state_dict=state, dtype=dtype, fold_batch_norm=fold_batch_norm, _source=described)
         model.checkpoint_source = source
+        model.name_or_path = os.fspath(pretrained_model_name_or_path)
+        model.weights_file = checkpoint.weights
         return model
 
     def state_dict(self) -> dict[str, np.ndarray]:
