@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,12 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def read_sharded_safetensors(index_path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The tensors of a sharded checkpoint, following ``weight_map`` in its ``.index.json``."""
+    return read_sharded(index_path, read_safetensors)
+
+
+def read_sharded(index_path: str | os.PathLike, read_shard: Callable[[Path], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The tensors of a sharded checkpoint whose shards ``read_shard`` reads, following
+    ``weight_map`` (tensor name -> shard file name) in its ``.index.json``."""
     index_path = Path(index_path)
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -47,7 +54,7 @@ def read_sharded_safetensors(index_path: str | os.PathLike) -> dict[str, np.ndar
         shard_path = index_path.parent / shard
         if Path(shard).name != shard:
             raise CheckpointError(f"{index_path}: shard name {shard!r} must be a file name in the same folder")
-        tensors = read_safetensors(shard_path)
+        tensors = read_shard(shard_path)
         wanted = {name for name, file in weight_map.items() if file == shard}
         absent = sorted(wanted - tensors.keys())
         if absent:
