@@ -27,7 +27,7 @@ require("transformers")
 
 from numpy_mvit2 import MobileViTV2Config  # noqa: E402
 from numpy_mvit2.hub import looks_like_repo_id  # noqa: E402
-from test_no_torch import BLOCKER  # noqa: E402
+from import_blocker import BLOCKER  # noqa: E402
 
 REPO = "apple/mobilevitv2-test-imagenet1k-256"
 

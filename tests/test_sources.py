@@ -13,7 +13,11 @@ transformers model by the renaming rules of transformers' conversion script
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -321,3 +325,67 @@ def test_infer_config_names_what_it_cannot_match(tmp_path):
     (tmp_path / "ckpt" / "config.json").unlink()
     model = MobileViTV2ForImageClassification.from_pretrained(tmp_path / "ckpt")
     assert model.config.width_multiplier == 0.5 and model.config.num_labels == 3
+
+
+# --------------------------------------------------------------------------------------------
+# pytorch_model.bin / .pth files, read in a process where torch cannot be imported
+# --------------------------------------------------------------------------------------------
+
+BLOCKED_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from numpy_mvit2 import MobileViTV2ForImageClassification
+
+    args = json.loads(sys.argv[1])
+    x = np.load(args["pixels"])
+    out = {}
+    for name, path in args["checkpoints"].items():
+        model = MobileViTV2ForImageClassification.from_pretrained(path)
+        out[name] = model(x).logits
+        out[name + "_source"] = np.array(model.checkpoint_source)
+    np.savez(args["out"], **out)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "timm"))
+    assert not loaded, loaded
+    """
+)
+
+
+def test_torch_files_from_timm_and_transformers_without_torch(tmp_path):
+    """timm's pytorch_model.bin (save_for_hf), a bare timm state dict saved as .pth, and a
+    transformers state dict in float16 with a non-contiguous tensor and two tensors sharing one
+    storage: all loaded where torch cannot be imported, all giving their torch model's logits."""
+    from import_blocker import BLOCKER
+
+    timm_ref = make_timm_reference(0.5, seed=11, num_classes=6)
+    save_timm_reference(timm_ref, tmp_path / "timm-bin", safe_serialization=False)
+    assert (tmp_path / "timm-bin" / "pytorch_model.bin").is_file()
+    torch.save({"state_dict": timm_ref.state_dict(), "epoch": 3}, tmp_path / "timm.pth")  # a training checkpoint
+
+    config = MobileViTV2Config(width_multiplier=0.5, num_labels=4)
+    hf = make_reference(config, "classification", seed=12).half().float()  # values exactly representable in float16
+    state = {k: v.half() if v.is_floating_point() else v for k, v in hf.state_dict().items()}
+    name = "classifier.weight"
+    state[name] = state[name].t().contiguous().t()  # same values, non-contiguous (column-major) layout
+    assert not state[name].is_contiguous()
+    shared = torch.cat([state["classifier.bias"], state["mobilevitv2.conv_stem.normalization.bias"]])
+    state["classifier.bias"] = shared[:4]
+    state["mobilevitv2.conv_stem.normalization.bias"] = shared[4:]
+    assert state["classifier.bias"].untyped_storage().data_ptr() == state["mobilevitv2.conv_stem.normalization.bias"].untyped_storage().data_ptr()
+    folder = tmp_path / "hf-bin"
+    folder.mkdir()
+    (folder / "config.json").write_text(hf.config.to_json_string())
+    torch.save(state, folder / "pytorch_model.bin")
+
+    x = pixels(13, 2, 128, 128)
+    np.save(tmp_path / "x.npy", x)
+    args = {"pixels": str(tmp_path / "x.npy"), "out": str(tmp_path / "out.npz"),
+            "checkpoints": {"timm_bin": str(tmp_path / "timm-bin"), "timm_pth": str(tmp_path / "timm.pth"), "hf_fp16": str(folder)}}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", BLOCKER + BLOCKED_CHILD, json.dumps(args)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = np.load(tmp_path / "out.npz")
+    theirs_timm = timm_logits(timm_ref, x)
+    assert relative_error(out["timm_bin"], theirs_timm) < TOL and str(out["timm_bin_source"]) == "timm"
+    assert relative_error(out["timm_pth"], theirs_timm) < TOL
+    assert relative_error(out["hf_fp16"], run_reference(hf, x).logits) < TOL and str(out["hf_fp16_source"]) == "transformers"
