@@ -77,13 +77,27 @@ def transformer_layer(x, layernorm_before, attention, layernorm_after, ffn, *, a
     return x + feed_forward(group_norm(x, 1, **layernorm_after, eps=eps), **ffn, act=act)
 
 
+def resize_to_patch_multiple(x, patch_size):  # [B, C, H, W] -> [B, C, ceil(H/p)*p, ceil(W/p)*p]
+    """timm's and ml-cvnets' way with a map the patch size does not divide: resize it (bilinear,
+    ``align_corners=True``) up to the next multiple of ``patch_size``. A no-op when it divides."""
+    height, width = x.shape[-2:]
+    size = (-(-height // patch_size) * patch_size, -(-width // patch_size) * patch_size)
+    return x if size == (height, width) else interpolate_bilinear(x, size, align_corners=True)
+
+
 def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, layernorm, conv_projection, *, spec: StageSpec, config: MobileViTV2Config):  # [B, Cin, H, W] -> [B, Cout, H/s, W/s]
     """The MobileViTV2 block (``MobileViTV2Layer``): downsample with an inverted residual; local
     representation with a depthwise k x k conv (+BN+act) and a 1x1 projection to d channels;
     global representation with transformer layers over unfolded patches ([B, d, P, N]); a group
-    norm; fold the patches back to a map; a 1x1 conv (+BN) back to Cout channels."""
+    norm; fold the patches back to a map; a 1x1 conv (+BN) back to Cout channels.
+
+    With ``config.patch_remainder == "resize"`` the downsampled map is first resized up to a
+    multiple of the patch size (timm, ml-cvnets); by default (transformers) unfold drops the
+    remainder and fold leaves it zero."""
     act = config.hidden_act
     x = inverted_residual(x, **downsampling_layer, stride=spec.stride, dilation=spec.downsample_dilation, act=act)
+    if config.patch_remainder == "resize":
+        x = resize_to_patch_multiple(x, config.patch_size)
     x = conv_layer(x, **conv_kxk, activation=act)
     x = conv_layer(x, **conv_1x1)
     height, width = x.shape[-2:]

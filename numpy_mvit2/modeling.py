@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 
@@ -24,15 +23,16 @@ from .ops import (
     mse_loss,
 )
 from .weights import (
-    CheckpointError,
     align_prefix,
     check_state_dict,
     flatten,
-    read_checkpoint_folder,
     to_params,
 )
 from .weights.convert import is_folded
+from .weights.files import read_weights
 from .weights.init import random_state_dict
+from .weights.names import to_transformers_names
+from .weights.shapes import infer_config
 
 # --------------------------------------------------------------------------------------------
 # Outputs
@@ -140,23 +140,51 @@ class MobileViTV2PreTrainedModel:
         check_state_dict(state_dict, config, self.head, _source)
         self.batch_norm_folded = fold_batch_norm or is_folded(state_dict)
         self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm)
+        self.checkpoint_source = "transformers"  # whose tensor names the weights came under
+        self.name_or_path = None  # what from_pretrained was given, and the file it read
+        self.weights_file = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype=np.float32,
-                        config: MobileViTV2Config | None = None, fold_batch_norm: bool = True, **config_overrides):
-        """Load ``config.json`` and ``model.safetensors`` (or a sharded ``model.safetensors.index.json``)
-        from a folder. Strict: every tensor the config implies must be present with its shape, and
-        nothing else (BN's ``num_batches_tracked`` aside); all problems are reported in one error."""
-        folder = Path(pretrained_model_name_or_path)
-        if not folder.is_dir():
-            raise CheckpointError(
-                f"{folder}: no such checkpoint folder (loading by repo id is not available yet; "
-                "pass a local folder holding config.json and model.safetensors)"
-            )
-        if config is None:
-            config = MobileViTV2Config.from_pretrained(folder, **config_overrides)
-        state_dict, source = read_checkpoint_folder(folder)
-        model = cls(config, state_dict=state_dict, dtype=dtype, fold_batch_norm=fold_batch_norm, _source=str(source))
+                        config: MobileViTV2Config | None = None, fold_batch_norm: bool = True,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        source: str | None = None, **config_overrides):
+        """Load a checkpoint from a folder, a weights file, or a Hugging Face repo id.
+
+        - weights: ``model.safetensors``, a sharded ``model.safetensors.index.json``,
+          ``pytorch_model.bin`` (read without PyTorch, through a restricted unpickler) or a sharded
+          ``pytorch_model.bin.index.json``, in that order of preference, as transformers prefers
+          them; a path to one file (``.safetensors``, ``.bin``, ``.pt``, ``.pth``) is read as it is.
+        - names: transformers', timm's (``stem.conv.weight``, ``stages.3.1.transformer.0...``) or
+          ml-cvnets' (``conv_1.block.conv.weight``, ``layer_4.1.global_rep...``), recognised by the
+          names (or forced with ``source="transformers" | "timm" | "cvnets"``) and renamed to
+          transformers' (see ``numpy_mvit2.weights.names``).
+        - config: ``config=`` if given, else the checkpoint's ``config.json`` (transformers' or
+          timm's), else inferred from the tensor shapes; keyword arguments override its fields
+          (e.g. ``patch_remainder="resize"`` to reproduce timm at sizes the patch size does not divide).
+        - repo ids are resolved through ``huggingface_hub`` (``revision=`` picks a branch, tag, commit
+          or ``"refs/pr/N"``); with ``HF_HUB_OFFLINE=1`` only the local cache is read.
+
+        Strict: every tensor the config implies must be present with its shape, and nothing else
+        (BN's ``num_batches_tracked`` aside); all problems are reported in one error."""
+        from .hub import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir)
+        state, source = to_transformers_names(read_weights(checkpoint.weights), source)
+        described = str(checkpoint.weights) + ("" if source == "transformers" else f" ({source} names, renamed to transformers')")
+        if config is not None:
+            if config_overrides:
+                config = MobileViTV2Config.from_dict(config.to_dict(), **config_overrides)
+        elif checkpoint.config is not None:
+            config = MobileViTV2Config.from_json_file(checkpoint.config)
+            if config_overrides:
+                config = MobileViTV2Config.from_dict(config.to_dict(), **config_overrides)
+        else:
+            config = infer_config(align_prefix(state, cls.head), cls.head, source=described, **config_overrides)
+        model = cls(config, state_dict=state, dtype=dtype, fold_batch_norm=fold_batch_norm, _source=described)
+        model.checkpoint_source = source
+        model.name_or_path = os.fspath(pretrained_model_name_or_path)
+        model.weights_file = checkpoint.weights
         return model
 
     def state_dict(self) -> dict[str, np.ndarray]:

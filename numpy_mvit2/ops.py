@@ -258,22 +258,27 @@ def global_avg_pool(x):  # [B, C, H, W] -> [B, C]
     return x.mean(axis=(-2, -1))
 
 
-def _bilinear_weights(in_size: int, out_size: int, dtype):  # -> (i0 [out], i1 [out], lam [out])
-    """Source indices and weights along one axis for ``align_corners=False``, as PyTorch computes them:
-    ``src = max((dst + 0.5) * in/out - 0.5, 0)``, ``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``,
+def _bilinear_weights(in_size: int, out_size: int, dtype, align_corners: bool = False):  # -> (i0 [out], i1 [out], lam [out])
+    """Source indices and weights along one axis, as PyTorch computes them. ``align_corners=False``:
+    ``src = max((dst + 0.5) * in/out - 0.5, 0)``; ``align_corners=True``: ``src = dst * (in-1)/(out-1)``
+    (corner pixels map onto corner pixels). Then ``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``,
     ``lam = src - i0``. The arithmetic is done in the array's own precision, as PyTorch's CPU kernel does."""
-    scale = np.asarray(in_size / out_size, dtype=dtype)
-    src = (np.arange(out_size, dtype=dtype) + dtype(0.5)) * scale - dtype(0.5)
-    src = np.maximum(src, 0)
+    if align_corners:
+        scale = np.asarray((in_size - 1) / (out_size - 1) if out_size > 1 else 0, dtype=dtype)
+        src = np.arange(out_size, dtype=dtype) * scale
+    else:
+        scale = np.asarray(in_size / out_size, dtype=dtype)
+        src = (np.arange(out_size, dtype=dtype) + dtype(0.5)) * scale - dtype(0.5)
+        src = np.maximum(src, 0)
     i0 = np.minimum(src.astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
     lam = (src - i0).astype(dtype)
     return i0, i1, lam
 
 
-def interpolate_bilinear(x, size):  # [B, C, H, W] -> [B, C, Ho, Wo]
+def interpolate_bilinear(x, size, align_corners: bool = False):  # [B, C, H, W] -> [B, C, Ho, Wo]
     """Bilinear resize with the semantics of
-    ``torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)``.
+    ``torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)``.
 
     Separable: first along the height, ``y = (1 - lam_h) x[i0] + lam_h x[i1]``, then the same
     along the width. Each output pixel samples the input at ``(dst + 0.5) * in/out - 0.5``
@@ -284,9 +289,9 @@ def interpolate_bilinear(x, size):  # [B, C, H, W] -> [B, C, Ho, Wo]
     x = x.astype(dtype, copy=False)
     if (out_h, out_w) == x.shape[-2:]:
         return x.copy()
-    i0, i1, lam = _bilinear_weights(x.shape[-2], out_h, dtype)
+    i0, i1, lam = _bilinear_weights(x.shape[-2], out_h, dtype, align_corners)
     x = x[..., i0, :] * (1 - lam)[:, None] + x[..., i1, :] * lam[:, None]
-    j0, j1, mu = _bilinear_weights(x.shape[-1], out_w, dtype)
+    j0, j1, mu = _bilinear_weights(x.shape[-1], out_w, dtype, align_corners)
     return x[..., j0] * (1 - mu) + x[..., j1] * mu
 
 

@@ -89,3 +89,22 @@ def relative_error(ours, theirs) -> float:
     ours = np.asarray(ours, dtype=np.float64)
     assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
     return float(np.max(np.abs(ours - theirs)) / (1.0 + np.max(np.abs(theirs))))
+
+
+def make_timm_reference(width: float, seed: int = 0, num_classes: int = 1000):
+    """timm's ``mobilevitv2_XXX`` with every parameter and BN statistic randomized, eval mode."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(f"mobilevitv2_{round(width * 100):03d}", pretrained=False, num_classes=num_classes).eval()
+    randomize_(model, seed)
+    return model
+
+
+def save_timm_reference(model, folder, safe_serialization=True) -> None:
+    """``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) as timm writes them
+    for the Hub (``timm.models.save_for_hf``)."""
+    from timm.models import save_for_hf
+
+    save_for_hf(model, str(folder), safe_serialization=safe_serialization)

@@ -314,6 +314,42 @@ def test_truncated_safetensors(classification_ref, tmp_path):
     assert str(tmp_path / "model.safetensors") in str(info.value)
 
 
+@pytest.mark.parametrize("lie", ["past_the_end", "overlapping", "wrong_length"])
+def test_safetensors_header_that_lies_about_offsets(classification_ref, tmp_path, lie):
+    import json as _json
+    import struct
+
+    data = (classification_ref[0] / "model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = _json.loads(data[8 : 8 + length])
+    names = [k for k in header if k != "__metadata__"]
+    entry = header[names[0]]
+    start, end = entry["data_offsets"]
+    if lie == "past_the_end":
+        entry["data_offsets"] = [start, len(data) * 2]
+    elif lie == "overlapping":
+        header[names[1]]["data_offsets"] = entry["data_offsets"]
+    else:
+        entry["data_offsets"] = [start, end - 4]
+    body = _json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    shutil.copy(classification_ref[0] / "config.json", tmp_path / "config.json")
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(body)) + body + data[8 + length :])
+    with pytest.raises(CheckpointError) as info:
+        MobileViTV2ForImageClassification.from_pretrained(tmp_path)
+    assert str(tmp_path / "model.safetensors") in str(info.value)
+
+
+def test_weights_preference_order(classification_ref, tmp_path):
+    """transformers' order: model.safetensors, its index, pytorch_model.bin, its index."""
+    from numpy_mvit2.weights.files import WEIGHT_FILES, find_weights
+
+    assert WEIGHT_FILES == ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    for name in reversed(WEIGHT_FILES):
+        (tmp_path / name).write_bytes(b"")
+        assert find_weights(tmp_path) == tmp_path / name
+
+
 # --------------------------------------------------------------------------------------------
 # Loading one class's checkpoint into another
 # --------------------------------------------------------------------------------------------

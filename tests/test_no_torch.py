@@ -16,26 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from conftest import require
+from import_blocker import BLOCKER
 from reference import make_reference, relative_error, run_reference, save_reference
 
 torch = require("torch")
-
-BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "transformers", "timm", "tensorflow", "jax", "flax"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
-    for name in list(sys.modules):
-        if name.split(".")[0] in ("torch", "transformers", "timm"):
-            del sys.modules[name]
-    """
-)
 
 CHILD = BLOCKER + textwrap.dedent(
     """

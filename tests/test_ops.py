@@ -395,6 +395,21 @@ def test_interpolate_bilinear(in_size, out_size, dtype):
         assert not np.shares_memory(ours, x)
 
 
+ALIGNED_CASES = [((25, 25), (26, 26)), ((13, 7), (14, 8)), ((1, 3), (2, 4)), ((5, 5), (1, 1)), ((3, 9), (64, 2))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("in_size, out_size", ALIGNED_CASES,
+                         ids=[f"{a[0]}x{a[1]}-{b[0]}x{b[1]}" for a, b in ALIGNED_CASES])
+def test_interpolate_bilinear_align_corners(in_size, out_size, dtype):
+    """align_corners=True is what timm and ml-cvnets use to resize a map up to a multiple of the patch size."""
+    x = randn(rng(10), 2, 3, *in_size, dtype=dtype)
+    ours = ops.interpolate_bilinear(x, out_size, align_corners=True)
+    ref = F.interpolate(T(x), size=out_size, mode="bilinear", align_corners=True)
+    assert ours.dtype == dtype
+    assert_close(ours, ref, TOL[dtype], "interpolate_bilinear(align_corners=True)")
+
+
 # --------------------------------------------------------------------------------------------
 # Patches and separable self-attention
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from .files import (
     read_sharded_safetensors,
 )
 from .shapes import expected_shapes
+from .torch_files import read_sharded_torch, read_torch_checkpoint
 
 __all__ = [
     "CheckpointError",
@@ -27,5 +28,7 @@ __all__ = [
     "read_checkpoint_folder",
     "read_safetensors",
     "read_sharded_safetensors",
+    "read_sharded_torch",
+    "read_torch_checkpoint",
     "to_params",
 ]

@@ -36,13 +36,6 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a PyTorch checkpoint file, read without PyTorch (see ``torch_files``)."""
-    from .torch_files import read_torch_checkpoint as read
-
-    return read(path)
-
-
 def shard_names(index_path: str | os.PathLike) -> list[str]:
     """The shard file names a sharded checkpoint's ``.index.json`` lists (each checked to be a plain
     file name in the index's folder)."""
@@ -70,11 +63,6 @@ def read_sharded_safetensors(index_path: str | os.PathLike) -> dict[str, np.ndar
     return read_sharded(index_path, read_safetensors)
 
 
-def read_sharded_torch(index_path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The tensors of a sharded PyTorch checkpoint (``pytorch_model.bin.index.json``)."""
-    return read_sharded(index_path, read_torch_checkpoint)
-
-
 def read_sharded(index_path: str | os.PathLike, read_shard) -> dict[str, np.ndarray]:
     """Each shard named in the index's ``weight_map`` read with ``read_shard``; the tensors each
     shard is listed for are kept (an index that lists a tensor its shard lacks is an error)."""
@@ -100,6 +88,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The tensors of one weights file, by its name: ``*.safetensors``, a sharded index
     (``*.safetensors.index.json`` or ``*.bin.index.json``), or a PyTorch file (``.bin``, ``.pt``,
     ``.pth``, ``.ckpt``; read without PyTorch, see ``torch_files``)."""
+    from .torch_files import read_sharded_torch, read_torch_checkpoint  # torch_files builds on this module
+
     path = Path(path)
     name = path.name
     if name.endswith(".safetensors"):

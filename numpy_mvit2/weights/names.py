@@ -45,6 +45,8 @@ def detect_source(names) -> str:
 
 def to_transformers_names(state: dict, source: str | None = None) -> tuple[dict, str]:
     """``state`` renamed to transformers' names, and the source it was detected as (or given)."""
+    if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
     source = source or detect_source(state)
     if source == "transformers":
         return dict(state), source

@@ -106,3 +106,47 @@ def folded_shapes(shapes: dict[str, tuple]) -> dict[str, tuple]:
         else:
             out[name] = shape
     return out
+
+
+# widths tried, in order, when a checkpoint comes without a config: the published ones first
+_WIDTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0) + tuple(w / 8 for w in range(1, 33) if w / 8 not in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0))
+
+
+def infer_config(state: dict, head: str, *, source: str = "checkpoint", **overrides) -> MobileViTV2Config:
+    """The config a state dict (transformers' names, laid out for ``head``) was built from, read off
+    its shapes: the width multiplier (the one, among multiples of 1/8 up to 4, whose every backbone
+    shape matches), the number of transformer layers per stage, the number of labels and the ASPP
+    width. What shapes cannot tell (``output_stride``, ``atrous_rates``, ``hidden_act``, label names)
+    stays at the defaults unless given in ``overrides``."""
+    from .files import CheckpointError
+
+    names = {(k[len(BASE_PREFIX):] if k.startswith(BASE_PREFIX) else k): v for k, v in state.items()}
+    kwargs: dict = {}
+    depth = []
+    for stage in (2, 3, 4):
+        layers = {k.split(".")[5] for k in names if k.startswith(f"encoder.layer.{stage}.transformer.layer.")}
+        depth.append(len(layers))
+    if all(depth):
+        kwargs["n_attn_blocks"] = depth
+    if head == "classification" and "classifier.weight" in names:
+        kwargs["num_labels"] = int(names["classifier.weight"].shape[0])
+    if head == "segmentation":
+        if "segmentation_head.classifier.convolution.weight" in names:
+            kwargs["num_labels"] = int(names["segmentation_head.classifier.convolution.weight"].shape[0])
+        if "segmentation_head.aspp.project.convolution.weight" in names:
+            kwargs["aspp_out_channels"] = int(names["segmentation_head.aspp.project.convolution.weight"].shape[0])
+    kwargs.update(overrides)
+    wanted = {k: tuple(v.shape) for k, v in names.items() if k.endswith(".weight") and not k.startswith(("classifier.", "segmentation_head."))}
+    for width in ([kwargs.pop("width_multiplier")] if "width_multiplier" in kwargs else _WIDTHS):
+        try:
+            config = MobileViTV2Config(width_multiplier=width, **kwargs)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: cannot build a config from its shapes: {e}") from None
+        shapes = backbone_shapes(config)
+        if wanted and all(shapes.get(k) == s for k, s in wanted.items()):
+            return config
+    stem = names.get("conv_stem.convolution.weight")
+    raise CheckpointError(
+        f"{source}: no config.json, and no MobileViTV2 width multiplier matches its tensor shapes "
+        f"(stem {tuple(stem.shape) if stem is not None else 'missing'}); pass config=MobileViTV2Config(...)"
+    )
