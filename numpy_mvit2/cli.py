@@ -179,7 +179,20 @@ def _reason(name: str, e: BaseException) -> str:
     return text[len(name) + 2 :] if text.startswith(f"{name}: ") else text
 
 
-def load_model(cls, name: str):
+HEAD_WORDS = {"base": "a backbone-only (MobileViTV2Model)", "classification": "an image classification",
+              "segmentation": "a semantic segmentation"}
+
+
+def load_model(cls, name: str, command: str, default: str):
+    config_path = Path(name) / "config.json"
+    if config_path.is_file():  # a folder: say plainly when it holds the other kind of model
+        try:
+            head = guess_head(MobileViTV2Config.from_pretrained(config_path), default=None)
+        except LOAD_ERRORS:
+            head = None  # the loader below reports what is wrong with the file
+        if head is not None and head != cls.head:
+            raise ModelError(f"{name} is {HEAD_WORDS[head]} checkpoint (config.json's architectures); "
+                             f"`{command}` needs {HEAD_WORDS[cls.head]} one, such as {default}")
     try:
         return cls.from_pretrained(name)
     except LOAD_ERRORS as e:
@@ -288,7 +301,7 @@ def _finish_run(args, items: list[Item], reporter: Reporter) -> int:
 
 def cmd_classify(args) -> int:
     items = expand_inputs(args.inputs)
-    model = load_model(MobileViTV2ForImageClassification, args.model)
+    model = load_model(MobileViTV2ForImageClassification, args.model, "classify", DEFAULT_CLASSIFIER)
     processor = load_processor(args.model, model.config, args.quiet)
     function = "sigmoid" if model.config.problem_type == "multi_label_classification" else "softmax"
     reporter = _start(args, items, "classify")
@@ -341,7 +354,7 @@ def cmd_segment(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: exists and is not a folder")
     items = expand_inputs(args.inputs)
-    model = load_model(MobileViTV2ForSemanticSegmentation, args.model)
+    model = load_model(MobileViTV2ForSemanticSegmentation, args.model, "segment", DEFAULT_SEGMENTER)
     processor = load_processor(args.model, model.config, args.quiet)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -383,13 +396,13 @@ ARCHITECTURE_HEADS = {"ForImageClassification": "classification", "ForSemanticSe
                       "V2Model": "base"}
 
 
-def guess_head(config: MobileViTV2Config) -> str:
-    """The head named in config.json's ``architectures`` (classification when it names none)."""
+def guess_head(config: MobileViTV2Config, default: str | None = "classification") -> str | None:
+    """The head named in config.json's ``architectures`` (``default`` when it names none)."""
     for arch in config.extra.get("architectures") or []:
         for suffix, head in ARCHITECTURE_HEADS.items():
             if str(arch).endswith(suffix):
                 return head
-    return "classification"
+    return default
 
 
 def cmd_info(args) -> int:

@@ -243,11 +243,24 @@ def test_unusable_model_files(classifier, segmenter, photos, tmp_path):
     result = run_cli("classify", photos / "a_portrait.jpg", "--model", broken)
     assert_no_traceback(result)
     assert result.returncode == 1 and "cannot load model" in result.stderr and "model.safetensors" in result.stderr
-    # a segmentation checkpoint is not a classifier: the strict loader says what does not match
+    # a segmentation checkpoint is not a classifier, and the other way round
     result = run_cli("classify", photos / "a_portrait.jpg", "--model", segmenter)
     assert_no_traceback(result)
-    assert result.returncode == 1 and "cannot load model" in result.stderr
-    assert len(result.stderr.strip().splitlines()) >= 1
+    assert result.returncode == 1 and "is a semantic segmentation checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = run_cli("segment", photos / "a_portrait.jpg", "--model", classifier, "-o", tmp_path / "out")
+    assert result.returncode == 1 and "is an image classification checkpoint" in result.stderr
+    assert "needs a semantic segmentation one" in result.stderr
+    # without architectures in config.json, the strict loader says what does not match
+    unnamed = tmp_path / "unnamed"
+    unnamed.mkdir()
+    config = json.loads((segmenter / "config.json").read_text())
+    del config["architectures"]
+    (unnamed / "config.json").write_text(json.dumps(config))
+    (unnamed / "model.safetensors").write_bytes((segmenter / "model.safetensors").read_bytes())
+    result = run_cli("classify", photos / "a_portrait.jpg", "--model", unnamed)
+    assert_no_traceback(result)
+    assert result.returncode == 1 and "cannot load model" in result.stderr and "missing key" in result.stderr
 
 
 def test_model_without_preprocessor_config(classifier, photos, tmp_path):
