@@ -285,12 +285,19 @@ def _start(args, items: list[Item], desc: str) -> Reporter:
     return reporter
 
 
+def json_lines(records: list[dict]) -> str:
+    """A JSON array with one record per line: valid JSON, and readable with grep and head."""
+    if not records:
+        return "[]"
+    return "[\n" + ",\n".join("  " + json.dumps(r, ensure_ascii=False) for r in records) + "\n]"
+
+
 def _finish_run(args, items: list[Item], reporter: Reporter) -> int:
     reporter.close()
     if args.json:
         records = [{"file": item.file, "error": item.error} if item.error is not None else {"file": item.file, **item.result}
                    for item in items]
-        print(json.dumps(records, indent=2, ensure_ascii=False))
+        print(json_lines(records))
     return EXIT_FAILED if any(item.error is not None for item in items) else EXIT_OK
 
 
@@ -343,10 +350,10 @@ def label_image(classes: np.ndarray, palette: np.ndarray) -> Image.Image:
 
 
 def overlay_image(photo: Image.Image, classes: np.ndarray, palette: np.ndarray, alpha: float) -> Image.Image:
-    """The photo with each pixel's class colour blended over it: ``(1 - alpha) * photo + alpha * colour``."""
-    colours = palette[classes % len(palette)].astype(np.float32)
-    blended = (1 - alpha) * np.asarray(photo, dtype=np.float32) + alpha * colours
-    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), mode="RGB")
+    """The photo with each pixel's class colour blended over it: ``(1 - alpha) * photo + alpha * colour``
+    (Pillow's ``Image.blend``, in 8 bits: light on memory for large photos)."""
+    colours = Image.fromarray(palette[classes % len(palette)], mode="RGB")
+    return Image.blend(photo.convert("RGB"), colours, alpha)
 
 
 def cmd_segment(args) -> int:
