@@ -388,7 +388,8 @@ def cmd_segment(args) -> int:
                     "fraction": round(float(counts[i]) / classes.size, 6)} for i in order]
         item.result = {"labels": str(labels_path), "overlay": str(overlay_path), "size": [width, height], "classes": present}
         if not args.json:
-            summary = ", ".join(f"{c['label']} {100 * c['fraction']:.1f}%" for c in present)
+            summary = ", ".join(f"{c['label']} {100 * c['fraction']:.1f}%" for c in present[:5])
+            summary += f", and {len(present) - 5} more" if len(present) > 5 else ""
             reporter.out(f"{item.file}: {labels_path}, {overlay_path} ({summary})")
 
     run_batches(items, args, model, processor, reporter, finish)
