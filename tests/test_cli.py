@@ -454,3 +454,42 @@ def test_cli_runs_without_torch(classifier, photos):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["predictions"]
+
+
+def test_cli_agrees_with_transformers_end_to_end(photos, tmp_path):
+    """transformers' own pipeline on the same files: its PIL processor on the path, its model, softmax /
+    its post-processing, against the command line on a checkpoint transformers saved itself."""
+    from conftest import require
+    from reference import make_reference, save_reference
+
+    torch = require("torch")
+    transformers = require("transformers")
+    transformers.logging.set_verbosity_error()
+    settings = {"size": {"shortest_edge": 80}, "crop_size": {"height": 64, "width": 64}, "resample": 2}
+    files = [photos / name for name in GOOD]
+    for head, command in (("classification", "classify"), ("segmentation", "segment")):
+        config = MobileViTV2Config(width_multiplier=0.5, image_size=64, num_labels=6, output_stride=16, aspp_out_channels=32)
+        reference = make_reference(config, head, seed=3)
+        folder = tmp_path / head
+        save_reference(reference, folder)
+        processor = transformers.MobileViTImageProcessorPil(**settings)
+        processor.save_pretrained(str(folder))
+        extra = ["--top-k", "6"] if command == "classify" else ["--out-dir", tmp_path / "masks"]
+        result = run_cli(command, *files, "--model", folder, "--json", *extra)
+        assert result.returncode == 0, result.stderr
+        for record, path in zip(json.loads(result.stdout), files):
+            with torch.no_grad():
+                logits = reference(**processor(str(path), return_tensors="pt")).logits
+            if command == "classify":
+                expected = torch.softmax(logits.double(), -1)[0].numpy()
+                got = {p["index"]: p["score"] for p in record["predictions"]}
+                assert np.abs(np.array([got[i] for i in range(6)]) - expected).max() < 1e-4
+            else:
+                size = Image.open(path).size[::-1]
+                expected = processor.post_process_semantic_segmentation(Outputs(logits), target_sizes=[size])[0].numpy()
+                assert np.mean(np.asarray(Image.open(record["labels"])) == expected) >= 0.999
+
+
+class Outputs:
+    def __init__(self, logits):
+        self.logits = logits
