@@ -3,9 +3,13 @@
 These need files this machine cannot download, so the module is collected only when one of the
 checkpoint variables is set (see conftest.py), and each test needs its checkpoint and the image:
 
-    NUMPY_MVIT2_IMAGENET_CHECKPOINT=/path/to/mobilevitv2-1.0-imagenet1k-256   (folder: config.json + model.safetensors)
-    NUMPY_MVIT2_VOC_CHECKPOINT=/path/to/mobilevitv2-1.0-voc-deeplabv3
-    NUMPY_MVIT2_COCO_CATS=/path/to/000000039769.jpg                        (COCO val2017, two cats)
+    NUMPY_MVIT2_IMAGENET_CHECKPOINT=apple/mobilevitv2-1.0-imagenet1k-256   (a repo id, or a folder)
+    NUMPY_MVIT2_VOC_CHECKPOINT=apple/mobilevitv2-1.0-voc-deeplabv3
+    NUMPY_MVIT2_COCO_CATS=/path/to/000000039769.jpg                    (COCO val2017, two cats)
+
+A repo id is downloaded into the Hugging Face cache on first use (its main branch holds only
+pytorch_model.bin, which numpy_mvit2 reads without PyTorch); a folder may hold model.safetensors or
+pytorch_model.bin.
 
 The expected values are those of transformers' own integration tests for these checkpoints.
 Preprocessing uses transformers' PIL image processor with the checkpoint's preprocessor_config.json.
