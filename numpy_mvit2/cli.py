@@ -122,8 +122,8 @@ def expand_inputs(inputs: list[str]) -> list[Item]:
 
 
 class Reporter:
-    """stdout for results, stderr for errors and notes, and a tqdm progress bar on stderr that is
-    shown only when stderr is a terminal and --quiet is off."""
+    """stdout for results, stderr for errors, and a tqdm progress bar on stderr that is shown only
+    when stderr is a terminal and --quiet is off."""
 
     def __init__(self, total: int, quiet: bool, desc: str):
         self.quiet = quiet
@@ -147,10 +147,6 @@ class Reporter:
     def error(self, item: Item) -> None:
         self.failed += 1
         self._write(f"{PROG}: error: {item.file}: {item.error}", sys.stderr)
-
-    def note(self, text: str) -> None:
-        if not self.quiet:
-            self._write(f"{PROG}: {text}", sys.stderr)
 
     def step(self, n: int = 1) -> None:
         if self.bar is not None:
