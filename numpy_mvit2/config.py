@@ -92,6 +92,7 @@ class MobileViTV2Config:
     label2id: dict = None
     problem_type: str = None
     output_hidden_states: bool = False
+    output_attentions: bool = False  # numpy_mvit2 only: per-layer context scores (transformers returns none)
     return_dict: bool = True
 
     model_type = "mobilevitv2"
