@@ -37,6 +37,18 @@ DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 """Relative error beyond which a layer is said to diverge: float32 round-off through the whole
 network stays near 1e-6 on randomized weights, float64 near 1e-14."""
 
+
+def _require(name: str):
+    """Import PyTorch or transformers for a cross-check, saying how to get them when missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ImportError(f"numpy_mvit2.crosscheck compares against transformers' PyTorch model and needs {name}: "
+                          f"pip install torch transformers ({error})") from None
+
+
 _TORCH_CLASSES = {
     "base": "MobileViTV2Model",
     "classification": "MobileViTV2ForImageClassification",
@@ -138,7 +150,7 @@ def reference_trace(torch_model, pixel_values, config=None) -> dict[str, np.ndar
     ``fold`` is read as the input of ``conv_projection``, ``pooler`` as the input of the classifier
     (or the base model's ``pooler_output``). ``config``: our ``MobileViTV2Config`` for the model
     (read off the torch model's config when not given)."""
-    import torch
+    torch = _require("torch")
 
     from .config import MobileViTV2Config
 
@@ -280,7 +292,7 @@ def load_pair(checkpoint, head: str | None = None):
     ours in float64 (float32 is derived from it exactly), transformers' in eval mode. ``head`` is
     "base", "classification" or "segmentation"; by default it is read off ``config.json``'s
     ``architectures`` (``MobileViTV2Model`` when absent)."""
-    import transformers
+    transformers = _require("transformers")
 
     from . import modeling
     from .config import MobileViTV2Config
@@ -314,7 +326,7 @@ def crosscheck(ours=None, theirs=None, *, checkpoint=None, head: str | None = No
 
     Neither model is modified; ``theirs`` is copied before it is cast to float64.
     """
-    import torch
+    torch = _require("torch")
 
     if checkpoint is not None:
         if ours is not None or theirs is not None:

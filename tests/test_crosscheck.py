@@ -164,6 +164,22 @@ def test_bad_arguments(folders):
 
 
 def test_importing_crosscheck_does_not_import_torch():
-    code = "import sys, numpy_mvit2, numpy_mvit2.crosscheck; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    """The module imports without PyTorch; calling it without PyTorch says what to install."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Blocker(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+        "            raise ImportError(name + ' is blocked')\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "import numpy_mvit2, numpy_mvit2.crosscheck\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "try:\n"
+        "    numpy_mvit2.crosscheck.crosscheck(checkpoint='nowhere')\n"
+        "except ImportError as e:\n"
+        "    assert 'pip install torch transformers' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no ImportError')\n"
+    )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": ""})
