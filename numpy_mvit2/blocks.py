@@ -69,10 +69,13 @@ def feed_forward(x, conv1, conv2, *, act):  # [B, d, P, N] -> [B, d, P, N]
     return conv_layer(conv_layer(x, **conv1, activation=act), **conv2)
 
 
-def transformer_layer(x, layernorm_before, attention, layernorm_after, ffn, *, act, eps):  # [B, d, P, N] -> [B, d, P, N]
+def transformer_layer(x, layernorm_before, attention, layernorm_after, ffn, *, act, eps, attentions=None):  # [B, d, P, N] -> [B, d, P, N]
     """Pre-norm transformer layer: ``x + attention(norm(x))``, then ``x + ffn(norm(x))``, the norms
-    being group norms with one group."""
-    attn_out, _ = linear_self_attention(group_norm(x, 1, **layernorm_before, eps=eps), **attention)
+    being group norms with one group. If ``attentions`` is a list, the layer's context scores
+    ([B, 1, P, N]) are appended to it."""
+    attn_out, scores = linear_self_attention(group_norm(x, 1, **layernorm_before, eps=eps), **attention)
+    if attentions is not None:
+        attentions.append(scores)
     x = x + attn_out
     return x + feed_forward(group_norm(x, 1, **layernorm_after, eps=eps), **ffn, act=act)
 
@@ -85,7 +88,7 @@ def resize_to_patch_multiple(x, patch_size):  # [B, C, H, W] -> [B, C, ceil(H/p)
     return x if size == (height, width) else interpolate_bilinear(x, size, align_corners=True)
 
 
-def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, layernorm, conv_projection, *, spec: StageSpec, config: MobileViTV2Config):  # [B, Cin, H, W] -> [B, Cout, H/s, W/s]
+def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, layernorm, conv_projection, *, spec: StageSpec, config: MobileViTV2Config, attentions=None):  # [B, Cin, H, W] -> [B, Cout, H/s, W/s]
     """The MobileViTV2 block (``MobileViTV2Layer``): downsample with an inverted residual; local
     representation with a depthwise k x k conv (+BN+act) and a 1x1 projection to d channels;
     global representation with transformer layers over unfolded patches ([B, d, P, N]); a group
@@ -93,7 +96,8 @@ def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, laye
 
     With ``config.patch_remainder == "resize"`` the downsampled map is first resized up to a
     multiple of the patch size (timm, ml-cvnets); by default (transformers) unfold drops the
-    remainder and fold leaves it zero."""
+    remainder and fold leaves it zero. ``attentions``: a list to collect each transformer layer's
+    context scores in, or None."""
     act = config.hidden_act
     x = inverted_residual(x, **downsampling_layer, stride=spec.stride, dilation=spec.downsample_dilation, act=act)
     if config.patch_remainder == "resize":
@@ -103,7 +107,7 @@ def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, laye
     height, width = x.shape[-2:]
     patches = unfold_patches(x, config.patch_size)
     for layer in transformer["layer"]:
-        patches = transformer_layer(patches, **layer, act=act, eps=config.layer_norm_eps)
+        patches = transformer_layer(patches, **layer, act=act, eps=config.layer_norm_eps, attentions=attentions)
     patches = group_norm(patches, 1, **layernorm, eps=config.layer_norm_eps)
     x = fold_patches(patches, (height, width), config.patch_size)
     return conv_layer(x, **conv_projection)
@@ -116,20 +120,25 @@ def mobilenet_layer(x, layer, *, spec: StageSpec, config: MobileViTV2Config):  #
     return x
 
 
-def run_encoder(x, layer, *, config: MobileViTV2Config):  # [B, C0, H/2, W/2] -> list of 5 x [B, Ci, Hi, Wi]
-    """The five stages in order; returns every stage's output (the last is ``last_hidden_state``)."""
+def run_encoder(x, layer, *, config: MobileViTV2Config, attentions=None):  # [B, C0, H/2, W/2] -> list of 5 x [B, Ci, Hi, Wi]
+    """The five stages in order; returns every stage's output (the last is ``last_hidden_state``).
+    If ``attentions`` is a list, every transformer layer of stages 3 to 5 appends its context
+    scores ([B, 1, P, N]) to it, in order."""
     hidden_states = []
     for spec, stage in zip(config.stages, layer):
-        block = mobilenet_layer if spec.kind == "mobilenet" else mobilevit_layer
-        x = block(x, **stage, spec=spec, config=config)
+        if spec.kind == "mobilenet":
+            x = mobilenet_layer(x, **stage, spec=spec, config=config)
+        else:
+            x = mobilevit_layer(x, **stage, spec=spec, config=config, attentions=attentions)
         hidden_states.append(x)
     return hidden_states
 
 
-def backbone(pixel_values, conv_stem, encoder, *, config: MobileViTV2Config):  # [B, C, H, W] -> list of 5 x [B, Ci, Hi, Wi]
-    """``MobileViTV2Model`` without pooling: a stride-2 3x3 conv stem (+BN+act), then the encoder."""
+def backbone(pixel_values, conv_stem, encoder, *, config: MobileViTV2Config, attentions=None):  # [B, C, H, W] -> list of 5 x [B, Ci, Hi, Wi]
+    """``MobileViTV2Model`` without pooling: a stride-2 3x3 conv stem (+BN+act), then the encoder.
+    ``attentions``: None, or a list that receives each transformer layer's context scores."""
     x = conv_layer(pixel_values, **conv_stem, stride=2, activation=config.hidden_act)
-    return run_encoder(x, **encoder, config=config)
+    return run_encoder(x, **encoder, config=config, attentions=attentions)
 
 
 def atrous_pyramid(x, convs, project, *, config: MobileViTV2Config):  # [B, C, H, W] -> [B, A, H, W]

@@ -96,6 +96,7 @@ class MobileViTV2Config:
     label2id: dict = None
     problem_type: str = None
     output_hidden_states: bool = False
+    output_attentions: bool = False  # numpy_mvit2 only: per-layer context scores (transformers returns none)
     return_dict: bool = True
     # Not in transformers: what a MobileViT block does with a feature map the patch size does not
     # divide. "zero" (transformers): unfold drops the last rows/columns and fold leaves them zero.

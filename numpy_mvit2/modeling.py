@@ -68,26 +68,34 @@ class ModelOutput:
 @dataclass
 class BaseModelOutputWithPoolingAndNoAttention(ModelOutput):
     """``last_hidden_state`` [B, C5, H/32, W/32]; ``pooler_output`` [B, C5] (None without
-    ``expand_output``); ``hidden_states``: the five stages' outputs when asked for."""
+    ``expand_output``); ``hidden_states``: the five stages' outputs when asked for;
+    ``attentions``: with ``output_attentions=True``, the context scores [B, 1, P, N] of every
+    transformer layer of stages 3 to 5 in order (an addition of ours: transformers has none for
+    MobileViTV2, hence the class name)."""
 
     last_hidden_state: np.ndarray | None = None
     pooler_output: np.ndarray | None = None
     hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 @dataclass
 class ImageClassifierOutputWithNoAttention(ModelOutput):
-    """``loss`` (a scalar, when labels are given), ``logits`` [B, num_labels], ``hidden_states``."""
+    """``loss`` (a scalar, when labels are given), ``logits`` [B, num_labels], ``hidden_states``;
+    ``attentions``: the per-layer context scores with ``output_attentions=True`` (ours only, as in
+    ``BaseModelOutputWithPoolingAndNoAttention``)."""
 
     loss: np.ndarray | None = None
     logits: np.ndarray | None = None
     hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 @dataclass
 class SemanticSegmenterOutput(ModelOutput):
     """``loss`` (when labels are given), ``logits`` [B, num_labels, H/os, W/os], ``hidden_states``;
-    ``attentions`` is always None, as in transformers."""
+    ``attentions``: the per-layer context scores [B, 1, P, N] with ``output_attentions=True``
+    (transformers always leaves it None for MobileViTV2)."""
 
     loss: np.ndarray | None = None
     logits: np.ndarray | None = None
@@ -215,9 +223,11 @@ class MobileViTV2PreTrainedModel:
         self.config.check_input_size(*x.shape[-2:])
         return np.ascontiguousarray(x, dtype=self.dtype)
 
-    def _backbone(self, pixel_values) -> list[np.ndarray]:
+    def _backbone(self, pixel_values, attentions=None) -> list[np.ndarray]:
+        """The five stage outputs; each transformer layer's context scores go into ``attentions``
+        when it is a list. The one place the models call the backbone."""
         backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
-        return blocks.backbone(self._pixels(pixel_values), **backbone_params, config=self.config)
+        return blocks.backbone(self._pixels(pixel_values), **backbone_params, config=self.config, attentions=attentions)
 
     def _flags(self, output_hidden_states, return_dict):
         if output_hidden_states is None:
@@ -225,6 +235,12 @@ class MobileViTV2PreTrainedModel:
         if return_dict is None:
             return_dict = self.config.return_dict
         return output_hidden_states, return_dict
+
+    def _attention_list(self, output_attentions) -> list | None:
+        """A list to collect context scores in when they are asked for (default: the config's)."""
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        return [] if output_attentions else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r}, dtype={np.dtype(self.dtype).name})"
@@ -244,15 +260,21 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
         model.expand_output = expand_output
         return model
 
-    def __call__(self, pixel_values=None, output_hidden_states=None, return_dict=None):
+    def __call__(self, pixel_values=None, output_hidden_states=None, return_dict=None, output_attentions=None):
+        """``output_attentions=True`` adds ``attentions``: each transformer layer's context scores
+        [B, 1, P, N] (softmax over the N patches), stages 3 to 5 in order. transformers offers no
+        attentions for MobileViTV2; this is ours. With ``return_dict=False`` they come last."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
-        hidden_states = self._backbone(pixel_values)
+        attentions = self._attention_list(output_attentions)
+        hidden_states = self._backbone(pixel_values, attentions)
         last = hidden_states[-1]
         pooled = global_avg_pool(last) if self.expand_output else None
         hidden_states = tuple(hidden_states) if output_hidden_states else None
+        attentions = tuple(attentions) if attentions is not None else None
         if not return_dict:
-            return tuple(v for v in (last, pooled, hidden_states) if v is not None)
-        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states)
+            return tuple(v for v in (last, pooled, hidden_states, attentions) if v is not None)
+        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states,
+                                                        attentions=attentions)
 
 
 class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
@@ -260,9 +282,12 @@ class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
 
     head = "classification"
 
-    def __call__(self, pixel_values=None, output_hidden_states=None, labels=None, return_dict=None):
+    def __call__(self, pixel_values=None, output_hidden_states=None, labels=None, return_dict=None, output_attentions=None):
+        """``output_attentions=True`` adds the per-layer context scores (see ``MobileViTV2Model``;
+        not offered by transformers)."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
-        hidden_states = self._backbone(pixel_values)
+        attentions = self._attention_list(output_attentions)
+        hidden_states = self._backbone(pixel_values, attentions)
         pooled = global_avg_pool(hidden_states[-1])
         if self.config.num_labels > 0:
             logits = linear(pooled, **self.params["classifier"])
@@ -270,9 +295,10 @@ class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
             logits = pooled
         loss = None if labels is None else self.loss_function(labels, logits)
         hidden_states = tuple(hidden_states) if output_hidden_states else None
+        attentions = tuple(attentions) if attentions is not None else None
         if not return_dict:
-            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
-        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
+            return tuple(v for v in (loss, logits, hidden_states, attentions) if v is not None)
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
 
     def loss_function(self, labels, logits):
         """transformers' ``ForSequenceClassificationLoss``. If ``config.problem_type`` is unset it is
@@ -306,11 +332,14 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
 
     head = "segmentation"
 
-    def __call__(self, pixel_values=None, labels=None, output_hidden_states=None, return_dict=None):
+    def __call__(self, pixel_values=None, labels=None, output_hidden_states=None, return_dict=None, output_attentions=None):
+        """``output_attentions=True`` fills ``attentions`` with the per-layer context scores (see
+        ``MobileViTV2Model``; transformers leaves it None)."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         if labels is not None and self.config.num_labels == 1:
             raise ValueError("The number of labels should be greater than one")
-        hidden_states = self._backbone(pixel_values)
+        attentions = self._attention_list(output_attentions)
+        hidden_states = self._backbone(pixel_values, attentions)
         logits = blocks.deeplabv3(hidden_states[-1], **self.params["segmentation_head"], config=self.config)
         loss = None
         if labels is not None:
@@ -320,6 +349,7 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
             upsampled = interpolate_bilinear(logits, labels.shape[-2:])
             loss = cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
         hidden_states = tuple(hidden_states) if output_hidden_states else None
+        attentions = tuple(attentions) if attentions is not None else None
         if not return_dict:
-            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
-        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+            return tuple(v for v in (loss, logits, hidden_states, attentions) if v is not None)
+        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)

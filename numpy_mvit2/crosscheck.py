@@ -1,0 +1,385 @@
+"""Layer-by-layer comparison of a ``numpy_mvit2`` model with transformers' PyTorch model.
+
+Both models run on the same pixels; every named layer's output is recorded on both sides and
+compared, in float32 and in float64. The names are transformers' module names (the head model's
+``mobilevitv2.`` prefix left out), so a row points at one module of ``modeling_mobilevitv2.py`` and
+one call in ``numpy_mvit2.blocks``::
+
+    >>> from numpy_mvit2.crosscheck import crosscheck
+    >>> report = crosscheck(checkpoint="path/to/checkpoint-folder")    # or crosscheck(ours, theirs)
+    >>> print(report)                   # a table: layer, shape, max |error| and relative error
+    >>> report.first_divergence         # None, or the first layer beyond the tolerance
+    >>> report.rows                     # the same table as a list of dicts
+
+PyTorch and transformers are needed only here, and are imported inside the functions that use
+them: ``import numpy_mvit2`` never loads them.
+
+Our side is an instrumented re-run: :func:`trace` composes the functions of ``numpy_mvit2.blocks``
+exactly as the models do and keeps every intermediate. So that it can never silently drift from
+the models, :func:`crosscheck` also compares the model's own output (its ``__call__``, whatever
+path that takes) with PyTorch's, as the table's last row.
+
+The relative error of a layer is the project's measure ``max|ours - torch| / (1 + max|torch|)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import blocks
+from .ops import fold_patches, global_avg_pool, group_norm, linear, unfold_patches
+
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
+"""Relative error beyond which a layer is said to diverge: float32 round-off through the whole
+network stays near 1e-6 on randomized weights, float64 near 1e-14."""
+
+
+def _require(name: str):
+    """Import PyTorch or transformers for a cross-check, saying how to get them when missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ImportError(f"numpy_mvit2.crosscheck compares against transformers' PyTorch model and needs {name}: "
+                          f"pip install torch transformers ({error})") from None
+
+
+_TORCH_CLASSES = {
+    "base": "MobileViTV2Model",
+    "classification": "MobileViTV2ForImageClassification",
+    "segmentation": "MobileViTV2ForSemanticSegmentation",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The layers, by name
+# --------------------------------------------------------------------------------------------
+
+
+def layer_names(config, head: str = "base", expand_output: bool = True) -> list[tuple[str, str]]:
+    """``(name, stage label)`` of every recorded layer, in forward order.
+
+    Per MobileViT stage: ``downsampling_layer``, the local representation (``conv_kxk``, then
+    ``conv_1x1``), each transformer layer's ``attention`` and ``ffn`` branches and its output,
+    ``layernorm``, ``fold`` (the patches folded back to a map: the input of ``conv_projection``)
+    and ``conv_projection`` (the stage's output). Per MobileNet stage: each inverted residual.
+    """
+    names = [("conv_stem", "stem")]
+    for spec in config.stages:
+        stage = f"encoder.layer.{spec.index}"
+        label = f"stage {spec.index + 1}"
+        if spec.kind == "mobilenet":
+            names += [(f"{stage}.layer.{j}", label) for j in range(spec.num_blocks)]
+            continue
+        names += [(f"{stage}.{part}", label) for part in ("downsampling_layer", "conv_kxk", "conv_1x1")]
+        for i in range(spec.n_attn_blocks):
+            layer = f"{stage}.transformer.layer.{i}"
+            names += [(f"{layer}.attention", label), (f"{layer}.ffn", label), (layer, label)]
+        names += [(f"{stage}.{part}", label) for part in ("layernorm", "fold", "conv_projection")]
+    if head == "base":
+        names += [("pooler", "head")] if expand_output else []
+    elif head == "classification":
+        names += [("pooler", "head"), ("classifier", "head")]
+    elif head == "segmentation":
+        names += [("segmentation_head.aspp", "head"), ("segmentation_head.classifier", "head")]
+    return names
+
+
+def _head_of(model) -> str:
+    return getattr(model, "head", "base")
+
+
+def _backbone_params(model) -> dict:
+    return model.params if _head_of(model) == "base" else model.params[model.base_model_prefix]
+
+
+def trace(model, pixel_values) -> dict[str, np.ndarray]:
+    """Run ``model`` (a ``numpy_mvit2`` model) on ``pixel_values`` and return every layer's output
+    under the names of :func:`layer_names`, in forward order. Composes ``numpy_mvit2.blocks`` the
+    way ``blocks.backbone`` does, keeping the intermediates."""
+    config, act, eps = model.config, model.config.hidden_act, model.config.layer_norm_eps
+    params = _backbone_params(model)
+    out = {}
+    x = blocks.conv_layer(model._pixels(pixel_values), **params["conv_stem"], stride=2, activation=act)
+    out["conv_stem"] = x
+    for spec, stage_params in zip(config.stages, params["encoder"]["layer"]):
+        stage = f"encoder.layer.{spec.index}"
+        if spec.kind == "mobilenet":
+            for j, block in enumerate(stage_params["layer"]):
+                x = blocks.inverted_residual(x, **block, stride=spec.stride if j == 0 else 1, act=act)
+                out[f"{stage}.layer.{j}"] = x
+            continue
+        x = blocks.inverted_residual(x, **stage_params["downsampling_layer"], stride=spec.stride,
+                                     dilation=spec.downsample_dilation, act=act)
+        out[f"{stage}.downsampling_layer"] = x
+        if config.patch_remainder == "resize":  # timm's behaviour, which transformers does not have
+            x = blocks.resize_to_patch_multiple(x, config.patch_size)
+        x = out[f"{stage}.conv_kxk"] = blocks.conv_layer(x, **stage_params["conv_kxk"], activation=act)
+        x = out[f"{stage}.conv_1x1"] = blocks.conv_layer(x, **stage_params["conv_1x1"])
+        size = x.shape[-2:]
+        patches = unfold_patches(x, config.patch_size)
+        for i, layer in enumerate(stage_params["transformer"]["layer"]):
+            name = f"{stage}.transformer.layer.{i}"
+            attn, _ = blocks.linear_self_attention(group_norm(patches, 1, **layer["layernorm_before"], eps=eps), **layer["attention"])
+            patches = patches + attn
+            ffn = blocks.feed_forward(group_norm(patches, 1, **layer["layernorm_after"], eps=eps), **layer["ffn"], act=act)
+            patches = patches + ffn
+            out[f"{name}.attention"], out[f"{name}.ffn"], out[name] = attn, ffn, patches
+        patches = out[f"{stage}.layernorm"] = group_norm(patches, 1, **stage_params["layernorm"], eps=eps)
+        x = out[f"{stage}.fold"] = fold_patches(patches, size, config.patch_size)
+        x = out[f"{stage}.conv_projection"] = blocks.conv_layer(x, **stage_params["conv_projection"])
+    head = _head_of(model)
+    if head == "base" and getattr(model, "expand_output", True):
+        out["pooler"] = global_avg_pool(x)
+    elif head == "classification":
+        pooled = out["pooler"] = global_avg_pool(x)
+        out["classifier"] = linear(pooled, **model.params["classifier"]) if config.num_labels > 0 else pooled
+    elif head == "segmentation":
+        seg = model.params["segmentation_head"]
+        aspp = out["segmentation_head.aspp"] = blocks.atrous_pyramid(x, **seg["aspp"], config=config)
+        out["segmentation_head.classifier"] = blocks.conv_layer(aspp, **seg["classifier"])
+    return out
+
+
+def reference_trace(torch_model, pixel_values, config=None) -> dict[str, np.ndarray]:
+    """Run a transformers ``MobileViTV2*`` model on ``pixel_values`` with forward hooks on the
+    modules of :func:`layer_names` and return their outputs as NumPy arrays, in the model's dtype.
+    ``fold`` is read as the input of ``conv_projection``, ``pooler`` as the input of the classifier
+    (or the base model's ``pooler_output``). ``config``: our ``MobileViTV2Config`` for the model
+    (read off the torch model's config when not given)."""
+    torch = _require("torch")
+
+    from .config import MobileViTV2Config
+
+    head = {v: k for k, v in _TORCH_CLASSES.items()}.get(type(torch_model).__name__, "base")
+    prefix = "" if head == "base" else f"{torch_model.base_model_prefix}."
+    modules = dict(torch_model.named_modules())
+    if config is None:
+        fields = MobileViTV2Config.__dataclass_fields__
+        config = MobileViTV2Config(**{k: v for k, v in torch_model.config.to_dict().items() if k in fields and k != "label2id"})
+    names = [name for name, _ in layer_names(config, head, getattr(torch_model, "expand_output", True))]
+    recorded: dict[str, np.ndarray] = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            recorded[name] = output.detach().cpu().numpy().copy()
+        return hook
+
+    def keep_input(name):
+        def hook(module, inputs):
+            recorded[name] = inputs[0].detach().cpu().numpy().copy()
+        return hook
+
+    handles = []
+    for name in names:
+        if name.endswith(".fold"):
+            handles.append(modules[prefix + name[: -len("fold")] + "conv_projection"].register_forward_pre_hook(keep_input(name)))
+        elif name == "pooler" and head == "classification":
+            handles.append(modules["classifier"].register_forward_pre_hook(keep_input(name)))
+        elif name == "pooler":
+            continue  # read off the output below
+        else:
+            module_name = name if name.startswith(("classifier", "segmentation_head")) else prefix + name
+            handles.append(modules[module_name].register_forward_hook(keep(name)))
+    dtype = next(torch_model.parameters()).dtype
+    try:
+        with torch.no_grad():
+            output = torch_model(torch.from_numpy(np.asarray(pixel_values)).to(dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    if head == "base" and "pooler" in names:
+        recorded["pooler"] = output.pooler_output.detach().cpu().numpy().copy()
+    return {name: recorded[name] for name in names}
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CrosscheckReport:
+    """The result of :func:`crosscheck`.
+
+    ``rows``: one dict per layer in forward order, with keys ``layer``, ``stage``, ``shape`` and,
+    per compared dtype ``dt``, ``max_abs_{dt}`` (``max|ours - torch|``), ``rel_{dt}``
+    (``max|ours - torch| / (1 + max|torch|)``) and ``scale_{dt}`` (``max|torch|``); ``diverged``
+    says whether some dtype's relative error exceeds its tolerance. ``first_divergence`` is the
+    first such layer's name, or None. ``str(report)`` is a fixed-width table."""
+
+    rows: list[dict]
+    dtypes: tuple[str, ...]
+    tolerance: dict[str, float]
+    first_divergence: str | None
+    head: str
+    input_shape: tuple[int, ...]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_divergence is None
+
+    def row(self, layer: str) -> dict:
+        for row in self.rows:
+            if row["layer"] == layer:
+                return row
+        raise KeyError(layer)
+
+    def max_error(self, dtype: str = "float32") -> float:
+        """The largest relative error of any layer in ``dtype``."""
+        return max(row[f"rel_{dtype}"] for row in self.rows)
+
+    def table(self) -> str:
+        width = max(len(r["layer"]) for r in self.rows)
+        header = f"{'layer':<{width}}  {'shape':<20}"
+        for dt in self.dtypes:
+            header += f"  {'max|err| ' + dt:>17}  {'rel ' + dt:>12}"
+        lines = [header, "-" * len(header)]
+        for r in self.rows:
+            line = f"{r['layer']:<{width}}  {tuple(r['shape'])!s:<20}"
+            for dt in self.dtypes:
+                line += f"  {r[f'max_abs_{dt}']:>17.3e}  {r[f'rel_{dt}']:>12.3e}"
+            lines.append(line + ("  <- diverges" if r["layer"] == self.first_divergence else ""))
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        tol = ", ".join(f"{dt} {self.tolerance[dt]:g}" for dt in self.dtypes)
+        head = f"{self.head} model, input {tuple(self.input_shape)}, {len(self.rows)} layers, tolerance (relative): {tol}"
+        worst = "; ".join(f"largest {dt} error {self.max_error(dt):.2e}" for dt in self.dtypes)
+        verdict = "no layer diverges" if self.passed else f"first divergence: {self.first_divergence}"
+        return "\n".join([head, f"{verdict}; {worst}", *self.notes])
+
+    def __str__(self) -> str:
+        return self.table() + "\n\n" + self.summary()
+
+
+def _errors(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float, float]:
+    if ours.shape != theirs.shape:
+        return float("inf"), float("inf"), float("nan")
+    ours, theirs = ours.astype(np.float64), theirs.astype(np.float64)
+    diff = np.abs(ours - theirs)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    if not np.isfinite(max_abs):
+        max_abs = float("inf")
+    scale = float(np.abs(theirs).max()) if theirs.size else 0.0
+    return max_abs, max_abs / (1.0 + scale), scale
+
+
+def _main_output(output, head):
+    return output.last_hidden_state if head == "base" else output.logits
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _with_dtype(model, dtype):
+    """The same model (same parameters, BN folded or not as it is) in another precision."""
+    if model.dtype == dtype:
+        return model
+    kwargs = {"expand_output": model.expand_output} if _head_of(model) == "base" else {}
+    return type(model)(model.config, state_dict=model.state_dict(), dtype=dtype,
+                       fold_batch_norm=model.batch_norm_folded, **kwargs)
+
+
+def load_pair(checkpoint, head: str | None = None):
+    """Load a checkpoint (a folder; a repo id once ``from_pretrained`` takes one) into both libraries:
+    ours in float64 (float32 is derived from it exactly), transformers' in eval mode. ``head`` is
+    "base", "classification" or "segmentation"; by default it is read off ``config.json``'s
+    ``architectures`` (``MobileViTV2Model`` when absent)."""
+    transformers = _require("transformers")
+
+    from . import modeling
+    from .config import MobileViTV2Config
+
+    if head is None:
+        config = MobileViTV2Config.from_pretrained(checkpoint) if Path(checkpoint).is_dir() else None
+        architectures = (config.extra.get("architectures") if config is not None else None) or []
+        by_class = {v: k for k, v in _TORCH_CLASSES.items()}
+        head = next((by_class[a] for a in architectures if a in by_class), "base")
+    ours_class = {"base": modeling.MobileViTV2Model, "classification": modeling.MobileViTV2ForImageClassification,
+                  "segmentation": modeling.MobileViTV2ForSemanticSegmentation}[head]
+    ours = ours_class.from_pretrained(checkpoint, dtype=np.float64)
+    theirs = getattr(transformers, _TORCH_CLASSES[head]).from_pretrained(str(checkpoint)).eval()
+    return ours, theirs
+
+
+def crosscheck(ours=None, theirs=None, *, checkpoint=None, head: str | None = None, pixel_values=None,
+               height: int | None = None, width: int | None = None, batch_size: int = 1, seed: int = 0,
+               dtypes=("float32", "float64"), tolerance: dict | None = None) -> CrosscheckReport:
+    """Compare ``ours`` (a ``numpy_mvit2`` model) with ``theirs`` (a transformers ``MobileViTV2*``
+    model of the same head), layer by layer, in float32 and float64.
+
+    Either pass both models, or ``checkpoint=`` (a checkpoint folder) to load both from it. The
+    input is ``pixel_values`` or, by default, seeded uniform [0, 1) pixels of
+    ``batch_size x num_channels x height x width`` (``config.image_size`` square by default).
+
+    The float64 comparison is exact only if ours can be run in float64 on the checkpoint's own
+    numbers: a float64 model, a checkpoint folder, or a float32 model loaded with
+    ``fold_batch_norm=False``. A float32 model with folded batch norms carries float32-rounded
+    folded weights; then the float64 column is left out and a note says so.
+
+    Neither model is modified; ``theirs`` is copied before it is cast to float64.
+    """
+    torch = _require("torch")
+
+    if checkpoint is not None:
+        if ours is not None or theirs is not None:
+            raise ValueError("crosscheck: pass either checkpoint= or both models, not both")
+        ours, theirs = load_pair(checkpoint, head)
+    if ours is None or theirs is None:
+        raise ValueError("crosscheck: pass both models (ours, theirs) or checkpoint=")
+    if not isinstance(theirs, torch.nn.Module):
+        raise TypeError(f"crosscheck: theirs must be a transformers (PyTorch) model, got {type(theirs).__name__}")
+    head = _head_of(ours)
+    if type(theirs).__name__ != _TORCH_CLASSES[head]:
+        raise TypeError(f"crosscheck: ours is a {type(ours).__name__} but theirs a {type(theirs).__name__}; "
+                        f"compare {_TORCH_CLASSES[head]} with it")
+    tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    config = ours.config
+    if pixel_values is None:
+        height = height or config.image_size
+        width = width or height
+        pixel_values = np.random.default_rng(seed).uniform(0, 1, (batch_size, config.num_channels, height, width))
+    pixel_values = np.asarray(pixel_values)
+
+    notes = []
+    dtypes = tuple(np.dtype(d).name for d in dtypes)
+    if "float64" in dtypes and ours.dtype == np.float32 and ours.batch_norm_folded:
+        dtypes = tuple(d for d in dtypes if d != "float64")
+        notes.append("float64 left out: this float32 model holds float32-rounded folded weights; pass a float64 "
+                     "model, a checkpoint folder, or a model loaded with fold_batch_norm=False")
+    if not dtypes:
+        raise ValueError("crosscheck: no dtype left to compare")
+
+    names = layer_names(config, head, getattr(ours, "expand_output", True))
+    rows = [{"layer": name, "stage": stage} for name, stage in names]
+    rows.append({"layer": f"output ({type(ours).__name__}.__call__)", "stage": "head"})
+    for dt in dtypes:
+        np_dtype = np.dtype(dt).type
+        model = _with_dtype(ours, np_dtype)
+        reference = copy.deepcopy(theirs).eval().to(getattr(torch, dt))
+        x = pixel_values.astype(np_dtype)
+        ours_trace = trace(model, x)
+        theirs_trace = reference_trace(reference, x, config)
+        with torch.no_grad():
+            theirs_output = _main_output(reference(torch.from_numpy(x)), head).numpy()
+        ours_output = _main_output(model(x), head)
+        pairs = [(ours_trace[name], theirs_trace[name]) for name, _ in names] + [(ours_output, theirs_output)]
+        for row, (a, b) in zip(rows, pairs):
+            row["shape"] = tuple(b.shape)
+            row[f"max_abs_{dt}"], row[f"rel_{dt}"], row[f"scale_{dt}"] = _errors(a, b)
+    first = None
+    for row in rows:
+        row["diverged"] = any(not row[f"rel_{dt}"] <= tolerance[dt] for dt in dtypes)
+        if row["diverged"] and first is None:
+            first = row["layer"]
+    return CrosscheckReport(rows=rows, dtypes=dtypes, tolerance={dt: tolerance[dt] for dt in dtypes},
+                            first_divergence=first, head=head, input_shape=tuple(pixel_values.shape), notes=notes)
