@@ -36,7 +36,8 @@ def looks_like_repo_id(name: str) -> bool:
 
 def _local_folder_hint(repo_id: str) -> str:
     return (f"to use a local copy instead, download the repository's files on a machine with internet "
-            f"(`hf download {repo_id}`) and pass that folder: from_pretrained('/path/to/folder')")
+            f"(`hf download {repo_id} --local-dir /path/to/folder`) and pass that folder: "
+            f"from_pretrained('/path/to/folder'), or --model /path/to/folder on the command line")
 
 
 def _cache_root(cache_dir) -> Path:
