@@ -359,6 +359,10 @@ def cmd_segment(args) -> int:
     items = expand_inputs(args.inputs)
     model = load_model(MobileViTV2ForSemanticSegmentation, args.model, "segment", DEFAULT_SEGMENTER)
     processor = load_processor(args.model, model.config, args.quiet)
+    # The whole photo is segmented: resized as the checkpoint says but not center-cropped (the
+    # network is fully convolutional), so every pixel of the photo gets a label and the mask lines
+    # up with the photo once the logits are resized to its size.
+    processor = MobileViTImageProcessor.from_dict({**processor.to_dict(), "do_center_crop": False})
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -493,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="how many labels to show per image (default: 5)")
     classify.set_defaults(func=cmd_classify)
 
-    segment = images_command("segment", "Segment images: a label PNG and an overlay PNG per image.",
+    segment = images_command("segment", "Segment images: a label PNG and an overlay PNG per image, at the photo's size. "
+                                        "The whole photo is segmented: resized as the checkpoint's preprocessor says, "
+                                        "without its center crop, so every pixel gets a label.",
                              DEFAULT_SEGMENTER, SEGMENT_JSON)
     segment.add_argument("--out-dir", "-o", required=True, metavar="DIR", help="folder for the PNG files (created if needed)")
     segment.add_argument("--alpha", type=_fraction, default=0.5,
