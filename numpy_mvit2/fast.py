@@ -111,7 +111,18 @@ def _cast(a, dtype):
     return None if a is None else np.ascontiguousarray(a, dtype=dtype)
 
 
-def _pointwise(node, dtype, scale=None, shift=None) -> Conv:
+def act_scale(act) -> float:
+    """The factor a convolution followed by ``act`` is scaled by at load: 1/2 for SiLU, whose
+    fast form ``silu(z) = u (1 + tanh u)`` takes ``u = z / 2`` (see ``bias_act_``); 1 otherwise.
+    Scaling by a power of two is exact, so the convolution then computes exactly ``z / 2``."""
+    return 0.5 if act in ("swish", "silu") else 1.0
+
+
+def _scaled(w, b, scale):
+    return w * scale, (None if b is None else b * scale)
+
+
+def _pointwise(node, dtype, scale=None, shift=None, act=None) -> Conv:
     """A 1x1 conv as ``[Cin, Cout]``. ``scale``/``shift`` ``[Cin]`` fold an affine map of the input
     in: ``conv(x * scale + shift) = x @ (scale[:, None] * W^T) + (b + shift @ W^T)``."""
     w, b = _conv(node, dtype)
@@ -120,33 +131,35 @@ def _pointwise(node, dtype, scale=None, shift=None) -> Conv:
         b = (0 if b is None else b) + shift.astype(np.float64) @ w
     if scale is not None:
         w = scale.astype(np.float64)[:, None] * w
+    w, b = _scaled(w, b, act_scale(act))
     return Conv(_cast(w, dtype), _cast(b, dtype))
 
 
-def _depthwise(node, dtype) -> Conv:
-    w, b = _conv(node, dtype)
+def _depthwise(node, dtype, act=None) -> Conv:
+    w, b = _scaled(*_conv(node, dtype), act_scale(act))
     return Conv(_cast(w[:, 0].transpose(1, 2, 0), dtype), _cast(b, dtype), k=w.shape[-1])  # [k, k, C]
 
 
-def _dense(node, dtype) -> Conv:
-    w, b = _conv(node, dtype)
+def _dense(node, dtype, act=None) -> Conv:
+    w, b = _scaled(*_conv(node, dtype), act_scale(act))
     cout, cin, k, _ = w.shape
     return Conv(_cast(w.transpose(2, 3, 1, 0).reshape(k * k * cin, cout), dtype), _cast(b, dtype), k=k)
 
 
-def _inverted_residual(node, dtype, stride=1, dilation=1) -> InvertedResidual:
-    return InvertedResidual(_pointwise(node["expand_1x1"], dtype), _depthwise(node["conv_3x3"], dtype),
+def _inverted_residual(node, dtype, act, stride=1, dilation=1) -> InvertedResidual:
+    return InvertedResidual(_pointwise(node["expand_1x1"], dtype, act=act), _depthwise(node["conv_3x3"], dtype, act),
                             _pointwise(node["reduce_1x1"], dtype), stride, dilation)
 
 
 def build_plan(backbone_params: dict, config: MobileViTV2Config, dtype) -> Plan:
     """Lay out a backbone's parameters (``model.params`` or ``params["mobilevitv2"]``) for the
     fast path. Weights are copied once, here; nothing is copied per call."""
-    plan = Plan(dtype=dtype, act=config.hidden_act, eps=config.layer_norm_eps, patch_size=config.patch_size,
-                stem=_dense(backbone_params["conv_stem"], dtype))
+    act = config.hidden_act
+    plan = Plan(dtype=dtype, act=act, eps=config.layer_norm_eps, patch_size=config.patch_size,
+                stem=_dense(backbone_params["conv_stem"], dtype, act))
     for spec, stage in zip(config.stages, backbone_params["encoder"]["layer"]):
         if spec.kind == "mobilenet":
-            plan.stages.append([_inverted_residual(block, dtype, stride=spec.stride if i == 0 else 1)
+            plan.stages.append([_inverted_residual(block, dtype, act, stride=spec.stride if i == 0 else 1)
                                 for i, block in enumerate(stage["layer"])])
             continue
         layers = []
@@ -155,14 +168,14 @@ def build_plan(backbone_params: dict, config: MobileViTV2Config, dtype) -> Plan:
             layers.append(TransformerLayer(
                 qkv=_pointwise(layer["attention"]["qkv_proj"], dtype, ln1["weight"], ln1["bias"]),
                 out=_pointwise(layer["attention"]["out_proj"], dtype),
-                ffn1=_pointwise(layer["ffn"]["conv1"], dtype, ln2["weight"], ln2["bias"]),
+                ffn1=_pointwise(layer["ffn"]["conv1"], dtype, ln2["weight"], ln2["bias"], act=act),
                 ffn2=_pointwise(layer["ffn"]["conv2"], dtype),
             ))
         ln = stage["layernorm"]
         _, projection_bias = _conv(stage["conv_projection"], dtype)
         plan.stages.append(MobileViTBlock(
-            down=_inverted_residual(stage["downsampling_layer"], dtype, spec.stride, spec.downsample_dilation),
-            local=_depthwise(stage["conv_kxk"], dtype),
+            down=_inverted_residual(stage["downsampling_layer"], dtype, act, spec.stride, spec.downsample_dilation),
+            local=_depthwise(stage["conv_kxk"], dtype, act),
             to_d=_pointwise(stage["conv_1x1"], dtype),
             layers=layers,
             projection=_pointwise(stage["conv_projection"], dtype, ln["weight"], ln["bias"]),
@@ -177,17 +190,20 @@ def build_plan(backbone_params: dict, config: MobileViTV2Config, dtype) -> Plan:
 
 
 def bias_act_(x, bias, act, tmp=None):  # [..., C] -> the same array, x = act(x + bias)
-    """``x = act(x + bias)`` in place. SiLU is ``x / (1 + exp(-x))`` (as PyTorch computes it)
-    with one scratch array; ReLU is a clamp; other activations fall back to ``ops.ACTIVATIONS``."""
+    """``x = act(x + bias)`` in place (``tmp``: a scratch array of x's shape, or None).
+
+    SiLU: the convolution before it was scaled by 1/2 at load (``act_scale``), so ``x + bias`` is
+    ``u = z / 2`` and ``silu(z) = z sigmoid(z) = u (1 + tanh u)``: three passes (tanh, product,
+    sum). ``tanh`` is faster than ``exp`` and, unlike ``exp(-z)``, never overflows (NumPy's exp takes
+    a slow path for lanes that do). ReLU is a clamp; other activations fall back to ``ops.ACTIVATIONS``."""
     if bias is not None:
         x += bias
     if act is None or act == "linear":
         return x
     if act in ("swish", "silu"):
-        t = np.negative(x, out=tmp)
-        np.exp(t, out=t)  # overflows to inf for x < -88 (float32): x / inf = -0, the right limit
-        t += 1
-        np.divide(x, t, out=x)
+        t = np.tanh(x, out=tmp)
+        t *= x
+        x += t
     elif act == "relu":
         np.maximum(x, 0, out=x)
     else:
@@ -423,16 +439,15 @@ def backbone(pixel_values, plan: Plan, attentions=None, keep_hidden_states=True)
     """The stem and the five stages. Returns the stage outputs as NCHW views of the NHWC arrays
     (``.transpose(0, 3, 1, 2)``, no copy); without ``keep_hidden_states`` only the last one is kept
     (the others are None) so that each stage's output can be freed once the next has read it."""
-    with np.errstate(over="ignore"):
-        x = stem(pixel_values, plan.stem, plan.act)
-        hidden_states = []
-        for stage in plan.stages:
-            if isinstance(stage, MobileViTBlock):
-                x = mobilevit_block(x, stage, plan, attentions)
-            else:
-                for block in stage:
-                    x = inverted_residual(x, block, plan.act)
-            hidden_states.append(x.transpose(0, 3, 1, 2) if keep_hidden_states else None)
+    x = stem(pixel_values, plan.stem, plan.act)
+    hidden_states = []
+    for stage in plan.stages:
+        if isinstance(stage, MobileViTBlock):
+            x = mobilevit_block(x, stage, plan, attentions)
+        else:
+            for block in stage:
+                x = inverted_residual(x, block, plan.act)
+        hidden_states.append(x.transpose(0, 3, 1, 2) if keep_hidden_states else None)
     hidden_states[-1] = x.transpose(0, 3, 1, 2)
     return hidden_states
 
