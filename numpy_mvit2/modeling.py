@@ -207,17 +207,19 @@ class MobileViTV2PreTrainedModel:
         if self.head == "segmentation":
             self._head_plan = fast_path.build_head_plan(self.params["segmentation_head"], self.config, self.dtype)
 
-    def _backbone(self, pixel_values, keep_hidden_states=True) -> list[np.ndarray]:
+    def _backbone(self, pixel_values, attentions=None, keep_hidden_states=True) -> list[np.ndarray]:
         """The five stage outputs (NCHW); the one place that picks the fast or the reference path.
+        ``attentions``: a list each transformer layer appends its context scores ``[B, 1, P, N]`` to.
         The fast path returns NCHW views of its NHWC arrays, and without ``keep_hidden_states``
         only the last stage's output (the others None), so dead stages can be freed early."""
         pixels = self._pixels(pixel_values)
         if self.fast:
             if self._plan is None:
                 self.rebuild_fast_plan()
-            return fast_path.backbone(pixels, self._plan, keep_hidden_states=keep_hidden_states)
+            return fast_path.backbone(pixels, self._plan, attentions=attentions, keep_hidden_states=keep_hidden_states)
         backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
-        return blocks.backbone(pixels, **backbone_params, config=self.config)
+        extra = {} if attentions is None else {"attentions": attentions}
+        return blocks.backbone(pixels, **backbone_params, config=self.config, **extra)
 
     def _flags(self, output_hidden_states, return_dict):
         if output_hidden_states is None:
