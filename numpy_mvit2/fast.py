@@ -361,16 +361,31 @@ def group_norm_(x, out, eps):  # [B, ...] -> out [B, ...] = (x - mean) / sqrt(va
 
 def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, attentions=None):  # [B, P, N, d] in place
     """``x += attention(norm(x))``; ``x += ffn(norm(x))`` (MobileViTV2's pre-norm layer), in place.
-
-    Separable attention on ``[B, P, N, d]``: ``qkv = norm(x) @ W`` gives one query channel, d key
-    and d value channels; ``scores = softmax_N(query)`` ([B, P, N]); the context vector is the
-    batched product ``scores[B, P, 1, N] @ key[B, P, N, d]``; the output ``relu(value) * context``
-    goes through ``out_proj``."""
+    ``bufs``: scratch arrays allocated once per MobileViT block (``mobilevit_block``)."""
     batch, p, n, dim = x.shape
     rows = batch * p * n
     x2 = x.reshape(rows, dim)
     normed, qkv, mixed, hidden, tmp, y = bufs
+    x2 += separable_attention(group_norm_(x, normed, eps), layer, qkv, mixed, y, attentions)
     group_norm_(x, normed, eps)
+    np.matmul(normed.reshape(rows, dim), layer.ffn1.w, out=hidden)
+    bias_act_(hidden, layer.ffn1.b, act, tmp)
+    np.matmul(hidden, layer.ffn2.w, out=y)
+    y += layer.ffn2.b
+    x2 += y
+    return x
+
+
+def separable_attention(normed, layer: TransformerLayer, qkv, mixed, out, attentions=None):  # [B, P, N, d] -> out [B*P*N, d]
+    """``out_proj(relu(value) * context)`` with ``qkv = qkv_proj(normed)`` (``normed``: the group-normed
+    tokens, the norm's scale and shift being folded into ``qkv_proj``). ``qkv``, ``mixed`` and
+    ``out`` are ``[B*P*N, 2d+1]``, ``[B*P*N, d]`` and ``[B*P*N, d]`` buffers. O(N) in the tokens.
+
+    ``qkv`` holds one query channel, d key and d value channels; ``scores = softmax_N(query)``
+    ([B, P, N], appended to ``attentions`` as [B, 1, P, N]); the context vector is the batched
+    product ``scores[B, P, 1, N] @ key[B, P, N, d]``; ``relu(value) * context`` goes through ``out_proj``."""
+    batch, p, n, dim = normed.shape
+    rows = batch * p * n
     np.matmul(normed.reshape(rows, dim), layer.qkv.w, out=qkv)
     qkv += layer.qkv.b
     q = qkv.reshape(batch, p, n, 2 * dim + 1)
@@ -383,16 +398,9 @@ def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, attentions=Non
     m = mixed.reshape(batch, p, n, dim)
     np.maximum(q[..., 1 + dim :], 0, out=m)
     m *= context
-    np.matmul(mixed, layer.out.w, out=y)
-    y += layer.out.b
-    x2 += y
-    group_norm_(x, normed, eps)
-    np.matmul(normed.reshape(rows, dim), layer.ffn1.w, out=hidden)
-    bias_act_(hidden, layer.ffn1.b, act, tmp)
-    np.matmul(hidden, layer.ffn2.w, out=y)
-    y += layer.ffn2.b
-    x2 += y
-    return x
+    np.matmul(mixed, layer.out.w, out=out)
+    out += layer.out.b
+    return out
 
 
 def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
