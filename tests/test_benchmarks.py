@@ -24,7 +24,7 @@ def test_quick_benchmark_runs_and_prints_ratios(tmp_path):
     out = run.stdout
     assert "numpy_mvit2 ms" in out and "memory at batch 2" in out and "separable attention" in out
     data = json.loads(results.read_text())
-    assert data["latency"]["numpy 0.5 1"] and data["memory"]["numpy 0.5 2"]["maxrss"] > 0
+    assert data["latency"]["numpy 0.5 1"] and data["memory"]["numpy 0.5 2"]["peak"] > 0
     if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
         assert "ratio" in out
         assert data["check"]["torch 0.5"] < 1e-4  # both sides ran the same weights on the same input
