@@ -32,6 +32,12 @@ batched product ``scores[B, P, 1, N] @ keys[B, P, N, d]``.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -243,38 +249,155 @@ def _tile(conv: Conv, cols):  # [k, k, C] -> [k, k, cols*C]
 
 
 # --------------------------------------------------------------------------------------------
+# Threads
+# --------------------------------------------------------------------------------------------
+#
+# NumPy's element-wise kernels run on one core, and OpenBLAS splits every matrix product across
+# its threads, which then meet at a barrier: hundreds of barriers per forward pass, each a stall
+# whenever another process holds a core. So where the work splits into independent pieces (the
+# images of a batch, the row ranges of an inverted residual) we run the pieces in our own threads
+# (NumPy releases the GIL inside its kernels) with OpenBLAS set to one thread meanwhile; elsewhere
+# OpenBLAS keeps its own threads. The thread count is ``THREADS`` (or the environment variable
+# NUMPY_MVIT2_THREADS), by default OpenBLAS's own count; 1 turns our threads off. Where NumPy's
+# BLAS is not an OpenBLAS whose thread count we can set, our threads stay off.
+
+THREADS: int | None = None
+"""Threads of the fast path; None: ``NUMPY_MVIT2_THREADS`` or else OpenBLAS's thread count."""
+
+
+class _OpenBLAS:
+    """OpenBLAS's ``*_get_num_threads`` / ``*_set_num_threads``, found in the libraries this
+    process has loaded (as threadpoolctl finds them); ``available`` is False where there are none."""
+
+    def __init__(self):
+        self.get = self.set = None
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix in ("scipy_openblas", "openblas"):
+                for suffix in ("64_", ""):
+                    get, set_ = (getattr(lib, f"{prefix}_{name}_num_threads{suffix}", None) for name in ("get", "set"))
+                    if get is not None and set_ is not None:
+                        self.get, self.set = get, set_
+                        self.get.restype = ctypes.c_int
+                        return
+
+    @property
+    def available(self) -> bool:
+        return self.get is not None
+
+
+_blas = None
+_pool = None
+_lock = threading.Lock()
+_depth = 0
+_saved = 1
+
+
+def _blas_api() -> _OpenBLAS:
+    global _blas
+    if _blas is None:
+        _blas = _OpenBLAS()
+    return _blas
+
+
+def threads() -> int:
+    """How many threads the fast path uses (1 where OpenBLAS's thread count cannot be set)."""
+    if not _blas_api().available:
+        return 1
+    if THREADS is not None:
+        return max(1, int(THREADS))
+    env = os.environ.get("NUMPY_MVIT2_THREADS")
+    return max(1, int(env)) if env else max(1, _blas.get())
+
+
+@contextmanager
+def _blas_single_threaded():
+    """OpenBLAS on one thread while our threads run (nested and concurrent calls restore the
+    count once, when the last one leaves)."""
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            _saved = _blas.get()
+            _blas.set(1)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                _blas.set(_saved)
+
+
+def parallel(fn, items):  # -> [fn(item) for item in items], the items in our threads
+    """``[fn(item) for item in items]``, run on ``len(items)`` threads at most; one item runs here."""
+    global _pool
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with _lock:
+        if _pool is None or _pool._max_workers < len(items):
+            _pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="numpy_mvit2")
+        pool = _pool
+    with _blas_single_threaded():
+        return list(pool.map(fn, items))
+
+
+# --------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------
 
 
-def stem(pixels, conv: Conv, act):  # [B, C, H, W] (NCHW input) -> [B, H/2, W/2, C0]
-    """3x3 stride-2 convolution (padding 1) + act, image by image: the 9 strided taps of the
-    padded input are gathered into ``cols [k*k*Cin, Ho*Wo]`` (plane copies) and one product with
-    the transposed columns gives the NHWC output rows directly."""
+def _split(n, parts):  # -> [(start, stop), ...]: range(n) in up to `parts` contiguous, near-equal pieces
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def stem(pixels, conv: Conv, act, threads=1):  # [B, C, H, W] (NCHW input) -> [B, H/2, W/2, C0]
+    """3x3 stride-2 convolution (padding 1) + act, image by image (one image: ``threads`` row
+    ranges at once): the 9 strided taps of the padded input are gathered into
+    ``cols [k*k*Cin, rows*Wo]`` (plane copies) and one product with the transposed columns gives
+    the NHWC output rows directly."""
     batch, cin, height, width = pixels.shape
     k, stride, pad = conv.k, 2, (conv.k - 1) // 2
     ho, wo = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
     cout = conv.w.shape[1]
     out = np.empty((batch, ho, wo, cout), pixels.dtype)
     padded = np.zeros((cin, height + 2 * pad, width + 2 * pad), pixels.dtype)
-    cols = np.empty((k, k, cin, ho, wo), pixels.dtype)
-    tmp = np.empty((wo * ho, cout), pixels.dtype)
-    for b in range(batch):
-        padded[:, pad : pad + height, pad : pad + width] = pixels[b]
+
+    def rows(task):
+        b, r0, r1 = task
+        n = r1 - r0
+        cols = np.empty((k, k, cin, n, wo), pixels.dtype)
         for kh in range(k):
             for kw in range(k):
-                cols[kh, kw] = padded[:, kh : kh + stride * (ho - 1) + 1 : stride, kw : kw + stride * (wo - 1) + 1 : stride]
-        y = out[b].reshape(ho * wo, cout)
-        np.matmul(cols.reshape(k * k * cin, ho * wo).T, conv.w, out=y)
-        bias_act_(y, conv.b, act, tmp)
+                h0 = kh + stride * r0
+                cols[kh, kw] = padded[:, h0 : h0 + stride * (n - 1) + 1 : stride, kw : kw + stride * (wo - 1) + 1 : stride]
+        y = out[b, r0:r1].reshape(n * wo, cout)
+        np.matmul(cols.reshape(k * k * cin, n * wo).T, conv.w, out=y)
+        bias_act_(y, conv.b, act, np.empty_like(y))
+
+    for b in range(batch):
+        padded[:, pad : pad + height, pad : pad + width] = pixels[b]
+        parallel(rows, [(b, r0, r1) for r0, r1 in _split(ho, threads)])
     return out
 
 
-def inverted_residual(x, block: InvertedResidual, act):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
+def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
     """1x1 expand (+act) -> k x k depthwise, strided or dilated (+act) -> 1x1 reduce, + x when the
-    shape is kept; computed in bands of output rows (see the module docstring).
+    shape is kept; computed in bands of output rows (see the module docstring). With
+    ``threads > 1`` the output rows are split into that many ranges, each worked through by a
+    thread with its own buffers.
 
-    A band of output rows ``[r0, r1)`` needs padded input rows ``[s*r0, s*(r1-1) + d*(k-1] + 1)``;
+    A band of output rows ``[r0, r1)`` needs padded input rows ``[s*r0, s*(r1-1) + d*(k-1) + 1)``;
     ``ebuf`` holds the expanded, activated, zero-padded rows of the current band, and the rows it
     shares with the next band are moved to its top rather than recomputed.
     """
@@ -292,45 +415,54 @@ def inverted_residual(x, block: InvertedResidual, act):  # [B, H, W, Cin] -> [B,
         images, rows = max(1, min(batch, BAND_ELEMENTS // per_image)), ho
     else:
         images, rows = 1, max(1, min(ho, BAND_ELEMENTS // (wo * hidden)))
+    groups = [(b0, min(images, batch - b0)) for b0 in range(0, batch, images)]
+    # work items: (first image, images, first output row, end row)
+    if threads > 1 and len(groups) < threads:
+        images, rows = 1, min(rows, -(-ho // threads))
+        tasks = [[(b, 1, r0, r1)] for b in range(batch) for r0, r1 in _split(ho, threads)]
+    else:
+        tasks = [[(b0, nb, 0, ho) for b0, nb in groups[i:j]] for i, j in _split(len(groups), threads)]
     span = s * (rows - 1) + d * (k - 1) + 1  # padded input rows one band needs
-    ebuf = np.zeros((images, span, width + 2 * pad, hidden), dtype)  # width padding stays zero
-    gbuf = np.empty((images * span * width, hidden), dtype)
-    tbuf = np.empty_like(gbuf)
-    dbuf = np.empty((images, rows, wo, hidden), dtype)
-    dtmp = np.empty_like(dbuf)
     tiled = _tile(block.depthwise, wo) if s == 1 else None
 
-    for b0 in range(0, batch, images):
-        nb = min(images, batch - b0)
-        held = (0, 0)  # padded rows [q0, q1) now in ebuf[:, : q1 - q0]
-        for r0 in range(0, ho, rows):
-            r1 = min(ho, r0 + rows)
-            n0, n1 = s * r0, s * (r1 - 1) + d * (k - 1) + 1
-            q0, q1 = held
-            if q0 < n0 < q1:  # keep the shared rows
-                ebuf[:nb, : q1 - n0] = ebuf[:nb, n0 - q0 : q1 - q0]
-            start = max(q1, n0)
-            # padded rows [start, n1): zero outside the image, expanded + activated inside
-            i0, i1 = min(max(start - pad, 0), height), min(max(n1 - pad, 0), height)
-            for q in range(start, n1):
-                if not pad <= q < pad + height:
-                    ebuf[:nb, q - n0] = 0
-            if i1 > i0:
-                m = nb * (i1 - i0) * width
-                g = gbuf[:m]
-                np.matmul(x[b0 : b0 + nb, i0:i1].reshape(m, cin), block.expand.w, out=g)
-                bias_act_(g, block.expand.b, act, tbuf[:m])
-                ebuf[:nb, i0 + pad - n0 : i1 + pad - n0, pad : pad + width] = g.reshape(nb, i1 - i0, width, hidden)
-            held = (n0, n1)
-            # depthwise, act, reduce (+ residual)
-            dw = depthwise_band(ebuf[:nb, : n1 - n0], dbuf[:nb, : r1 - r0], block.depthwise, s, d, tiled)
-            dw2 = dw.reshape(-1, hidden)
-            bias_act_(dw2, block.depthwise.b, act, dtmp[:nb, : r1 - r0].reshape(-1, hidden))
-            y = out[b0 : b0 + nb, r0:r1].reshape(-1, cout)
-            np.matmul(dw2, block.reduce.w, out=y)
-            y += block.reduce.b
-            if residual:
-                y += x[b0 : b0 + nb, r0:r1].reshape(-1, cout)
+    def work(items):
+        ebuf = np.zeros((images, span, width + 2 * pad, hidden), dtype)  # width padding stays zero
+        gbuf = np.empty((images * span * width, hidden), dtype)
+        tbuf = np.empty_like(gbuf)
+        dbuf = np.empty((images, rows, wo, hidden), dtype)
+        dtmp = np.empty_like(dbuf)
+        for b0, nb, r_start, r_end in items:
+            held = (0, 0)  # padded rows [q0, q1) now in ebuf[:, : q1 - q0]
+            for r0 in range(r_start, r_end, rows):
+                r1 = min(r_end, r0 + rows)
+                n0, n1 = s * r0, s * (r1 - 1) + d * (k - 1) + 1
+                q0, q1 = held
+                if q0 < n0 < q1:  # keep the shared rows
+                    ebuf[:nb, : q1 - n0] = ebuf[:nb, n0 - q0 : q1 - q0]
+                start = max(q1, n0)
+                # padded rows [start, n1): zero outside the image, expanded + activated inside
+                i0, i1 = min(max(start - pad, 0), height), min(max(n1 - pad, 0), height)
+                for q in range(start, n1):
+                    if not pad <= q < pad + height:
+                        ebuf[:nb, q - n0] = 0
+                if i1 > i0:
+                    m = nb * (i1 - i0) * width
+                    g = gbuf[:m]
+                    np.matmul(x[b0 : b0 + nb, i0:i1].reshape(m, cin), block.expand.w, out=g)
+                    bias_act_(g, block.expand.b, act, tbuf[:m])
+                    ebuf[:nb, i0 + pad - n0 : i1 + pad - n0, pad : pad + width] = g.reshape(nb, i1 - i0, width, hidden)
+                held = (n0, n1)
+                # depthwise, act, reduce (+ residual)
+                dw = depthwise_band(ebuf[:nb, : n1 - n0], dbuf[:nb, : r1 - r0], block.depthwise, s, d, tiled)
+                dw2 = dw.reshape(-1, hidden)
+                bias_act_(dw2, block.depthwise.b, act, dtmp[:nb, : r1 - r0].reshape(-1, hidden))
+                y = out[b0 : b0 + nb, r0:r1].reshape(-1, cout)
+                np.matmul(dw2, block.reduce.w, out=y)
+                y += block.reduce.b
+                if residual:
+                    y += x[b0 : b0 + nb, r0:r1].reshape(-1, cout)
+
+    parallel(work, tasks)
     return out
 
 
@@ -403,12 +535,12 @@ def separable_attention(normed, layer: TransformerLayer, qkv, mixed, out, attent
     return out
 
 
-def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
+def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threads=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
     """Downsample (inverted residual); local representation (depthwise k x k + act, 1x1 to d);
     unfold into ``[B, P, N, d]``; transformer layers; group norm; 1x1 projection to Cout on the
     patches; fold back, pixels no patch covers getting the projection's bias (= conv of zeros)."""
     act, ps = plan.act, plan.patch_size
-    x = inverted_residual(x, block.down, act)
+    x = inverted_residual(x, block.down, act, threads)
     # (config.patch_remainder == "resize" would resize x here, before the local representation)
     x = depthwise(x, block.local, act)
     batch, height, width, _ = x.shape
@@ -446,15 +578,34 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None):  # [
 def backbone(pixel_values, plan: Plan, attentions=None, keep_hidden_states=True):  # [B, C, H, W] -> 5 x [B, Ci, Hi, Wi]
     """The stem and the five stages. Returns the stage outputs as NCHW views of the NHWC arrays
     (``.transpose(0, 3, 1, 2)``, no copy); without ``keep_hidden_states`` only the last one is kept
-    (the others are None) so that each stage's output can be freed once the next has read it."""
-    x = stem(pixel_values, plan.stem, plan.act)
+    (the others are None) so that each stage's output can be freed once the next has read it.
+
+    With several threads (``threads()``) a batch is split into that many parts, each run through
+    the whole network by its own thread; a single image is split by rows inside the stem and
+    the inverted residuals."""
+    n_threads = threads()
+    batch = pixel_values.shape[0]
+    if n_threads == 1 or batch == 1:
+        return _backbone(pixel_values, plan, attentions, keep_hidden_states, n_threads)
+    parts = _split(batch, n_threads)
+    lists = [None if attentions is None else [] for _ in parts]
+    results = parallel(lambda i: _backbone(pixel_values[parts[i][0] : parts[i][1]], plan, lists[i], keep_hidden_states, 1),
+                       list(range(len(parts))))
+    if attentions is not None:
+        attentions.extend(np.concatenate(scores) for scores in zip(*lists))
+    return [None if states[0] is None else np.concatenate([s.transpose(0, 2, 3, 1) for s in states]).transpose(0, 3, 1, 2)
+            for states in zip(*results)]
+
+
+def _backbone(pixel_values, plan: Plan, attentions, keep_hidden_states, n_threads):
+    x = stem(pixel_values, plan.stem, plan.act, n_threads)
     hidden_states = []
     for stage in plan.stages:
         if isinstance(stage, MobileViTBlock):
-            x = mobilevit_block(x, stage, plan, attentions)
+            x = mobilevit_block(x, stage, plan, attentions, n_threads)
         else:
             for block in stage:
-                x = inverted_residual(x, block, plan.act)
+                x = inverted_residual(x, block, plan.act, n_threads)
         hidden_states.append(x.transpose(0, 3, 1, 2) if keep_hidden_states else None)
     hidden_states[-1] = x.transpose(0, 3, 1, 2)
     return hidden_states
