@@ -491,15 +491,42 @@ def group_norm_(x, out, eps):  # [B, ...] -> out [B, ...] = (x - mean) / sqrt(va
     return out
 
 
-def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, attentions=None):  # [B, P, N, d] in place
+class SharedGroupNorm:
+    """``group_norm_`` over a tensor whose pixel-in-patch axis P is split among threads, each
+    holding ``x[:, p0:p1]`` (batch 1, so each part is contiguous): partial sums, a barrier, the
+    mean; partial sums of squares, a barrier, the variance. Summing per-part sums changes only the
+    order of the additions."""
+
+    def __init__(self, parts, batch, count, eps):
+        self.barrier = threading.Barrier(parts)
+        self.partial = np.zeros((parts, batch, 2))
+        self.count, self.eps = count, eps
+
+    def __call__(self, part, x, out):
+        batch = x.shape[0]
+        x2, o2 = x.reshape(batch, -1), out.reshape(batch, -1)
+        self.partial[part, :, 0] = x2.sum(axis=1)
+        self.barrier.wait()
+        mean = self.partial[:, :, 0].sum(axis=0) / self.count
+        np.subtract(x2, mean[:, None].astype(x.dtype), out=o2)
+        self.partial[part, :, 1] = np.matmul(o2[:, None, :], o2[:, :, None])[:, 0, 0]
+        self.barrier.wait()
+        var = self.partial[:, :, 1].sum(axis=0) / self.count
+        o2 *= (1 / np.sqrt(var + self.eps))[:, None].astype(x.dtype)
+        return out
+
+
+def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, attentions=None, norm=None):  # [B, P, N, d] in place
     """``x += attention(norm(x))``; ``x += ffn(norm(x))`` (MobileViTV2's pre-norm layer), in place.
-    ``bufs``: scratch arrays allocated once per MobileViT block (``mobilevit_block``)."""
+    ``bufs``: scratch arrays allocated once per MobileViT block (``mobilevit_block``); ``norm``:
+    ``group_norm_`` (default) or a ``SharedGroupNorm`` bound to this thread's part."""
     batch, p, n, dim = x.shape
     rows = batch * p * n
     x2 = x.reshape(rows, dim)
     normed, qkv, mixed, hidden, tmp, y = bufs
-    x2 += separable_attention(group_norm_(x, normed, eps), layer, qkv, mixed, y, attentions)
-    group_norm_(x, normed, eps)
+    norm = norm or (lambda x, out: group_norm_(x, out, eps))
+    x2 += separable_attention(norm(x, normed), layer, qkv, mixed, y, attentions)
+    norm(x, normed)
     np.matmul(normed.reshape(rows, dim), layer.ffn1.w, out=hidden)
     bias_act_(hidden, layer.ffn1.b, act, tmp)
     np.matmul(hidden, layer.ffn2.w, out=y)
@@ -547,25 +574,43 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threa
     nh, nw = height // ps, width // ps
     dim = block.to_d.w.shape[1]
     # unfold first (on the input channels), so the 1x1 conv writes the patches directly
-    cin = x.shape[3]
+    cin, cout, p, n = x.shape[3], block.projection.w.shape[1], ps * ps, nh * nw
     unfolded = x[:, : nh * ps, : nw * ps].reshape(batch, nh, ps, nw, ps, cin).transpose(0, 2, 4, 1, 3, 5)
     patches = np.empty((batch, ps, ps, nh, nw, cin), x.dtype)
     np.copyto(patches, unfolded)
+    patches = patches.reshape(batch, p, n, cin)
     del x, unfolded
-    rows = batch * ps * ps * nh * nw
-    tokens = np.matmul(patches.reshape(rows, cin), block.to_d.w).reshape(batch, ps * ps, nh * nw, dim)
-    del patches
-    ffn = block.layers[0].ffn1.w.shape[1] if block.layers else dim
-    bufs = (np.empty_like(tokens), np.empty((rows, 2 * dim + 1), tokens.dtype), np.empty((rows, dim), tokens.dtype),
-            np.empty((rows, ffn), tokens.dtype), np.empty((rows, ffn), tokens.dtype), np.empty((rows, dim), tokens.dtype))
-    for layer in block.layers:
-        transformer_layer(tokens, layer, act, plan.eps, bufs, attentions)
-    normed = group_norm_(tokens, bufs[0], plan.eps)
-    del tokens, bufs
-    cout = block.projection.w.shape[1]
-    projected = np.matmul(normed.reshape(rows, dim), block.projection.w)
-    projected += block.projection.b
-    del normed
+    projected = np.empty((batch, p, n, cout), patches.dtype)
+    # one image: the P pixel positions of a patch are split among the threads (the attention is
+    # independent per position; only the group norms need the other threads' sums)
+    parts = _split(p, threads) if batch == 1 else [(0, p)]
+    shared = SharedGroupNorm(len(parts), batch, p * n * dim, plan.eps) if len(parts) > 1 else None
+    lists = [None if attentions is None else [] for _ in parts]
+
+    def work(i):
+        p0, p1 = parts[i]
+        rows = batch * (p1 - p0) * n
+        tokens = np.matmul(patches[:, p0:p1].reshape(rows, cin), block.to_d.w).reshape(batch, p1 - p0, n, dim)
+        ffn = block.layers[0].ffn1.w.shape[1] if block.layers else dim
+        bufs = (np.empty_like(tokens), np.empty((rows, 2 * dim + 1), tokens.dtype), np.empty((rows, dim), tokens.dtype),
+                np.empty((rows, ffn), tokens.dtype), np.empty((rows, ffn), tokens.dtype), np.empty((rows, dim), tokens.dtype))
+        norm = None if shared is None else (lambda x, out: shared(i, x, out))
+        try:
+            for layer in block.layers:
+                transformer_layer(tokens, layer, act, plan.eps, bufs, lists[i], norm)
+            normed = group_norm_(tokens, bufs[0], plan.eps) if norm is None else norm(tokens, bufs[0])
+        except BaseException:
+            if shared is not None:
+                shared.barrier.abort()  # the other threads stop waiting
+            raise
+        y = projected[:, p0:p1].reshape(rows, cout)
+        np.matmul(normed.reshape(rows, dim), block.projection.w, out=y)
+        y += block.projection.b
+
+    parallel(work, list(range(len(parts))))
+    patches = None  # free the unfolded input before the fold allocates the output
+    if attentions is not None:
+        attentions.extend(np.concatenate(scores, axis=2) for scores in zip(*lists))
     out = np.empty((batch, height, width, cout), projected.dtype)
     if (nh * ps, nw * ps) != (height, width):
         out[:, nh * ps :] = block.projection_bias
