@@ -323,10 +323,14 @@ def _blas_single_threaded():
     """OpenBLAS on one thread while our threads run (nested and concurrent calls restore the
     count once, when the last one leaves)."""
     global _depth, _saved
+    blas = _blas_api()
+    if not blas.available:
+        yield
+        return
     with _lock:
         if _depth == 0:
-            _saved = _blas.get()
-            _blas.set(1)
+            _saved = blas.get()
+            blas.set(1)
         _depth += 1
     try:
         yield
@@ -334,7 +338,7 @@ def _blas_single_threaded():
         with _lock:
             _depth -= 1
             if _depth == 0:
-                _blas.set(_saved)
+                blas.set(_saved)
 
 
 def parallel(fn, items):  # -> [fn(item) for item in items], the items in our threads
