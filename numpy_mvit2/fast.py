@@ -470,16 +470,23 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
     return out
 
 
-def depthwise(x, conv: Conv, act):  # [B, H, W, C] -> [B, H, W, C]
-    """Stride-1 depthwise k x k convolution (+act) on a whole map, padded once."""
+def depthwise(x, conv: Conv, act, threads=1):  # [B, H, W, C] -> [B, H, W, C]
+    """Stride-1 depthwise k x k convolution (+act) on a whole map, padded once; one image is
+    split by rows among ``threads``."""
     batch, height, width, channels = x.shape
     pad = (conv.k - 1) // 2
     padded = np.zeros((batch, height + 2 * pad, width + 2 * pad, channels), x.dtype)
     padded[:, pad : pad + height, pad : pad + width] = x
     out = np.empty_like(x)
-    depthwise_band(padded, out, conv, 1, 1, _tile(conv, width))
-    del padded
-    return bias_act_(out, conv.b, act, np.empty_like(out))
+    tiled = _tile(conv, width)
+
+    def rows(span):
+        r0, r1 = span
+        o = depthwise_band(padded[:, r0 : r1 + 2 * pad], out[:, r0:r1], conv, 1, 1, tiled)
+        bias_act_(o, conv.b, act, np.empty_like(o))
+
+    parallel(rows, _split(height, threads if batch == 1 else 1))
+    return out
 
 
 def group_norm_(x, out, eps):  # [B, ...] -> out [B, ...] = (x - mean) / sqrt(var + eps) per sample
@@ -573,7 +580,7 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threa
     act, ps = plan.act, plan.patch_size
     x = inverted_residual(x, block.down, act, threads)
     # (config.patch_remainder == "resize" would resize x here, before the local representation)
-    x = depthwise(x, block.local, act)
+    x = depthwise(x, block.local, act, threads)
     batch, height, width, _ = x.shape
     nh, nw = height // ps, width // ps
     dim = block.to_d.w.shape[1]
