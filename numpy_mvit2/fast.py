@@ -23,7 +23,12 @@ What is different, and why (measured on the 2-core machine of ``benchmarks/READM
   that follows them, and each weight is laid out as the matrix product wants it. This happens once,
   in ``build_plan``; ``MobileViTV2PreTrainedModel`` caches the plan.
 - **Few temporaries.** Bias and activation are applied in place (``out=``) while the band is in
-  cache; buffers are allocated per block and reused across bands.
+  cache; buffers are allocated per block and reused across bands. SiLU is ``u (1 + tanh u)``
+  with ``u = z/2`` folded into the convolution before it (three passes, no ``exp`` overflow).
+- **Own threads** (see "Threads" below): a batch is split into parts, one per thread, each run
+  through the whole network; one image is split by rows (convolutions) and by pixel-in-patch
+  position (transformer). OpenBLAS runs on one thread meanwhile: two threads that meet once per
+  block instead of at a barrier inside every matrix product, which matters on a busy machine.
 
 The transformer runs on ``[B, P, N, d]`` (pixel-in-patch, patch, channel): the 1x1 convolutions
 are ``[B*P*N, d]`` products, the context scores a softmax over N, and the context vector the
