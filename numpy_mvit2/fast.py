@@ -42,13 +42,14 @@ import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import MobileViTV2Config
 from .ops import ACTIVATIONS, fold_batch_norm
+from .ops import linear as ops_linear
 
 BAND_ELEMENTS = 1 << 16
 """Target size (in elements) of one band of an expanded map: 256 kB in float32, small enough to
@@ -646,8 +647,16 @@ def backbone(pixel_values, plan: Plan, attentions=None, keep_hidden_states=True)
     the inverted residuals."""
     n_threads = threads()
     batch = pixel_values.shape[0]
-    if n_threads == 1 or batch == 1:
-        return _backbone(pixel_values, plan, attentions, keep_hidden_states, n_threads)
+    if n_threads == 1:
+        return _backbone(pixel_values, plan, attentions, keep_hidden_states, 1)
+    with _blas_single_threaded():  # all of it: an OpenBLAS thread woken once spins for a while after
+        if batch == 1:
+            return _backbone(pixel_values, plan, attentions, keep_hidden_states, n_threads)
+        return _batch_parts(pixel_values, plan, attentions, keep_hidden_states, n_threads)
+
+
+def _batch_parts(pixel_values, plan: Plan, attentions, keep_hidden_states, n_threads):
+    batch = pixel_values.shape[0]
     parts = _split(batch, n_threads)
     lists = [None if attentions is None else [] for _ in parts]
     results = parallel(lambda i: _backbone(pixel_values[parts[i][0] : parts[i][1]], plan, lists[i], keep_hidden_states, 1),
@@ -700,7 +709,18 @@ def build_head_plan(head_params: dict, config: MobileViTV2Config, dtype) -> Deep
     )
 
 
+def linear(x, weight, bias=None):  # [..., in] -> [..., out]
+    """``ops.linear`` (the classifier) with OpenBLAS kept on one thread when our threads are on."""
+    with _blas_single_threaded() if threads() > 1 else nullcontext():
+        return ops_linear(x, weight, bias)
+
+
 def deeplabv3(x, head: DeepLabHead):  # [B, H, W, C] -> [B, num_labels, H, W]
+    with _blas_single_threaded() if threads() > 1 else nullcontext():
+        return _deeplabv3(x, head)
+
+
+def _deeplabv3(x, head: DeepLabHead):  # [B, H, W, C] -> [B, num_labels, H, W]
     """ASPP and the classifier, as ``blocks.deeplabv3``. The five branches write their ReLU'd
     outputs side by side into one ``[B*H*W, 5A]`` array (the concatenation, never copied); a dilated
     3x3 branch is a sum over its taps of shifted-input products, and a tap that sees only padding

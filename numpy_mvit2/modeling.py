@@ -267,7 +267,7 @@ class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
         hidden_states = self._backbone(pixel_values, keep_hidden_states=output_hidden_states)
         pooled = global_avg_pool(hidden_states[-1])
         if self.config.num_labels > 0:
-            logits = linear(pooled, **self.params["classifier"])
+            logits = (fast_path.linear if self.fast else linear)(pooled, **self.params["classifier"])
         else:
             logits = pooled
         loss = None if labels is None else self.loss_function(labels, logits)
