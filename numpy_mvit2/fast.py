@@ -365,6 +365,16 @@ def parallel(fn, items):  # -> [fn(item) for item in items], the items in our th
 # --------------------------------------------------------------------------------------------
 
 
+PART_ELEMENTS = 1 << 16
+"""Smallest piece of work (in elements of the largest array it writes) worth a thread of its own:
+below it, handing work to another thread and waiting for it costs more than it saves (measured on
+the stage-4 and stage-5 blocks of width 1.0, whose maps are 16x16 and 8x8)."""
+
+
+def _parts(threads, elements) -> int:  # how many threads a piece of work of `elements` is worth
+    return max(1, min(threads, elements // PART_ELEMENTS))
+
+
 def _split(n, parts):  # -> [(start, stop), ...]: range(n) in up to `parts` contiguous, near-equal pieces
     parts = max(1, min(parts, n))
     bounds = [n * i // parts for i in range(parts + 1)]
@@ -427,6 +437,7 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
         images, rows = 1, max(1, min(ho, BAND_ELEMENTS // (wo * hidden)))
     groups = [(b0, min(images, batch - b0)) for b0 in range(0, batch, images)]
     # work items: (first image, images, first output row, end row)
+    threads = _parts(threads, batch * per_image)
     if threads > 1 and len(groups) < threads:
         images, rows = 1, min(rows, -(-ho // threads))
         tasks = [[(b, 1, r0, r1)] for b in range(batch) for r0, r1 in _split(ho, threads)]
@@ -491,7 +502,7 @@ def depthwise(x, conv: Conv, act, threads=1):  # [B, H, W, C] -> [B, H, W, C]
         o = depthwise_band(padded[:, r0 : r1 + 2 * pad], out[:, r0:r1], conv, 1, 1, tiled)
         bias_act_(o, conv.b, act, np.empty_like(o))
 
-    parallel(rows, _split(height, threads if batch == 1 else 1))
+    parallel(rows, _split(height, _parts(threads, x.size) if batch == 1 else 1))
     return out
 
 
@@ -600,7 +611,7 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threa
     projected = np.empty((batch, p, n, cout), patches.dtype)
     # one image: the P pixel positions of a patch are split among the threads (the attention is
     # independent per position; only the group norms need the other threads' sums)
-    parts = _split(p, threads) if batch == 1 else [(0, p)]
+    parts = _split(p, _parts(threads, p * n * dim)) if batch == 1 else [(0, p)]
     shared = SharedGroupNorm(len(parts), batch, p * n * dim, plan.eps) if len(parts) > 1 else None
     lists = [None if attentions is None else [] for _ in parts]
 

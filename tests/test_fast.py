@@ -197,9 +197,11 @@ def test_params_edited_in_place_need_a_rebuild():
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_threads_do_not_change_the_result(monkeypatch, n_threads, batch):
-    """Batches split across threads, and single images split by rows, give the reference numbers,
-    the attention scores in batch order; OpenBLAS's thread count is restored afterwards."""
+    """Batches split across threads, and single images split by rows and pixel positions (here
+    down to the smallest pieces), give the reference numbers, the attention scores in batch order;
+    OpenBLAS's thread count is restored afterwards."""
     monkeypatch.setattr(fast_path, "THREADS", n_threads)
+    monkeypatch.setattr(fast_path, "PART_ELEMENTS", 1)
     model = MobileViTV2ForSemanticSegmentation(MobileViTV2Config(width_multiplier=0.5, output_stride=16), seed=5)
     x = pixels(batch, 70, 90)
     blas = fast_path._blas_api()
