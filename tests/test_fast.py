@@ -220,3 +220,31 @@ def test_threads_do_not_change_the_result(monkeypatch, n_threads, batch):
         assert relative_error(a, b) <= 1e-5  # probabilities: float32 round-off, accumulated over the layers
     if blas.available:
         assert blas.get() == before
+
+
+def test_concurrent_calls_from_user_threads(monkeypatch):
+    """Two user threads calling at once (each splitting its image among threads that wait for each
+    other at the group norms) neither deadlock nor disturb each other."""
+    import threading
+
+    monkeypatch.setattr(fast_path, "THREADS", 2)
+    monkeypatch.setattr(fast_path, "PART_ELEMENTS", 1)
+    model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=9)
+    inputs = [pixels(1, 64, 80, seed=s) for s in range(4)]
+    model.fast = False
+    expected = [model(x).logits for x in inputs]
+    model.fast = True
+    results = {}
+
+    def run(i):
+        for _ in range(3):
+            results[i] = model(inputs[i]).logits
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers)
+    for i, e in enumerate(expected):
+        assert relative_error(results[i], e) <= BARS[np.float32]
