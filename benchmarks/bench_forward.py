@@ -50,12 +50,16 @@ SIDES = ("numpy", "torch", "onnxruntime")
 
 
 def _status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) * 1024
+    """Current and peak resident memory of this process (bytes; zeros where /proc is missing)."""
+    out = {"VmRSS": 0, "VmHWM": 0}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in out:
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
     return out
 
 
