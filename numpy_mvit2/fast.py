@@ -269,7 +269,9 @@ def _tile(conv: Conv, cols):  # [k, k, C] -> [k, k, cols*C]
 # (NumPy releases the GIL inside its kernels) with OpenBLAS set to one thread meanwhile; elsewhere
 # OpenBLAS keeps its own threads. The thread count is ``THREADS`` (or the environment variable
 # NUMPY_MVIT2_THREADS), by default OpenBLAS's own count; 1 turns our threads off. Where NumPy's
-# BLAS is not an OpenBLAS whose thread count we can set, our threads stay off.
+# BLAS is not an OpenBLAS whose thread count we can set, our threads stay off. OpenBLAS's thread
+# count is process-wide: other threads of the process that multiply matrices during a forward
+# pass do so on one thread; the count is restored when the last forward pass in flight ends.
 
 THREADS: int | None = None
 """Threads of the fast path; None: ``NUMPY_MVIT2_THREADS`` or else OpenBLAS's thread count."""
