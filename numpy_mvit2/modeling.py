@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from . import blocks
+from . import fast as fast_path
 from .config import MobileViTV2Config
 from .ops import (
     binary_cross_entropy_with_logits,
@@ -130,6 +131,13 @@ class MobileViTV2PreTrainedModel:
     transformers' names; ``Model.from_pretrained(folder)`` reads a checkpoint folder.
     ``dtype`` is float32 (default) or float64: the whole forward pass then runs in that precision.
     Batch norms are folded into their convolutions unless ``fold_batch_norm=False``.
+
+    ``fast`` (default True) runs the forward pass of ``numpy_mvit2.fast`` (NHWC, fused row bands;
+    its weight layout is built once, here, and kept in ``model._plan``); ``fast=False`` runs the
+    readable reference of ``numpy_mvit2.blocks``. Both compute the same function to round-off;
+    switch at any time with ``model.fast = ...``. With ``fold_batch_norm=False`` the fast path folds
+    the batch norms into its own copy of the weights. After changing ``model.params`` in place, call
+    ``model.rebuild_fast_plan()``.
     """
 
     head = "base"
@@ -137,7 +145,7 @@ class MobileViTV2PreTrainedModel:
     main_input_name = "pixel_values"
 
     def __init__(self, config: MobileViTV2Config, *, state_dict: dict | None = None, dtype=np.float32, seed: int = 0,
-                 fold_batch_norm: bool = True, _source: str = "state_dict"):
+                 fold_batch_norm: bool = True, fast: bool = True, _source: str = "state_dict"):
         if not isinstance(config, MobileViTV2Config):
             raise TypeError(f"config must be a MobileViTV2Config, got {type(config).__name__}")
         self.config = config
@@ -148,13 +156,17 @@ class MobileViTV2PreTrainedModel:
         check_state_dict(state_dict, config, self.head, _source)
         self.batch_norm_folded = fold_batch_norm or is_folded(state_dict)
         self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm)
+        self._plan = self._head_plan = None
+        self.fast = fast
+        if fast:
+            self.rebuild_fast_plan()
         self.checkpoint_source = "transformers"  # whose tensor names the weights came under
         self.name_or_path = None  # what from_pretrained was given, and the file it read
         self.weights_file = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype=np.float32,
-                        config: MobileViTV2Config | None = None, fold_batch_norm: bool = True,
+                        config: MobileViTV2Config | None = None, fold_batch_norm: bool = True, fast: bool = True,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                         source: str | None = None, **config_overrides):
         """Load a checkpoint from a folder, a weights file, or a Hugging Face repo id.
@@ -189,7 +201,7 @@ class MobileViTV2PreTrainedModel:
                 config = MobileViTV2Config.from_dict(config.to_dict(), **config_overrides)
         else:
             config = infer_config(align_prefix(state, cls.head), cls.head, source=described, **config_overrides)
-        model = cls(config, state_dict=state, dtype=dtype, fold_batch_norm=fold_batch_norm, _source=described)
+        model = cls(config, state_dict=state, dtype=dtype, fold_batch_norm=fold_batch_norm, fast=fast, _source=described)
         model.checkpoint_source = source
         model.name_or_path = os.fspath(pretrained_model_name_or_path)
         model.weights_file = checkpoint.weights
@@ -223,11 +235,26 @@ class MobileViTV2PreTrainedModel:
         self.config.check_input_size(*x.shape[-2:])
         return np.ascontiguousarray(x, dtype=self.dtype)
 
-    def _backbone(self, pixel_values, attentions=None) -> list[np.ndarray]:
-        """The five stage outputs; each transformer layer's context scores go into ``attentions``
-        when it is a list. The one place the models call the backbone."""
+    def rebuild_fast_plan(self) -> None:
+        """(Re)build the fast path's weight layout from ``self.params``."""
         backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
-        return blocks.backbone(self._pixels(pixel_values), **backbone_params, config=self.config, attentions=attentions)
+        self._plan = fast_path.build_plan(backbone_params, self.config, self.dtype)
+        if self.head == "segmentation":
+            self._head_plan = fast_path.build_head_plan(self.params["segmentation_head"], self.config, self.dtype)
+
+    def _backbone(self, pixel_values, attentions=None, keep_hidden_states=True) -> list[np.ndarray]:
+        """The five stage outputs (NCHW); the one place that picks the fast or the reference path.
+        ``attentions``: a list each transformer layer appends its context scores ``[B, 1, P, N]`` to.
+        The fast path returns NCHW views of its NHWC arrays, and without ``keep_hidden_states``
+        only the last stage's output (the others None), so dead stages can be freed early."""
+        pixels = self._pixels(pixel_values)
+        if self.fast:
+            if self._plan is None:
+                self.rebuild_fast_plan()
+            return fast_path.backbone(pixels, self._plan, attentions=attentions, keep_hidden_states=keep_hidden_states)
+        backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
+        extra = {} if attentions is None else {"attentions": attentions}
+        return blocks.backbone(pixels, **backbone_params, config=self.config, **extra)
 
     def _flags(self, output_hidden_states, return_dict):
         if output_hidden_states is None:
@@ -266,7 +293,7 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
         attentions for MobileViTV2; this is ours. With ``return_dict=False`` they come last."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions)
+        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
         last = hidden_states[-1]
         pooled = global_avg_pool(last) if self.expand_output else None
         hidden_states = tuple(hidden_states) if output_hidden_states else None
@@ -287,10 +314,10 @@ class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
         not offered by transformers)."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions)
+        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
         pooled = global_avg_pool(hidden_states[-1])
         if self.config.num_labels > 0:
-            logits = linear(pooled, **self.params["classifier"])
+            logits = (fast_path.linear if self.fast else linear)(pooled, **self.params["classifier"])
         else:
             logits = pooled
         loss = None if labels is None else self.loss_function(labels, logits)
@@ -339,8 +366,11 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
         if labels is not None and self.config.num_labels == 1:
             raise ValueError("The number of labels should be greater than one")
         attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions)
-        logits = blocks.deeplabv3(hidden_states[-1], **self.params["segmentation_head"], config=self.config)
+        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
+        if self.fast:
+            logits = fast_path.deeplabv3(hidden_states[-1].transpose(0, 2, 3, 1), self._head_plan)
+        else:
+            logits = blocks.deeplabv3(hidden_states[-1], **self.params["segmentation_head"], config=self.config)
         loss = None
         if labels is not None:
             labels = np.asarray(labels)

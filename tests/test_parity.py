@@ -36,10 +36,10 @@ def pixels(batch, height, width, channels=3, seed=0):
     return np.random.default_rng(seed).uniform(-1.5, 1.5, size=(batch, channels, height, width)).astype(np.float32)
 
 
-def load_pair(tmp_path, config, head, seed=0, dtype=np.float32):
+def load_pair(tmp_path, config, head, seed=0, dtype=np.float32, fast=True):
     ref = make_reference(config, head, seed=seed)
     save_reference(ref, tmp_path)
-    ours = OURS[head].from_pretrained(tmp_path, dtype=dtype)
+    ours = OURS[head].from_pretrained(tmp_path, dtype=dtype, fast=fast)
     if dtype == np.float64:
         ref = ref.double()
     return ours, ref
@@ -76,10 +76,14 @@ CASES = [
 ]
 
 
+PATHS = pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])  # model.fast: both paths
+
+
+@PATHS
 @pytest.mark.parametrize("width,head,output_stride,batch,height,image_width,extra", CASES)
-def test_float32_parity(tmp_path, width, head, output_stride, batch, height, image_width, extra):
+def test_float32_parity(tmp_path, width, head, output_stride, batch, height, image_width, extra, fast):
     config = MobileViTV2Config(width_multiplier=width, output_stride=output_stride, **extra)
-    ours, ref = load_pair(tmp_path, config, head, seed=int(width * 10) + output_stride)
+    ours, ref = load_pair(tmp_path, config, head, seed=int(width * 10) + output_stride, fast=fast)
     x = pixels(batch, height, image_width, channels=config.num_channels)
     out = ours(x, output_hidden_states=True)
     expected = run_reference(ref, x, output_hidden_states=True)
@@ -87,13 +91,14 @@ def test_float32_parity(tmp_path, width, head, output_stride, batch, height, ima
     compare_outputs(out, expected, head, FLOAT32_BAR)
 
 
+@PATHS
 @pytest.mark.parametrize(
     "width,head,output_stride,height,image_width",
     [(1.0, "classification", 32, 128, 96), (0.5, "segmentation", 8, 64, 80), (2.0, "base", 16, 70, 100)],
 )
-def test_float64_parity(tmp_path, width, head, output_stride, height, image_width):
+def test_float64_parity(tmp_path, width, head, output_stride, height, image_width, fast):
     config = MobileViTV2Config(width_multiplier=width, output_stride=output_stride)
-    ours, ref = load_pair(tmp_path, config, head, seed=3, dtype=np.float64)
+    ours, ref = load_pair(tmp_path, config, head, seed=3, dtype=np.float64, fast=fast)
     x = pixels(2, height, image_width).astype(np.float64)
     out = ours(x, output_hidden_states=True)
     expected = run_reference(ref, x, output_hidden_states=True)

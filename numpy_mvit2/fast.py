@@ -1,0 +1,789 @@
+"""A fast CPU forward pass: the same network as ``blocks.py``, arranged for speed.
+
+``blocks.py`` is the readable reference; this module computes the same sums in another order.
+``model.fast`` (default True) selects this path; ``tests/test_fast.py`` pins it to the reference
+path and ``tests/test_parity.py`` runs both against transformers.
+
+What is different, and why (measured on the 2-core machine of ``benchmarks/README.md``):
+
+- **Layout NHWC** ``[B, H, W, C]``, channels contiguous. A 1x1 convolution is then one
+  ``[B*H*W, Cin] @ [Cin, Cout]`` matrix product with no transposes (2.3x faster than the NCHW
+  ``[Cout, Cin] @ [Cin, H*W]`` product for the early, tall maps), and a depthwise tap multiplies
+  whole rows ``W*C`` by a weight row tiled once per call.
+- **Row bands.** An inverted residual (1x1 expand -> 3x3 depthwise -> 1x1 reduce) runs band by band
+  of output rows: the expanded rows of a band (a few hundred kB, so they stay in the CPU cache)
+  are computed, activated, convolved depthwise and reduced before the next band. The full
+  expanded map (the largest array of the network, 2x to 4x the block's input) never exists;
+  each band keeps the rows the next one shares with it instead of recomputing them. (Width 1.0,
+  one core: 72 ms of CPU per image with 256 kB bands, 99 ms with whole maps.)
+- **Depthwise as one fused call.** ``np.einsum`` over a strided view of the padded band sums the
+  ``k*k`` taps with multiply-adds in one pass and no temporaries (ufuncs would need a product and
+  an add per tap: about 1.6x slower in cache, 2.5x on whole maps).
+- **Folding at load.** Batch norms are folded into the convolutions (``fold_batch_norm``, or here
+  when the model kept them apart), the transformer's group-norm scale and shift into the 1x1 conv
+  that follows them, and each weight is laid out as the matrix product wants it. This happens once,
+  in ``build_plan``; ``MobileViTV2PreTrainedModel`` caches the plan.
+- **Few temporaries.** Bias and activation are applied in place (``out=``) while the band is in
+  cache; buffers are allocated per block and reused across bands. SiLU is ``u (1 + tanh u)``
+  with ``u = z/2`` folded into the convolution before it: three passes, and ``tanh`` costs 0.3 ns
+  an element where ``exp`` costs 0.5, and 3 on inputs where it overflows (NumPy's slow path).
+- **Own threads** (see "Threads" below): a batch is split into parts, one per thread, each run
+  through the whole network; one image is split by rows (convolutions) and by pixel-in-patch
+  position (transformer). OpenBLAS runs on one thread meanwhile: two threads that meet once per
+  block instead of at a barrier inside every matrix product, which matters on a busy machine.
+
+The transformer runs on ``[B, P, N, d]`` (pixel-in-patch, patch, channel): the 1x1 convolutions
+are ``[B*P*N, d]`` products, the context scores a softmax over N, and the context vector the
+batched product ``scores[B, P, 1, N] @ keys[B, P, N, d]``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import MobileViTV2Config
+from .ops import ACTIVATIONS, fold_batch_norm
+from .ops import linear as ops_linear
+
+BAND_ELEMENTS = 1 << 16
+"""Target size (in elements) of one band of an expanded map: 256 kB in float32, small enough to
+stay in L2 cache while it is activated, convolved and reduced."""
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: weights laid out once per model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Conv:
+    """A convolution ready for NHWC: ``w`` is ``[Cin*k*k, Cout]`` for dense convolutions (rows in
+    (kh, kw, c) order; ``[Cin, Cout]`` for 1x1) or ``[k, k, C]`` for depthwise ones; ``b`` ``[Cout]``."""
+
+    w: np.ndarray
+    b: np.ndarray | None
+    k: int = 1
+
+
+@dataclass
+class InvertedResidual:
+    expand: Conv
+    depthwise: Conv
+    reduce: Conv
+    stride: int = 1
+    dilation: int = 1
+
+
+@dataclass
+class TransformerLayer:
+    qkv: Conv  # group-norm scale and shift folded in
+    out: Conv
+    ffn1: Conv  # group-norm scale and shift folded in
+    ffn2: Conv
+
+
+@dataclass
+class MobileViTBlock:
+    down: InvertedResidual
+    local: Conv  # depthwise k x k
+    to_d: Conv  # 1x1, no bias
+    layers: list
+    projection: Conv  # final group norm's scale and shift folded in
+    projection_bias: np.ndarray  # the unfolded bias: what uncovered border pixels get
+
+
+@dataclass
+class Plan:
+    dtype: type
+    act: str
+    eps: float
+    patch_size: int
+    patch_remainder: str  # config.patch_remainder ("zero" when the config has none)
+    stem: Conv
+    stages: list = field(default_factory=list)  # list[list[InvertedResidual]] or MobileViTBlock
+
+
+def _conv(node, dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """(weight, bias) of a ``{"convolution": ..., "normalization": ...}`` node, in float64, batch
+    norm folded in when the model kept it apart (``fold_batch_norm=False``)."""
+    conv = node["convolution"]
+    w, b = conv["weight"], conv.get("bias")
+    if node.get("normalization") is not None:
+        w, b = fold_batch_norm(w, b, **node["normalization"])
+    w = np.asarray(w, dtype=np.float64)
+    return w, (None if b is None else np.asarray(b, dtype=np.float64))
+
+
+def _cast(a, dtype):
+    return None if a is None else np.ascontiguousarray(a, dtype=dtype)
+
+
+def act_scale(act) -> float:
+    """The factor a convolution followed by ``act`` is scaled by at load: 1/2 for SiLU, whose
+    fast form ``silu(z) = u (1 + tanh u)`` takes ``u = z / 2`` (see ``bias_act_``); 1 otherwise.
+    Scaling by a power of two is exact, so the convolution then computes exactly ``z / 2``."""
+    return 0.5 if act in ("swish", "silu") else 1.0
+
+
+def _scaled(w, b, scale):
+    return w * scale, (None if b is None else b * scale)
+
+
+def _pointwise(node, dtype, scale=None, shift=None, act=None) -> Conv:
+    """A 1x1 conv as ``[Cin, Cout]``. ``scale``/``shift`` ``[Cin]`` fold an affine map of the input
+    in: ``conv(x * scale + shift) = x @ (scale[:, None] * W^T) + (b + shift @ W^T)``."""
+    w, b = _conv(node, dtype)
+    w = w.reshape(w.shape[0], -1).T  # [Cin, Cout]
+    if shift is not None:
+        b = (0 if b is None else b) + shift.astype(np.float64) @ w
+    if scale is not None:
+        w = scale.astype(np.float64)[:, None] * w
+    w, b = _scaled(w, b, act_scale(act))
+    return Conv(_cast(w, dtype), _cast(b, dtype))
+
+
+def _depthwise(node, dtype, act=None) -> Conv:
+    w, b = _scaled(*_conv(node, dtype), act_scale(act))
+    return Conv(_cast(w[:, 0].transpose(1, 2, 0), dtype), _cast(b, dtype), k=w.shape[-1])  # [k, k, C]
+
+
+def _dense(node, dtype, act=None) -> Conv:
+    w, b = _scaled(*_conv(node, dtype), act_scale(act))
+    cout, cin, k, _ = w.shape
+    return Conv(_cast(w.transpose(2, 3, 1, 0).reshape(k * k * cin, cout), dtype), _cast(b, dtype), k=k)
+
+
+def _inverted_residual(node, dtype, act, stride=1, dilation=1) -> InvertedResidual:
+    return InvertedResidual(_pointwise(node["expand_1x1"], dtype, act=act), _depthwise(node["conv_3x3"], dtype, act),
+                            _pointwise(node["reduce_1x1"], dtype), stride, dilation)
+
+
+def build_plan(backbone_params: dict, config: MobileViTV2Config, dtype) -> Plan:
+    """Lay out a backbone's parameters (``model.params`` or ``params["mobilevitv2"]``) for the
+    fast path. Weights are copied once, here; nothing is copied per call."""
+    act = config.hidden_act
+    plan = Plan(dtype=dtype, act=act, eps=config.layer_norm_eps, patch_size=config.patch_size,
+                patch_remainder=getattr(config, "patch_remainder", "zero"),
+                stem=_dense(backbone_params["conv_stem"], dtype, act))
+    for spec, stage in zip(config.stages, backbone_params["encoder"]["layer"]):
+        if spec.kind == "mobilenet":
+            plan.stages.append([_inverted_residual(block, dtype, act, stride=spec.stride if i == 0 else 1)
+                                for i, block in enumerate(stage["layer"])])
+            continue
+        layers = []
+        for layer in stage["transformer"]["layer"]:
+            ln1, ln2 = layer["layernorm_before"], layer["layernorm_after"]
+            layers.append(TransformerLayer(
+                qkv=_pointwise(layer["attention"]["qkv_proj"], dtype, ln1["weight"], ln1["bias"]),
+                out=_pointwise(layer["attention"]["out_proj"], dtype),
+                ffn1=_pointwise(layer["ffn"]["conv1"], dtype, ln2["weight"], ln2["bias"], act=act),
+                ffn2=_pointwise(layer["ffn"]["conv2"], dtype),
+            ))
+        ln = stage["layernorm"]
+        _, projection_bias = _conv(stage["conv_projection"], dtype)
+        plan.stages.append(MobileViTBlock(
+            down=_inverted_residual(stage["downsampling_layer"], dtype, act, spec.stride, spec.downsample_dilation),
+            local=_depthwise(stage["conv_kxk"], dtype, act),
+            to_d=_pointwise(stage["conv_1x1"], dtype),
+            layers=layers,
+            projection=_pointwise(stage["conv_projection"], dtype, ln["weight"], ln["bias"]),
+            projection_bias=_cast(projection_bias, dtype),
+        ))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# In-place elementwise steps
+# --------------------------------------------------------------------------------------------
+
+
+def bias_act_(x, bias, act, tmp=None):  # [..., C] -> the same array, x = act(x + bias)
+    """``x = act(x + bias)`` in place (``tmp``: a scratch array of x's shape, or None).
+
+    SiLU: the convolution before it was scaled by 1/2 at load (``act_scale``), so ``x + bias`` is
+    ``u = z / 2`` and ``silu(z) = z sigmoid(z) = u (1 + tanh u)``: three passes (tanh, product,
+    sum). ``tanh`` is faster than ``exp`` and, unlike ``exp(-z)``, never overflows (NumPy's exp takes
+    a slow path for lanes that do). ReLU is a clamp; other activations fall back to ``ops.ACTIVATIONS``."""
+    if bias is not None:
+        x += bias
+    if act is None or act == "linear":
+        return x
+    if act in ("swish", "silu"):
+        t = np.tanh(x, out=tmp)
+        t *= x
+        x += t
+    elif act == "relu":
+        np.maximum(x, 0, out=x)
+    else:
+        x[...] = ACTIVATIONS[act](x)
+    return x
+
+
+def _tap_view(buf, rows, cols, k, stride, dilation):  # [nb, Hp, Wp, C] -> [nb, rows, cols, k, k, C] (no copy)
+    """The window each output pixel of a depthwise convolution sees, as a strided view of the
+    padded input: ``view[b, i, j, kh, kw] = buf[b, s*i + d*kh, s*j + d*kw]``."""
+    sb, sh, sw, sc = buf.strides
+    return np.lib.stride_tricks.as_strided(
+        buf, shape=(buf.shape[0], rows, cols, k, k, buf.shape[3]),
+        strides=(sb, stride * sh, stride * sw, dilation * sh, dilation * sw, sc), writeable=False)
+
+
+def depthwise_band(padded, out, conv: Conv, stride, dilation, tiled=None):
+    """``out[b, i, j, c] = sum_{kh, kw} padded[b, s*i + d*kh, s*j + d*kw, c] * w[kh, kw, c]`` in one
+    ``einsum`` (a multiply-add per tap, no temporaries). With stride 1 the (j, c) axes of the view
+    and of the output are one contiguous run, so the taps are summed over whole rows with the
+    weights ``tiled`` along j."""
+    nb, rows, cols, channels = out.shape
+    k = conv.k
+    if stride == 1 and tiled is not None:
+        sb, sh, sw, sc = padded.strides
+        view = np.lib.stride_tricks.as_strided(
+            padded, shape=(nb, rows, k, k, cols * channels),
+            strides=(sb, sh, dilation * sh, dilation * sw, sc), writeable=False)
+        np.einsum("bhijx,ijx->bhx", view, tiled, out=out.reshape(nb, rows, cols * channels))
+    else:
+        np.einsum("bhwijc,ijc->bhwc", _tap_view(padded, rows, cols, k, stride, dilation), conv.w, out=out)
+    return out
+
+
+def _tile(conv: Conv, cols):  # [k, k, C] -> [k, k, cols*C]
+    return np.ascontiguousarray(np.broadcast_to(conv.w[:, :, None, :], (conv.k, conv.k, cols, conv.w.shape[2]))).reshape(conv.k, conv.k, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# Threads
+# --------------------------------------------------------------------------------------------
+#
+# NumPy's element-wise kernels run on one core, and OpenBLAS splits every matrix product across
+# its threads, which then meet at a barrier: hundreds of barriers per forward pass, each a stall
+# whenever another process holds a core. So we split the work into independent pieces (the
+# images of a batch; for one image the row ranges of a convolution and the pixel-in-patch
+# positions of a transformer) and run them in our own threads (NumPy releases the GIL inside its
+# kernels), with OpenBLAS on one thread for the whole forward pass: a woken OpenBLAS worker spins
+# for a while after each product and takes a core from our threads (measured: with OpenBLAS
+# threads in the transformers alone, one image took 80 ms instead of 60). Pieces smaller than
+# ``PART_ELEMENTS`` stay on one thread. The thread count is ``THREADS`` (or the environment variable
+# NUMPY_MVIT2_THREADS), by default OpenBLAS's own count; 1 turns our threads off. Where NumPy's
+# BLAS is not an OpenBLAS whose thread count we can set, our threads stay off. OpenBLAS's thread
+# count is process-wide: other threads of the process that multiply matrices during a forward
+# pass do so on one thread; the count is restored when the last forward pass in flight ends.
+
+THREADS: int | None = None
+"""Threads of the fast path; None: ``NUMPY_MVIT2_THREADS`` or else OpenBLAS's thread count."""
+
+
+class _OpenBLAS:
+    """OpenBLAS's ``*_get_num_threads`` / ``*_set_num_threads``, found in the libraries this
+    process has loaded (as threadpoolctl finds them); ``available`` is False where there are none."""
+
+    def __init__(self):
+        self.get = self.set = None
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix in ("scipy_openblas", "openblas"):
+                for suffix in ("64_", ""):
+                    get, set_ = (getattr(lib, f"{prefix}_{name}_num_threads{suffix}", None) for name in ("get", "set"))
+                    if get is not None and set_ is not None:
+                        self.get, self.set = get, set_
+                        self.get.restype = ctypes.c_int
+                        return
+
+    @property
+    def available(self) -> bool:
+        return self.get is not None
+
+
+_blas = None
+_local = threading.local()  # each calling thread has its own pool: concurrent calls never wait on each other's workers
+_lock = threading.Lock()
+_depth = 0
+_saved = 1
+
+
+def _blas_api() -> _OpenBLAS:
+    global _blas
+    if _blas is None:
+        _blas = _OpenBLAS()
+    return _blas
+
+
+def threads() -> int:
+    """How many threads the fast path uses (1 where OpenBLAS's thread count cannot be set)."""
+    if not _blas_api().available:
+        return 1
+    if THREADS is not None:
+        return max(1, int(THREADS))
+    env = os.environ.get("NUMPY_MVIT2_THREADS")
+    return max(1, int(env)) if env else max(1, _blas.get())
+
+
+@contextmanager
+def _blas_single_threaded():
+    """OpenBLAS on one thread while our threads run (nested and concurrent calls restore the
+    count once, when the last one leaves)."""
+    global _depth, _saved
+    blas = _blas_api()
+    if not blas.available:
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            _saved = blas.get()
+            blas.set(1)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                blas.set(_saved)
+
+
+def parallel(fn, items):  # -> [fn(item) for item in items], all items at once
+    """``[fn(item) for item in items]``, every item on its own thread at the same time (the first
+    on the calling thread, the others on this thread's pool), OpenBLAS on one thread meanwhile.
+    All items run concurrently, so they may wait for each other (``SharedGroupNorm``)."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    pool = getattr(_local, "pool", None)
+    if pool is None or pool._max_workers < len(items) - 1:
+        pool = _local.pool = ThreadPoolExecutor(max_workers=len(items) - 1, thread_name_prefix="numpy_mvit2")
+    with _blas_single_threaded():
+        futures = [pool.submit(fn, item) for item in items[1:]]
+        try:
+            first = fn(items[0])
+        finally:
+            wait(futures)
+        return [first] + [f.result() for f in futures]
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+
+PART_ELEMENTS = 1 << 16
+"""Smallest piece of work (in elements of the largest array it writes) worth a thread of its own:
+below it, handing work to another thread and waiting for it costs more than it saves (measured on
+the stage-4 and stage-5 blocks of width 1.0, whose maps are 16x16 and 8x8)."""
+
+
+def _parts(threads, elements) -> int:  # how many threads a piece of work of `elements` is worth
+    return max(1, min(threads, elements // PART_ELEMENTS))
+
+
+def _split(n, parts):  # -> [(start, stop), ...]: range(n) in up to `parts` contiguous, near-equal pieces
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def stem(pixels, conv: Conv, act, threads=1):  # [B, C, H, W] (NCHW input) -> [B, H/2, W/2, C0]
+    """3x3 stride-2 convolution (padding 1) + act, image by image (one image: ``threads`` row
+    ranges at once): the 9 strided taps of the padded input are gathered into
+    ``cols [k*k*Cin, rows*Wo]`` (plane copies) and one product with the transposed columns gives
+    the NHWC output rows directly."""
+    batch, cin, height, width = pixels.shape
+    k, stride, pad = conv.k, 2, (conv.k - 1) // 2
+    ho, wo = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
+    cout = conv.w.shape[1]
+    out = np.empty((batch, ho, wo, cout), pixels.dtype)
+    padded = np.zeros((cin, height + 2 * pad, width + 2 * pad), pixels.dtype)
+
+    def rows(task):
+        b, r0, r1 = task
+        n = r1 - r0
+        cols = np.empty((k, k, cin, n, wo), pixels.dtype)
+        for kh in range(k):
+            for kw in range(k):
+                h0 = kh + stride * r0
+                cols[kh, kw] = padded[:, h0 : h0 + stride * (n - 1) + 1 : stride, kw : kw + stride * (wo - 1) + 1 : stride]
+        y = out[b, r0:r1].reshape(n * wo, cout)
+        np.matmul(cols.reshape(k * k * cin, n * wo).T, conv.w, out=y)
+        bias_act_(y, conv.b, act, np.empty_like(y))
+
+    for b in range(batch):
+        padded[:, pad : pad + height, pad : pad + width] = pixels[b]
+        parallel(rows, [(b, r0, r1) for r0, r1 in _split(ho, threads)])
+    return out
+
+
+def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
+    """1x1 expand (+act) -> k x k depthwise, strided or dilated (+act) -> 1x1 reduce, + x when the
+    shape is kept; computed in bands of output rows (see the module docstring). With
+    ``threads > 1`` the output rows are split into that many ranges, each worked through by a
+    thread with its own buffers.
+
+    A band of output rows ``[r0, r1)`` needs padded input rows ``[s*r0, s*(r1-1) + d*(k-1) + 1)``;
+    ``ebuf`` holds the expanded, activated, zero-padded rows of the current band, and the rows it
+    shares with the next band are moved to its top rather than recomputed.
+    """
+    batch, height, width, cin = x.shape
+    k, s, d = block.depthwise.k, block.stride, block.dilation
+    pad = (k - 1) // 2 * d
+    ho, wo = (height + 2 * pad - d * (k - 1) - 1) // s + 1, (width + 2 * pad - d * (k - 1) - 1) // s + 1
+    hidden, cout = block.expand.w.shape[1], block.reduce.w.shape[1]
+    dtype = x.dtype
+    residual = s == 1 and cin == cout and (ho, wo) == (height, width)
+    out = np.empty((batch, ho, wo, cout), dtype)
+
+    per_image = ho * wo * hidden
+    if per_image <= BAND_ELEMENTS:  # small maps: whole images, several at once
+        images, rows = max(1, min(batch, BAND_ELEMENTS // per_image)), ho
+    else:
+        images, rows = 1, max(1, min(ho, BAND_ELEMENTS // (wo * hidden)))
+    groups = [(b0, min(images, batch - b0)) for b0 in range(0, batch, images)]
+    # work items: (first image, images, first output row, end row)
+    threads = _parts(threads, batch * per_image)
+    if threads > 1 and len(groups) < threads:
+        images, rows = 1, min(rows, -(-ho // threads))
+        tasks = [[(b, 1, r0, r1)] for b in range(batch) for r0, r1 in _split(ho, threads)]
+    else:
+        tasks = [[(b0, nb, 0, ho) for b0, nb in groups[i:j]] for i, j in _split(len(groups), threads)]
+    span = s * (rows - 1) + d * (k - 1) + 1  # padded input rows one band needs
+    tiled = _tile(block.depthwise, wo) if s == 1 else None
+
+    def work(items):
+        ebuf = np.zeros((images, span, width + 2 * pad, hidden), dtype)  # width padding stays zero
+        gbuf = np.empty((images * span * width, hidden), dtype)
+        tbuf = np.empty_like(gbuf)
+        dbuf = np.empty((images, rows, wo, hidden), dtype)
+        dtmp = np.empty_like(dbuf)
+        for b0, nb, r_start, r_end in items:
+            held = (0, 0)  # padded rows [q0, q1) now in ebuf[:, : q1 - q0]
+            for r0 in range(r_start, r_end, rows):
+                r1 = min(r_end, r0 + rows)
+                n0, n1 = s * r0, s * (r1 - 1) + d * (k - 1) + 1
+                q0, q1 = held
+                if q0 < n0 < q1:  # keep the shared rows
+                    ebuf[:nb, : q1 - n0] = ebuf[:nb, n0 - q0 : q1 - q0]
+                start = max(q1, n0)
+                # padded rows [start, n1): zero outside the image, expanded + activated inside
+                i0, i1 = min(max(start - pad, 0), height), min(max(n1 - pad, 0), height)
+                for q in range(start, n1):
+                    if not pad <= q < pad + height:
+                        ebuf[:nb, q - n0] = 0
+                if i1 > i0:
+                    m = nb * (i1 - i0) * width
+                    g = gbuf[:m]
+                    np.matmul(x[b0 : b0 + nb, i0:i1].reshape(m, cin), block.expand.w, out=g)
+                    bias_act_(g, block.expand.b, act, tbuf[:m])
+                    ebuf[:nb, i0 + pad - n0 : i1 + pad - n0, pad : pad + width] = g.reshape(nb, i1 - i0, width, hidden)
+                held = (n0, n1)
+                # depthwise, act, reduce (+ residual)
+                dw = depthwise_band(ebuf[:nb, : n1 - n0], dbuf[:nb, : r1 - r0], block.depthwise, s, d, tiled)
+                dw2 = dw.reshape(-1, hidden)
+                bias_act_(dw2, block.depthwise.b, act, dtmp[:nb, : r1 - r0].reshape(-1, hidden))
+                y = out[b0 : b0 + nb, r0:r1].reshape(-1, cout)
+                np.matmul(dw2, block.reduce.w, out=y)
+                y += block.reduce.b
+                if residual:
+                    y += x[b0 : b0 + nb, r0:r1].reshape(-1, cout)
+
+    parallel(work, tasks)
+    return out
+
+
+def depthwise(x, conv: Conv, act, threads=1):  # [B, H, W, C] -> [B, H, W, C]
+    """Stride-1 depthwise k x k convolution (+act) on a whole map, padded once; one image is
+    split by rows among ``threads``."""
+    batch, height, width, channels = x.shape
+    pad = (conv.k - 1) // 2
+    padded = np.zeros((batch, height + 2 * pad, width + 2 * pad, channels), x.dtype)
+    padded[:, pad : pad + height, pad : pad + width] = x
+    out = np.empty_like(x)
+    tiled = _tile(conv, width)
+
+    def rows(span):
+        r0, r1 = span
+        o = depthwise_band(padded[:, r0 : r1 + 2 * pad], out[:, r0:r1], conv, 1, 1, tiled)
+        bias_act_(o, conv.b, act, np.empty_like(o))
+
+    parallel(rows, _split(height, _parts(threads, x.size) if batch == 1 else 1))
+    return out
+
+
+def group_norm_(x, out, eps):  # [B, ...] -> out [B, ...] = (x - mean) / sqrt(var + eps) per sample
+    """Group norm with one group, without its affine part (folded into the next convolution):
+    the mean, then the centred values (written once, into ``out``), their sum of squares as a
+    batched dot product, and one in-place scale."""
+    batch = x.shape[0]
+    x2, o2 = x.reshape(batch, -1), out.reshape(batch, -1)
+    mean = x2.mean(axis=1, keepdims=True)
+    np.subtract(x2, mean, out=o2)
+    var = np.matmul(o2[:, None, :], o2[:, :, None])[:, 0] / o2.shape[1]
+    o2 *= 1 / np.sqrt(var + eps)
+    return out
+
+
+class SharedGroupNorm:
+    """``group_norm_`` over a tensor whose pixel-in-patch axis P is split among threads, each
+    holding ``x[:, p0:p1]`` (batch 1, so each part is contiguous): partial sums, a barrier, the
+    mean; partial sums of squares, a barrier, the variance. Summing per-part sums changes only the
+    order of the additions."""
+
+    def __init__(self, parts, batch, count, eps):
+        self.barrier = threading.Barrier(parts)
+        self.partial = np.zeros((parts, batch, 2))
+        self.count, self.eps = count, eps
+
+    def __call__(self, part, x, out):
+        batch = x.shape[0]
+        x2, o2 = x.reshape(batch, -1), out.reshape(batch, -1)
+        self.partial[part, :, 0] = x2.sum(axis=1)
+        self.barrier.wait()
+        mean = self.partial[:, :, 0].sum(axis=0) / self.count
+        np.subtract(x2, mean[:, None].astype(x.dtype), out=o2)
+        self.partial[part, :, 1] = np.matmul(o2[:, None, :], o2[:, :, None])[:, 0, 0]
+        self.barrier.wait()
+        var = self.partial[:, :, 1].sum(axis=0) / self.count
+        o2 *= (1 / np.sqrt(var + self.eps))[:, None].astype(x.dtype)
+        return out
+
+
+def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, attentions=None, norm=None):  # [B, P, N, d] in place
+    """``x += attention(norm(x))``; ``x += ffn(norm(x))`` (MobileViTV2's pre-norm layer), in place.
+    ``bufs``: scratch arrays allocated once per MobileViT block (``mobilevit_block``); ``norm``:
+    ``group_norm_`` (default) or a ``SharedGroupNorm`` bound to this thread's part."""
+    batch, p, n, dim = x.shape
+    rows = batch * p * n
+    x2 = x.reshape(rows, dim)
+    normed, qkv, mixed, hidden, tmp, y = bufs
+    norm = norm or (lambda x, out: group_norm_(x, out, eps))
+    x2 += separable_attention(norm(x, normed), layer, qkv, mixed, y, attentions)
+    norm(x, normed)
+    np.matmul(normed.reshape(rows, dim), layer.ffn1.w, out=hidden)
+    bias_act_(hidden, layer.ffn1.b, act, tmp)
+    np.matmul(hidden, layer.ffn2.w, out=y)
+    y += layer.ffn2.b
+    x2 += y
+    return x
+
+
+def separable_attention(normed, layer: TransformerLayer, qkv, mixed, out, attentions=None):  # [B, P, N, d] -> out [B*P*N, d]
+    """``out_proj(relu(value) * context)`` with ``qkv = qkv_proj(normed)`` (``normed``: the group-normed
+    tokens, the norm's scale and shift being folded into ``qkv_proj``). ``qkv``, ``mixed`` and
+    ``out`` are ``[B*P*N, 2d+1]``, ``[B*P*N, d]`` and ``[B*P*N, d]`` buffers. O(N) in the tokens.
+
+    ``qkv`` holds one query channel, d key and d value channels; ``scores = softmax_N(query)``
+    ([B, P, N], appended to ``attentions`` as [B, 1, P, N]); the context vector is the batched
+    product ``scores[B, P, 1, N] @ key[B, P, N, d]``; ``relu(value) * context`` goes through ``out_proj``."""
+    batch, p, n, dim = normed.shape
+    rows = batch * p * n
+    np.matmul(normed.reshape(rows, dim), layer.qkv.w, out=qkv)
+    qkv += layer.qkv.b
+    q = qkv.reshape(batch, p, n, 2 * dim + 1)
+    scores = q[..., 0] - q[..., 0].max(axis=-1, keepdims=True)  # [B, P, N]
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    if attentions is not None:
+        attentions.append(scores.reshape(batch, 1, p, n))
+    context = np.matmul(scores[:, :, None, :], q[..., 1 : 1 + dim])  # [B, P, 1, d]
+    m = mixed.reshape(batch, p, n, dim)
+    np.maximum(q[..., 1 + dim :], 0, out=m)
+    m *= context
+    np.matmul(mixed, layer.out.w, out=out)
+    out += layer.out.b
+    return out
+
+
+def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threads=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
+    """Downsample (inverted residual); local representation (depthwise k x k + act, 1x1 to d);
+    unfold into ``[B, P, N, d]``; transformer layers; group norm; 1x1 projection to Cout on the
+    patches; fold back, pixels no patch covers getting the projection's bias (= conv of zeros)."""
+    act, ps = plan.act, plan.patch_size
+    x = inverted_residual(x, block.down, act, threads)
+    # plan.patch_remainder == "resize" (timm/ml-cvnets): x [B, H, W, C] is resized here, before the local
+    # representation, to the next multiples of the patch size (bilinear, align_corners=True)
+    x = depthwise(x, block.local, act, threads)
+    batch, height, width, _ = x.shape
+    nh, nw = height // ps, width // ps
+    dim = block.to_d.w.shape[1]
+    # unfold first (on the input channels), so the 1x1 conv writes the patches directly
+    cin, cout, p, n = x.shape[3], block.projection.w.shape[1], ps * ps, nh * nw
+    unfolded = x[:, : nh * ps, : nw * ps].reshape(batch, nh, ps, nw, ps, cin).transpose(0, 2, 4, 1, 3, 5)
+    patches = np.empty((batch, ps, ps, nh, nw, cin), x.dtype)
+    np.copyto(patches, unfolded)
+    patches = patches.reshape(batch, p, n, cin)
+    del x, unfolded
+    projected = np.empty((batch, p, n, cout), patches.dtype)
+    # one image: the P pixel positions of a patch are split among the threads (the attention is
+    # independent per position; only the group norms need the other threads' sums)
+    parts = _split(p, _parts(threads, p * n * dim)) if batch == 1 else [(0, p)]
+    shared = SharedGroupNorm(len(parts), batch, p * n * dim, plan.eps) if len(parts) > 1 else None
+    lists = [None if attentions is None else [] for _ in parts]
+
+    def work(i):
+        p0, p1 = parts[i]
+        rows = batch * (p1 - p0) * n
+        tokens = np.matmul(patches[:, p0:p1].reshape(rows, cin), block.to_d.w).reshape(batch, p1 - p0, n, dim)
+        ffn = block.layers[0].ffn1.w.shape[1] if block.layers else dim
+        bufs = (np.empty_like(tokens), np.empty((rows, 2 * dim + 1), tokens.dtype), np.empty((rows, dim), tokens.dtype),
+                np.empty((rows, ffn), tokens.dtype), np.empty((rows, ffn), tokens.dtype), np.empty((rows, dim), tokens.dtype))
+        norm = None if shared is None else (lambda x, out: shared(i, x, out))
+        try:
+            for layer in block.layers:
+                transformer_layer(tokens, layer, act, plan.eps, bufs, lists[i], norm)
+            normed = group_norm_(tokens, bufs[0], plan.eps) if norm is None else norm(tokens, bufs[0])
+        except BaseException:
+            if shared is not None:
+                shared.barrier.abort()  # the other threads stop waiting
+            raise
+        y = projected[:, p0:p1].reshape(rows, cout)
+        np.matmul(normed.reshape(rows, dim), block.projection.w, out=y)
+        y += block.projection.b
+
+    parallel(work, list(range(len(parts))))
+    patches = None  # free the unfolded input before the fold allocates the output
+    if attentions is not None:
+        attentions.extend(np.concatenate(scores, axis=2) for scores in zip(*lists))
+    out = np.empty((batch, height, width, cout), projected.dtype)
+    if (nh * ps, nw * ps) != (height, width):
+        out[:, nh * ps :] = block.projection_bias
+        out[:, :, nw * ps :] = block.projection_bias
+    folded = out[:, : nh * ps, : nw * ps].reshape(batch, nh, ps, nw, ps, cout).transpose(0, 2, 4, 1, 3, 5)
+    np.copyto(folded, projected.reshape(batch, ps, ps, nh, nw, cout))
+    return out
+
+
+def backbone(pixel_values, plan: Plan, attentions=None, keep_hidden_states=True):  # [B, C, H, W] -> 5 x [B, Ci, Hi, Wi]
+    """The stem and the five stages. Returns the stage outputs as NCHW views of the NHWC arrays
+    (``.transpose(0, 3, 1, 2)``, no copy); without ``keep_hidden_states`` only the last one is kept
+    (the others are None) so that each stage's output can be freed once the next has read it.
+
+    With several threads (``threads()``) a batch is split into that many parts, each run through
+    the whole network by its own thread; a single image is split by rows inside the stem and
+    the inverted residuals."""
+    n_threads = threads()
+    batch = pixel_values.shape[0]
+    if n_threads == 1:
+        return _backbone(pixel_values, plan, attentions, keep_hidden_states, 1)
+    with _blas_single_threaded():  # all of it: an OpenBLAS thread woken once spins for a while after
+        if batch == 1:
+            return _backbone(pixel_values, plan, attentions, keep_hidden_states, n_threads)
+        return _batch_parts(pixel_values, plan, attentions, keep_hidden_states, n_threads)
+
+
+def _batch_parts(pixel_values, plan: Plan, attentions, keep_hidden_states, n_threads):
+    batch = pixel_values.shape[0]
+    parts = _split(batch, n_threads)
+    lists = [None if attentions is None else [] for _ in parts]
+    results = parallel(lambda i: _backbone(pixel_values[parts[i][0] : parts[i][1]], plan, lists[i], keep_hidden_states, 1),
+                       list(range(len(parts))))
+    if attentions is not None:
+        attentions.extend(np.concatenate(scores) for scores in zip(*lists))
+    return [None if states[0] is None else np.concatenate([s.transpose(0, 2, 3, 1) for s in states]).transpose(0, 3, 1, 2)
+            for states in zip(*results)]
+
+
+def _backbone(pixel_values, plan: Plan, attentions, keep_hidden_states, n_threads):
+    x = stem(pixel_values, plan.stem, plan.act, n_threads)
+    hidden_states = []
+    for stage in plan.stages:
+        if isinstance(stage, MobileViTBlock):
+            x = mobilevit_block(x, stage, plan, attentions, n_threads)
+        else:
+            for block in stage:
+                x = inverted_residual(x, block, plan.act, n_threads)
+        hidden_states.append(x.transpose(0, 3, 1, 2) if keep_hidden_states else None)
+    hidden_states[-1] = x.transpose(0, 3, 1, 2)
+    return hidden_states
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation head
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeepLabHead:
+    pointwise: Conv  # ASPP branch 0 (1x1)
+    atrous: list  # three dense 3x3 convs, [9*C, A]
+    pool: Conv  # the pooling branch's 1x1
+    project: Conv  # [5A, A]
+    classifier: Conv
+    rates: list
+
+
+def build_head_plan(head_params: dict, config: MobileViTV2Config, dtype) -> DeepLabHead:
+    """``params["segmentation_head"]`` laid out for ``deeplabv3``."""
+    convs = head_params["aspp"]["convs"]
+    return DeepLabHead(
+        pointwise=_pointwise(convs[0], dtype),
+        atrous=[_dense(c, dtype) for c in convs[1:4]],
+        pool=_pointwise(convs[4]["conv_1x1"], dtype),
+        project=_pointwise(head_params["aspp"]["project"], dtype),
+        classifier=_pointwise(head_params["classifier"], dtype),
+        rates=list(config.atrous_rates),
+    )
+
+
+def linear(x, weight, bias=None):  # [..., in] -> [..., out]
+    """``ops.linear`` (the classifier) with OpenBLAS kept on one thread when our threads are on."""
+    with _blas_single_threaded() if threads() > 1 else nullcontext():
+        return ops_linear(x, weight, bias)
+
+
+def deeplabv3(x, head: DeepLabHead):  # [B, H, W, C] -> [B, num_labels, H, W]
+    with _blas_single_threaded() if threads() > 1 else nullcontext():
+        return _deeplabv3(x, head)
+
+
+def _deeplabv3(x, head: DeepLabHead):  # [B, H, W, C] -> [B, num_labels, H, W]
+    """ASPP and the classifier, as ``blocks.deeplabv3``. The five branches write their ReLU'd
+    outputs side by side into one ``[B*H*W, 5A]`` array (the concatenation, never copied); a dilated
+    3x3 branch is a sum over its taps of shifted-input products, and a tap that sees only padding
+    (dilation >= the map size) adds exact zeros, so it is skipped."""
+    batch, height, width, cin = x.shape
+    rows = batch * height * width
+    a = head.project.w.shape[1]
+    x2 = x.reshape(rows, cin)
+    cat = np.empty((rows, 5 * a), x.dtype)
+    tmp = np.empty((rows, a), x.dtype)
+    np.matmul(x2, head.pointwise.w, out=tmp)
+    cat[:, :a] = bias_act_(tmp, head.pointwise.b, "relu")
+    shifted = None
+    for i, (conv, rate) in enumerate(zip(head.atrous, head.rates), start=1):
+        acc = cat[:, i * a : (i + 1) * a]
+        np.matmul(x2, conv.w[4 * cin : 5 * cin], out=tmp)  # centre tap
+        acc[...] = tmp
+        for kh in range(3):
+            for kw in range(3):
+                dh, dw = (kh - 1) * rate, (kw - 1) * rate
+                if (dh, dw) == (0, 0) or abs(dh) >= height or abs(dw) >= width:
+                    continue
+                if shifted is None:
+                    shifted = np.empty_like(x)
+                shifted.fill(0)  # shifted[i, j] = x[i + dh, j + dw], zero outside
+                shifted[:, max(0, -dh) : height - max(0, dh), max(0, -dw) : width - max(0, dw)] = (
+                    x[:, max(0, dh) : height - max(0, -dh), max(0, dw) : width - max(0, -dw)])
+                t = 3 * kh + kw
+                np.matmul(shifted.reshape(rows, cin), conv.w[t * cin : (t + 1) * cin], out=tmp)
+                acc += tmp
+        acc += conv.b
+        np.maximum(acc, 0, out=acc)
+    pooled = x.reshape(batch, height * width, cin).mean(axis=1)  # [B, C]
+    pooled = bias_act_(pooled @ head.pool.w, head.pool.b, "relu")
+    cat.reshape(batch, height * width, 5 * a)[:, :, 4 * a :] = pooled[:, None, :]  # bilinear from 1x1: constant
+    del tmp, shifted
+    projected = bias_act_(cat @ head.project.w, head.project.b, "relu")
+    del cat
+    logits = bias_act_(projected @ head.classifier.w, head.classifier.b, None)
+    return np.ascontiguousarray(logits.reshape(batch, height, width, -1).transpose(0, 3, 1, 2))

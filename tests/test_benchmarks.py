@@ -1,0 +1,32 @@
+"""Smoke test of the benchmark script: ``bench_forward.py --quick`` runs, compares the sides on the
+same weights and prints its tables. Speed is never asserted; the benchmark prints it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_runs_and_prints_ratios(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    plot, results = tmp_path / "bench.png", tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_forward.py"), "--quick", "--plot", str(plot), "--json", str(results)],
+        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "numpy_mvit2 ms" in out and "memory at batch 2" in out and "separable attention" in out
+    data = json.loads(results.read_text())
+    assert data["latency"]["numpy 0.5 1"] and data["memory"]["numpy 0.5 2"]["peak"] > 0
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
+        assert "ratio" in out
+        assert data["check"]["torch 0.5"] < 1e-4  # both sides ran the same weights on the same input
+    if importlib.util.find_spec("matplotlib"):
+        assert plot.stat().st_size > 0

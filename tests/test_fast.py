@@ -1,0 +1,250 @@
+"""The fast path (``numpy_mvit2.fast``, ``model.fast = True``) against the reference path
+(``numpy_mvit2.blocks``, ``model.fast = False``) on the same weights: odd sizes, dilations, batch
+sizes, widths, kernel and patch sizes, activations, float64, the attention scores, and the switch.
+No torch needed: ``tests/test_parity.py`` runs both paths against transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from numpy_mvit2 import (
+    MobileViTV2Config,
+    MobileViTV2ForImageClassification,
+    MobileViTV2ForSemanticSegmentation,
+    MobileViTV2Model,
+    blocks,
+)
+from numpy_mvit2 import fast as fast_path
+
+MODELS = {
+    "base": MobileViTV2Model,
+    "classification": MobileViTV2ForImageClassification,
+    "segmentation": MobileViTV2ForSemanticSegmentation,
+}
+BARS = {np.float32: 2e-5, np.float64: 1e-10}
+
+
+def relative_error(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max() / (1 + np.abs(b).max()))
+
+
+def pixels(batch, height, width, channels=3, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).uniform(-1.5, 1.5, size=(batch, channels, height, width)).astype(dtype)
+
+
+def both_paths(model, x, **kwargs):
+    model.fast = True
+    fast = model(x, output_hidden_states=True, **kwargs)
+    model.fast = False
+    ref = model(x, output_hidden_states=True, **kwargs)
+    model.fast = True
+    return fast, ref
+
+
+def assert_same(fast, ref, bar):
+    names = [n for n in ("logits", "last_hidden_state", "pooler_output") if getattr(ref, n, None) is not None]
+    for name in names:
+        assert relative_error(getattr(fast, name), getattr(ref, name)) <= bar, name
+    assert len(fast.hidden_states) == len(ref.hidden_states) == 5
+    for i, (a, b) in enumerate(zip(fast.hidden_states, ref.hidden_states)):
+        assert relative_error(a, b) <= bar, f"hidden_states[{i}]"
+
+
+# width, head, output_stride, batch, height, width (pixels), extra config
+CASES = [
+    (0.5, "classification", 32, 1, 64, 64, {}),
+    (0.75, "segmentation", 32, 3, 33, 47, {}),  # every stage has a border that no patch covers
+    (1.0, "base", 16, 3, 70, 54, {}),  # dilation 2 in stage 5
+    (1.0, "segmentation", 8, 1, 66, 38, {}),  # dilations 2 and 4, atrous rates larger than the map
+    (2.0, "classification", 32, 1, 97, 131, {}),
+    (0.5, "segmentation", 16, 3, 130, 98, {"atrous_rates": [1, 2, 3], "aspp_out_channels": 48}),  # every ASPP tap sees pixels
+    (0.5, "classification", 32, 1, 96, 80, {"patch_size": 3, "conv_kernel_size": 5, "hidden_act": "gelu"}),
+    (0.5, "base", 32, 2, 64, 96, {"hidden_act": "relu", "n_attn_blocks": [1, 2, 1], "ffn_multiplier": 3, "expand_ratio": 3.0}),
+    (0.5, "classification", 32, 1, 64, 64, {"num_channels": 1, "num_labels": 0}),
+    (0.5, "base", 32, 1, 288, 320, {}),  # large enough for several row bands per image
+]
+
+
+@pytest.mark.parametrize("width,head,output_stride,batch,height,image_width,extra", CASES)
+def test_fast_matches_reference(width, head, output_stride, batch, height, image_width, extra):
+    config = MobileViTV2Config(width_multiplier=width, output_stride=output_stride, **extra)
+    model = MODELS[head](config, seed=int(width * 10) + output_stride)
+    fast, ref = both_paths(model, pixels(batch, height, image_width, config.num_channels))
+    assert fast.hidden_states[0].dtype == np.float32
+    assert_same(fast, ref, BARS[np.float32])
+
+
+@pytest.mark.parametrize("head,output_stride", [("classification", 32), ("segmentation", 8), ("base", 16)])
+def test_fast_matches_reference_float64(head, output_stride):
+    config = MobileViTV2Config(width_multiplier=0.75, output_stride=output_stride)
+    model = MODELS[head](config, seed=4, dtype=np.float64)
+    fast, ref = both_paths(model, pixels(2, 68, 50, dtype=np.float64))
+    assert fast.hidden_states[0].dtype == np.float64
+    assert_same(fast, ref, BARS[np.float64])
+
+
+def test_band_sizes_do_not_change_the_result(monkeypatch):
+    """Row bands of one row, of a few rows, and whole images give the same numbers."""
+    model = MobileViTV2Model(MobileViTV2Config(width_multiplier=0.5, output_stride=16), seed=2)
+    x = pixels(2, 77, 61)
+    model.fast = False
+    ref = model(x, output_hidden_states=True)
+    model.fast = True
+    for band in (1, 5000, 1 << 30):
+        monkeypatch.setattr(fast_path, "BAND_ELEMENTS", band)
+        assert_same(model(x, output_hidden_states=True), ref, BARS[np.float32])
+
+
+def test_batch_norm_kept_apart_is_folded_by_the_fast_path():
+    config = MobileViTV2Config(width_multiplier=0.5, num_labels=5)
+    folded = MobileViTV2ForImageClassification(config, seed=6)
+    unfolded = MobileViTV2ForImageClassification(config, seed=6, fold_batch_norm=False)
+    assert not unfolded.batch_norm_folded
+    x = pixels(2, 64, 72)
+    fast, ref = both_paths(unfolded, x)
+    assert_same(fast, ref, BARS[np.float32])
+    assert relative_error(fast.logits, folded(x).logits) <= BARS[np.float32]
+    assert "normalization" in unfolded.params["mobilevitv2"]["conv_stem"]  # the params are untouched
+
+
+def capture_reference_scores(monkeypatch):
+    """Record the context scores the reference path computes, layer by layer."""
+    scores = []
+    original = blocks.linear_self_attention
+
+    def recording(*args, **kwargs):
+        out, s = original(*args, **kwargs)
+        scores.append(s)
+        return out, s
+
+    monkeypatch.setattr(blocks, "linear_self_attention", recording)
+    return scores
+
+
+@pytest.mark.parametrize("height,width,batch", [(64, 64, 1), (75, 50, 3)])
+def test_attentions_match_reference(monkeypatch, height, width, batch):
+    config = MobileViTV2Config(width_multiplier=0.5, n_attn_blocks=[2, 1, 3])
+    model = MobileViTV2Model(config, seed=8)
+    x = pixels(batch, height, width)
+    attentions = []
+    model.fast = True
+    model._backbone(x, attentions=attentions)
+    expected = capture_reference_scores(monkeypatch)
+    model.fast = False
+    model._backbone(x)
+    assert len(attentions) == len(expected) == 6
+    for a, b in zip(attentions, expected):
+        assert a.shape == b.shape and a.shape[:2] == (batch, 1) and a.shape[2] == config.patch_size**2
+        np.testing.assert_allclose(a.sum(axis=-1), 1, rtol=1e-5)
+        assert relative_error(a, b) <= 1e-5  # probabilities: float32 round-off, accumulated over the layers
+
+
+def test_switch():
+    config = MobileViTV2Config(width_multiplier=0.5)
+    model = MobileViTV2ForImageClassification(config, seed=1)
+    assert model.fast is True and model._plan is not None
+    plan = model._plan
+    x = pixels(1, 64, 64)
+    model(x)
+    model(x)
+    assert model._plan is plan  # built once, at load, not per call
+    reference = MobileViTV2ForImageClassification(config, seed=1, fast=False)
+    assert reference.fast is False and reference._plan is None
+    reference.fast = True  # switching on later builds the plan on first use
+    assert relative_error(reference(x).logits, model(x).logits) == 0
+    assert reference._plan is not None
+
+
+def test_from_pretrained_takes_fast(tmp_path):
+    config = MobileViTV2Config(width_multiplier=0.5, num_labels=3)
+    model = MobileViTV2ForSemanticSegmentation(config, seed=3)
+    config.save_pretrained(tmp_path)
+    from safetensors.numpy import save_file
+
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    loaded = MobileViTV2ForSemanticSegmentation.from_pretrained(tmp_path, fast=False)
+    assert loaded.fast is False
+    x = pixels(1, 64, 64)
+    assert relative_error(loaded(x).logits, model(x).logits) <= BARS[np.float32]
+
+
+def test_hidden_states_are_dropped_unless_asked():
+    """Without output_hidden_states the fast path keeps only the last stage's output."""
+    model = MobileViTV2Model(MobileViTV2Config(width_multiplier=0.5), seed=0)
+    x = pixels(2, 64, 64)
+    states = model._backbone(x, keep_hidden_states=False)
+    assert states[:4] == [None] * 4 and states[4].shape == (2, 256, 2, 2)
+    out = model(x)
+    assert out.hidden_states is None
+    assert relative_error(out.last_hidden_state, model(x, output_hidden_states=True).hidden_states[-1]) == 0
+
+
+def test_params_edited_in_place_need_a_rebuild():
+    model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=0)
+    x = pixels(1, 64, 64)
+    before = model(x).logits
+    model.params["mobilevitv2"]["conv_stem"]["convolution"]["bias"] += 1
+    model.rebuild_fast_plan()
+    after = model(x).logits
+    model.fast = False
+    assert relative_error(after, model(x).logits) <= BARS[np.float32]
+    assert relative_error(after, before) > 1e-4
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_threads_do_not_change_the_result(monkeypatch, n_threads, batch):
+    """Batches split across threads, and single images split by rows and pixel positions (here
+    down to the smallest pieces), give the reference numbers, the attention scores in batch order;
+    OpenBLAS's thread count is restored afterwards."""
+    monkeypatch.setattr(fast_path, "THREADS", n_threads)
+    monkeypatch.setattr(fast_path, "PART_ELEMENTS", 1)
+    model = MobileViTV2ForSemanticSegmentation(MobileViTV2Config(width_multiplier=0.5, output_stride=16), seed=5)
+    x = pixels(batch, 70, 90)
+    blas = fast_path._blas_api()
+    before = blas.get() if blas.available else None
+    attentions = []
+    model.fast = True
+    states = model._backbone(x, attentions=attentions)
+    fast, ref = both_paths(model, x)
+    assert_same(fast, ref, BARS[np.float32])
+    assert [s.shape for s in states] == [s.shape for s in ref.hidden_states]
+    expected = capture_reference_scores(monkeypatch)
+    model.fast = False
+    model._backbone(x)
+    assert len(attentions) == len(expected) == 9
+    for a, b in zip(attentions, expected):
+        assert relative_error(a, b) <= 1e-5  # probabilities: float32 round-off, accumulated over the layers
+    if blas.available:
+        assert blas.get() == before
+
+
+def test_concurrent_calls_from_user_threads(monkeypatch):
+    """Two user threads calling at once (each splitting its image among threads that wait for each
+    other at the group norms) neither deadlock nor disturb each other."""
+    import threading
+
+    monkeypatch.setattr(fast_path, "THREADS", 2)
+    monkeypatch.setattr(fast_path, "PART_ELEMENTS", 1)
+    model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=9)
+    inputs = [pixels(1, 64, 80, seed=s) for s in range(4)]
+    model.fast = False
+    expected = [model(x).logits for x in inputs]
+    model.fast = True
+    results = {}
+
+    def run(i):
+        for _ in range(3):
+            results[i] = model(inputs[i]).logits
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers)
+    for i, e in enumerate(expected):
+        assert relative_error(results[i], e) <= BARS[np.float32]
