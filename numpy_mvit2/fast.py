@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import MobileViTV2Config
-from .ops import ACTIVATIONS, fold_batch_norm
+from .ops import ACTIVATIONS, fold_batch_norm, interpolate_bilinear
 from .ops import linear as ops_linear
 
 BAND_ELEMENTS = 1 << 16
@@ -604,14 +604,24 @@ def separable_attention(normed, layer: TransformerLayer, qkv, mixed, out, attent
     return out
 
 
+def resize_to_patch_multiple(x, patch_size):  # [B, H, W, C] -> [B, ceil(H/p)*p, ceil(W/p)*p, C]
+    """``blocks.resize_to_patch_multiple`` on a channels-last map (bilinear, align_corners=True)."""
+    height, width = x.shape[1:3]
+    size = (-(-height // patch_size) * patch_size, -(-width // patch_size) * patch_size)
+    if size == (height, width):
+        return x
+    resized = interpolate_bilinear(x.transpose(0, 3, 1, 2), size, align_corners=True)
+    return np.ascontiguousarray(resized.transpose(0, 2, 3, 1))
+
+
 def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threads=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
     """Downsample (inverted residual); local representation (depthwise k x k + act, 1x1 to d);
     unfold into ``[B, P, N, d]``; transformer layers; group norm; 1x1 projection to Cout on the
     patches; fold back, pixels no patch covers getting the projection's bias (= conv of zeros)."""
     act, ps = plan.act, plan.patch_size
     x = inverted_residual(x, block.down, act, threads)
-    # plan.patch_remainder == "resize" (timm/ml-cvnets): x [B, H, W, C] is resized here, before the local
-    # representation, to the next multiples of the patch size (bilinear, align_corners=True)
+    if plan.patch_remainder == "resize":  # timm / ml-cvnets: see blocks.resize_to_patch_multiple
+        x = resize_to_patch_multiple(x, ps)
     x = depthwise(x, block.local, act, threads)
     batch, height, width, _ = x.shape
     nh, nw = height // ps, width // ps

@@ -65,6 +65,9 @@ CASES = [
     (0.5, "base", 32, 2, 64, 96, {"hidden_act": "relu", "n_attn_blocks": [1, 2, 1], "ffn_multiplier": 3, "expand_ratio": 3.0}),
     (0.5, "classification", 32, 1, 64, 64, {"num_channels": 1, "num_labels": 0}),
     (0.5, "base", 32, 1, 288, 320, {}),  # large enough for several row bands per image
+    (0.5, "classification", 32, 2, 100, 77, {"patch_remainder": "resize"}),  # timm's behaviour: maps resized up
+    (0.75, "segmentation", 16, 1, 33, 47, {"patch_remainder": "resize", "patch_size": 3}),
+    (0.5, "base", 32, 1, 20, 20, {"patch_remainder": "resize"}),  # smaller than a patch at stage 5
 ]
 
 
