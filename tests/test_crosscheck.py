@@ -131,15 +131,19 @@ def test_float32_folded_model_leaves_out_float64(folders):
 
 
 def test_trace_agrees_with_the_model(folders):
-    """The instrumented re-run is the model: its stage outputs are the model's hidden states."""
+    """The instrumented re-run is the model: its stage outputs are the reference path's hidden
+    states exactly (it composes the same blocks functions), and the fast path's to float32 round-off."""
     for head, model_class in OURS.items():
         model = model_class.from_pretrained(folders[head])
         x = np.random.default_rng(0).uniform(0, 1, (2, 3, 64, 96)).astype(np.float32)
         traced = trace(model, x)
+        fast_hidden = model(x, output_hidden_states=True).hidden_states
+        model.fast = False
         hidden = model(x, output_hidden_states=True).hidden_states
-        for spec, h in zip(model.config.stages, hidden):
+        for spec, h, f in zip(model.config.stages, hidden, fast_hidden):
             last = f"layer.{spec.num_blocks - 1}" if spec.kind == "mobilenet" else "conv_projection"
             np.testing.assert_array_equal(traced[f"encoder.layer.{spec.index}.{last}"], h)
+            assert np.abs(f - h).max() <= 2e-5 * (1 + np.abs(h).max())
 
 
 def test_reference_trace_without_our_config(folders):
