@@ -475,6 +475,34 @@ def stem(pixels, conv: Conv, act, threads=1):  # [B, C, H, W] (NCHW input) -> [B
     return out
 
 
+SCRATCH_ELEMENTS = 1 << 22
+"""Most elements (16 MB in float32) a thread keeps between calls in its scratch buffer."""
+
+_scratch = threading.local()
+
+
+def scratch(dtype, *shapes):  # -> one uninitialised array per shape, views of this thread's scratch buffer
+    """Work arrays for one call on this thread, carved out of one buffer that the thread keeps
+    (up to ``SCRATCH_ELEMENTS``) and grows as needed: allocating the bands' arrays afresh on every
+    call made the kernel map and zero their pages again (thousands of page faults per forward
+    pass, several ms of system time). The arrays are only valid until the thread's next call."""
+    dtype = np.dtype(dtype)
+    align = max(1, 64 // dtype.itemsize)
+    sizes = [-(-math.prod(shape) // align) * align for shape in shapes]
+    total = sum(sizes)
+    key = dtype.str
+    buf = getattr(_scratch, "buffers", {}).get(key)
+    if buf is None or buf.size < total:
+        buf = np.empty(total, dtype)
+        if total <= SCRATCH_ELEMENTS:
+            _scratch.__dict__.setdefault("buffers", {})[key] = buf
+    out, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        out.append(buf[offset : offset + math.prod(shape)].reshape(shape))
+        offset += size
+    return out
+
+
 def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
     """1x1 expand (+act) -> k x k depthwise, strided or dilated (+act) -> 1x1 reduce, + x when the
     shape is kept; computed in bands of output rows (see the module docstring). With
@@ -511,11 +539,11 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
     tiled = _tile(block.depthwise, wo) if s == 1 else None
 
     def work(items):
-        ebuf = np.zeros((images, span, width + 2 * pad, hidden), dtype)  # width padding stays zero
-        gbuf = np.empty((images * span * width, hidden), dtype)
-        tbuf = np.empty_like(gbuf)
-        dbuf = np.empty((images, rows, wo, hidden), dtype)
-        dtmp = np.empty_like(dbuf)
+        ebuf, gbuf, tbuf, dbuf, dtmp = scratch(dtype, (images, span, width + 2 * pad, hidden), (images * span * width, hidden),
+                                               (images * span * width, hidden), (images, rows, wo, hidden), (images, rows, wo, hidden))
+        if pad:  # the width padding stays zero (rows outside the image are zeroed below)
+            ebuf[:, :, :pad] = 0
+            ebuf[:, :, pad + width :] = 0
         view = band_view(ebuf, rows, wo, k, s, d, tiled is not None)  # once: as_strided costs ~10 us
         for b0, nb, r_start, r_end in items:
             held = (0, 0)  # padded rows [q0, q1) now in ebuf[:, : q1 - q0]
