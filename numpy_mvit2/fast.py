@@ -315,6 +315,15 @@ def _tile(conv: Conv, cols):  # [k, k, C] -> [k, k, cols*C] (cached on conv)
 # BLAS is not an OpenBLAS whose thread count we can set, our threads stay off. OpenBLAS's thread
 # count is process-wide: other threads of the process that multiply matrices during a forward
 # pass do so on one thread; the count is restored when the last forward pass in flight ends.
+#
+# What limits two threads on one image (measured 2026-11-27 on the 2-core VM of benchmarks/README.md,
+# width 1.0, 256x256): one core takes ~68 ms, two ~54 ms, with ~80 ms of CPU between them. Waking a
+# thread that sleeps on the other core costs ~50-100 us there (a threading.Barrier round trip: 100
+# us), and so does every GIL hand-over where one thread finishes a NumPy call while the other runs
+# Python between its calls; a parallel() call, a barrier and such a collision each cost that much.
+# Splitting the stage-4/5 transformers by pixel position loses (barriers). OpenBLAS's own threads
+# for their products alone (ours off there) halve a product run in a loop, but made the pass
+# slower: 77 ms instead of 55 idle, 560 instead of 75 with another process on a core.
 
 THREADS: int | None = None
 """Threads of the fast path; None: ``NUMPY_MVIT2_THREADS`` or else OpenBLAS's thread count."""
