@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -71,6 +72,10 @@ class Conv:
     w: np.ndarray
     b: np.ndarray | None
     k: int = 1
+    tiled: dict = field(default_factory=dict, repr=False, compare=False)
+    """Copies of ``b`` (``("b", n)``: tiled n times) and of a depthwise ``w`` (``("w", n)``: see
+    ``_tile``) made on first use; a plan's arrays are never edited in place (``rebuild_fast_plan``
+    builds a new plan), so they stay valid."""
 
 
 @dataclass
@@ -227,6 +232,26 @@ def bias_act_(x, bias, act, tmp=None):  # [..., C] -> the same array, x = act(x 
     return x
 
 
+TILE_ELEMENTS = 1 << 13
+"""Length of a tiled bias row (``add_bias_act_``): adding a ``[C]`` bias to ``[R, C]`` broadcasts it
+over R short rows, about 2x slower than adding a contiguous ``[n*C]`` row to ``[R/n, n*C]``."""
+
+
+def add_bias_act_(x, conv: Conv, act, tmp=None):  # [..., C] -> the same array, x = act(x + conv.b)
+    """``bias_act_(x, conv.b, act, tmp)`` with the bias tiled ``n`` times (cached on ``conv``) and
+    ``x`` seen as ``[R/n, n*C]`` rows, n dividing R and ``n*C <= TILE_ELEMENTS``; the same sums.
+    ``x`` (and ``tmp``) must be C-contiguous for that; otherwise the bias is broadcast."""
+    channels = x.shape[-1]
+    n = math.gcd(x.size // channels, max(1, TILE_ELEMENTS // channels)) if x.size else 1
+    if conv.b is None or n == 1 or not x.flags.c_contiguous or (tmp is not None and not tmp.flags.c_contiguous):
+        return bias_act_(x, conv.b, act, tmp)
+    bias = conv.tiled.get(("b", n))
+    if bias is None:
+        bias = conv.tiled[("b", n)] = np.tile(conv.b, n)
+    bias_act_(x.reshape(-1, n * channels), bias, act, None if tmp is None else tmp.reshape(-1, n * channels))
+    return x
+
+
 def _tap_view(buf, rows, cols, k, stride, dilation):  # [nb, Hp, Wp, C] -> [nb, rows, cols, k, k, C] (no copy)
     """The window each output pixel of a depthwise convolution sees, as a strided view of the
     padded input: ``view[b, i, j, kh, kw] = buf[b, s*i + d*kh, s*j + d*kw]``."""
@@ -236,26 +261,41 @@ def _tap_view(buf, rows, cols, k, stride, dilation):  # [nb, Hp, Wp, C] -> [nb, 
         strides=(sb, stride * sh, stride * sw, dilation * sh, dilation * sw, sc), writeable=False)
 
 
-def depthwise_band(padded, out, conv: Conv, stride, dilation, tiled=None):
+def band_view(padded, rows, cols, k, stride, dilation, row_form):  # -> the view ``depthwise_band`` sums over
+    """``_tap_view(padded, ...)``, or with ``row_form`` (stride 1, weights tiled along j) the same
+    windows as ``[nb, rows, k, k, cols*C]`` whole-row runs. ``view[:nb, :r]`` is the view of
+    ``padded[:nb]`` for ``r`` rows, so a band loop builds it once per buffer."""
+    if not row_form:
+        return _tap_view(padded, rows, cols, k, stride, dilation)
+    sb, sh, sw, sc = padded.strides
+    return np.lib.stride_tricks.as_strided(
+        padded, shape=(padded.shape[0], rows, k, k, cols * padded.shape[3]),
+        strides=(sb, sh, dilation * sh, dilation * sw, sc), writeable=False)
+
+
+def depthwise_band(padded, out, conv: Conv, stride, dilation, tiled=None, view=None):
     """``out[b, i, j, c] = sum_{kh, kw} padded[b, s*i + d*kh, s*j + d*kw, c] * w[kh, kw, c]`` in one
     ``einsum`` (a multiply-add per tap, no temporaries). With stride 1 the (j, c) axes of the view
     and of the output are one contiguous run, so the taps are summed over whole rows with the
-    weights ``tiled`` along j."""
+    weights ``tiled`` along j. ``view``: ``band_view(padded, ...)`` built beforehand (``padded`` is
+    then not read)."""
     nb, rows, cols, channels = out.shape
-    k = conv.k
-    if stride == 1 and tiled is not None:
-        sb, sh, sw, sc = padded.strides
-        view = np.lib.stride_tricks.as_strided(
-            padded, shape=(nb, rows, k, k, cols * channels),
-            strides=(sb, sh, dilation * sh, dilation * sw, sc), writeable=False)
+    row_form = stride == 1 and tiled is not None
+    if view is None:
+        view = band_view(padded, rows, cols, conv.k, stride, dilation, row_form)
+    if row_form:
         np.einsum("bhijx,ijx->bhx", view, tiled, out=out.reshape(nb, rows, cols * channels))
     else:
-        np.einsum("bhwijc,ijc->bhwc", _tap_view(padded, rows, cols, k, stride, dilation), conv.w, out=out)
+        np.einsum("bhwijc,ijc->bhwc", view, conv.w, out=out)
     return out
 
 
-def _tile(conv: Conv, cols):  # [k, k, C] -> [k, k, cols*C]
-    return np.ascontiguousarray(np.broadcast_to(conv.w[:, :, None, :], (conv.k, conv.k, cols, conv.w.shape[2]))).reshape(conv.k, conv.k, -1)
+def _tile(conv: Conv, cols):  # [k, k, C] -> [k, k, cols*C] (cached on conv)
+    tiled = conv.tiled.get(("w", cols))
+    if tiled is None:
+        tiled = conv.tiled[("w", cols)] = np.ascontiguousarray(
+            np.broadcast_to(conv.w[:, :, None, :], (conv.k, conv.k, cols, conv.w.shape[2]))).reshape(conv.k, conv.k, -1)
+    return tiled
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +315,15 @@ def _tile(conv: Conv, cols):  # [k, k, C] -> [k, k, cols*C]
 # BLAS is not an OpenBLAS whose thread count we can set, our threads stay off. OpenBLAS's thread
 # count is process-wide: other threads of the process that multiply matrices during a forward
 # pass do so on one thread; the count is restored when the last forward pass in flight ends.
+#
+# What limits two threads on one image (measured 2026-11-27 on the 2-core VM of benchmarks/README.md,
+# width 1.0, 256x256): one core takes ~68 ms, two ~54 ms, with ~80 ms of CPU between them. Waking a
+# thread that sleeps on the other core costs ~50-100 us there (a threading.Barrier round trip: 100
+# us), and so does every GIL hand-over where one thread finishes a NumPy call while the other runs
+# Python between its calls; a parallel() call, a barrier and such a collision each cost that much.
+# Splitting the stage-4/5 transformers by pixel position loses (barriers). OpenBLAS's own threads
+# for their products alone (ours off there) halve a product run in a loop, but made the pass
+# slower: 77 ms instead of 55 idle, 560 instead of 75 with another process on a core.
 
 THREADS: int | None = None
 """Threads of the fast path; None: ``NUMPY_MVIT2_THREADS`` or else OpenBLAS's thread count."""
@@ -385,6 +434,16 @@ below it, handing work to another thread and waiting for it costs more than it s
 the stage-4 and stage-5 blocks of width 1.0, whose maps are 16x16 and 8x8)."""
 
 
+IR_PART_DIVISOR = 4
+"""An inverted residual (counted in elements of its expanded map) is split from
+``PART_ELEMENTS / IR_PART_DIVISOR`` on: its row ranges need no barrier, so smaller maps are worth
+splitting (the stage-5 block at width 1.0, 8x8x768, takes 2.5 ms on one thread)."""
+
+
+TRANSFORMER_PART_DIVISOR = 1
+"""The same for a MobileViT block's transformer, in elements of its tokens ``[P, N, d]``."""
+
+
 def _parts(threads, elements) -> int:  # how many threads a piece of work of `elements` is worth
     return max(1, min(threads, elements // PART_ELEMENTS))
 
@@ -417,11 +476,39 @@ def stem(pixels, conv: Conv, act, threads=1):  # [B, C, H, W] (NCHW input) -> [B
                 cols[kh, kw] = padded[:, h0 : h0 + stride * (n - 1) + 1 : stride, kw : kw + stride * (wo - 1) + 1 : stride]
         y = out[b, r0:r1].reshape(n * wo, cout)
         np.matmul(cols.reshape(k * k * cin, n * wo).T, conv.w, out=y)
-        bias_act_(y, conv.b, act, np.empty_like(y))
+        add_bias_act_(y, conv, act, np.empty_like(y))
 
     for b in range(batch):
         padded[:, pad : pad + height, pad : pad + width] = pixels[b]
         parallel(rows, [(b, r0, r1) for r0, r1 in _split(ho, threads)])
+    return out
+
+
+SCRATCH_ELEMENTS = 1 << 22
+"""Most elements (16 MB in float32) a thread keeps between calls in its scratch buffer."""
+
+_scratch = threading.local()
+
+
+def scratch(dtype, *shapes):  # -> one uninitialised array per shape, views of this thread's scratch buffer
+    """Work arrays for one call on this thread, carved out of one buffer that the thread keeps
+    (up to ``SCRATCH_ELEMENTS``) and grows as needed: allocating the bands' arrays afresh on every
+    call made the kernel map and zero their pages again (thousands of page faults per forward
+    pass, several ms of system time). The arrays are only valid until the thread's next call."""
+    dtype = np.dtype(dtype)
+    align = max(1, 64 // dtype.itemsize)
+    sizes = [-(-math.prod(shape) // align) * align for shape in shapes]
+    total = sum(sizes)
+    key = dtype.str
+    buf = getattr(_scratch, "buffers", {}).get(key)
+    if buf is None or buf.size < total:
+        buf = np.empty(total, dtype)
+        if total <= SCRATCH_ELEMENTS:
+            _scratch.__dict__.setdefault("buffers", {})[key] = buf
+    out, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        out.append(buf[offset : offset + math.prod(shape)].reshape(shape))
+        offset += size
     return out
 
 
@@ -451,7 +538,7 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
         images, rows = 1, max(1, min(ho, BAND_ELEMENTS // (wo * hidden)))
     groups = [(b0, min(images, batch - b0)) for b0 in range(0, batch, images)]
     # work items: (first image, images, first output row, end row)
-    threads = _parts(threads, batch * per_image)
+    threads = max(1, min(threads, batch * per_image // max(1, PART_ELEMENTS // IR_PART_DIVISOR)))
     if threads > 1 and len(groups) < threads:
         images, rows = 1, min(rows, -(-ho // threads))
         tasks = [[(b, 1, r0, r1)] for b in range(batch) for r0, r1 in _split(ho, threads)]
@@ -461,11 +548,12 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
     tiled = _tile(block.depthwise, wo) if s == 1 else None
 
     def work(items):
-        ebuf = np.zeros((images, span, width + 2 * pad, hidden), dtype)  # width padding stays zero
-        gbuf = np.empty((images * span * width, hidden), dtype)
-        tbuf = np.empty_like(gbuf)
-        dbuf = np.empty((images, rows, wo, hidden), dtype)
-        dtmp = np.empty_like(dbuf)
+        ebuf, gbuf, tbuf, dbuf, dtmp = scratch(dtype, (images, span, width + 2 * pad, hidden), (images * span * width, hidden),
+                                               (images * span * width, hidden), (images, rows, wo, hidden), (images, rows, wo, hidden))
+        if pad:  # the width padding stays zero (rows outside the image are zeroed below)
+            ebuf[:, :, :pad] = 0
+            ebuf[:, :, pad + width :] = 0
+        view = band_view(ebuf, rows, wo, k, s, d, tiled is not None)  # once: as_strided costs ~10 us
         for b0, nb, r_start, r_end in items:
             held = (0, 0)  # padded rows [q0, q1) now in ebuf[:, : q1 - q0]
             for r0 in range(r_start, r_end, rows):
@@ -484,16 +572,16 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
                     m = nb * (i1 - i0) * width
                     g = gbuf[:m]
                     np.matmul(x[b0 : b0 + nb, i0:i1].reshape(m, cin), block.expand.w, out=g)
-                    bias_act_(g, block.expand.b, act, tbuf[:m])
+                    add_bias_act_(g, block.expand, act, tbuf[:m])
                     ebuf[:nb, i0 + pad - n0 : i1 + pad - n0, pad : pad + width] = g.reshape(nb, i1 - i0, width, hidden)
                 held = (n0, n1)
                 # depthwise, act, reduce (+ residual)
-                dw = depthwise_band(ebuf[:nb, : n1 - n0], dbuf[:nb, : r1 - r0], block.depthwise, s, d, tiled)
+                dw = depthwise_band(None, dbuf[:nb, : r1 - r0], block.depthwise, s, d, tiled, view[:nb, : r1 - r0])
                 dw2 = dw.reshape(-1, hidden)
-                bias_act_(dw2, block.depthwise.b, act, dtmp[:nb, : r1 - r0].reshape(-1, hidden))
+                add_bias_act_(dw2, block.depthwise, act, dtmp[:nb, : r1 - r0].reshape(-1, hidden))
                 y = out[b0 : b0 + nb, r0:r1].reshape(-1, cout)
                 np.matmul(dw2, block.reduce.w, out=y)
-                y += block.reduce.b
+                add_bias_act_(y, block.reduce, None)
                 if residual:
                     y += x[b0 : b0 + nb, r0:r1].reshape(-1, cout)
 
@@ -514,7 +602,7 @@ def depthwise(x, conv: Conv, act, threads=1):  # [B, H, W, C] -> [B, H, W, C]
     def rows(span):
         r0, r1 = span
         o = depthwise_band(padded[:, r0 : r1 + 2 * pad], out[:, r0:r1], conv, 1, 1, tiled)
-        bias_act_(o, conv.b, act, np.empty_like(o))
+        add_bias_act_(o, conv, act, np.empty_like(o))
 
     parallel(rows, _split(height, _parts(threads, x.size) if batch == 1 else 1))
     return out
@@ -535,26 +623,40 @@ def group_norm_(x, out, eps):  # [B, ...] -> out [B, ...] = (x - mean) / sqrt(va
 
 class SharedGroupNorm:
     """``group_norm_`` over a tensor whose pixel-in-patch axis P is split among threads, each
-    holding ``x[:, p0:p1]`` (batch 1, so each part is contiguous): partial sums, a barrier, the
-    mean; partial sums of squares, a barrier, the variance. Summing per-part sums changes only the
-    order of the additions."""
+    holding ``x[:, p0:p1]`` (batch 1, so each part is contiguous), with one barrier: each part
+    centres its values on its own mean ``a`` (rounded to float32) and sums their squares; after the
+    barrier the parts' sums give the mean ``m`` and the sum of squares about it,
+    ``sum (x - a)^2 + 2 (a - m) sum (x - a) + n (a - m)^2`` per part (in float64, as in Chan et al.'s
+    parallel variance), and each part shifts its centred values by ``a - m`` and scales them. The
+    same sums as ``group_norm_`` up to the order of additions and one rounding of the shift."""
 
     def __init__(self, parts, batch, count, eps):
         self.barrier = threading.Barrier(parts)
-        self.partial = np.zeros((parts, batch, 2))
+        # n, sum x, a, sum (x - a)^2; two sets, used by turns: a part can be one norm ahead of
+        # another (past the barrier) but not two, so it never writes the set the other still reads
+        self.partial = np.zeros((2, parts, batch, 4))
+        self.calls = [0] * parts
         self.count, self.eps = count, eps
 
     def __call__(self, part, x, out):
         batch = x.shape[0]
         x2, o2 = x.reshape(batch, -1), out.reshape(batch, -1)
-        self.partial[part, :, 0] = x2.sum(axis=1)
+        total = x2.sum(axis=1)
+        local = (total / x2.shape[1]).astype(x.dtype)  # a
+        np.subtract(x2, local[:, None], out=o2)
+        partial = self.partial[self.calls[part] % 2]
+        self.calls[part] += 1
+        mine = partial[part]
+        mine[:, 0], mine[:, 1], mine[:, 2] = x2.shape[1], total, local
+        mine[:, 3] = np.matmul(o2[:, None, :], o2[:, :, None])[:, 0, 0]
         self.barrier.wait()
-        mean = self.partial[:, :, 0].sum(axis=0) / self.count
-        np.subtract(x2, mean[:, None].astype(x.dtype), out=o2)
-        self.partial[part, :, 1] = np.matmul(o2[:, None, :], o2[:, :, None])[:, 0, 0]
-        self.barrier.wait()
-        var = self.partial[:, :, 1].sum(axis=0) / self.count
-        o2 *= (1 / np.sqrt(var + self.eps))[:, None].astype(x.dtype)
+        n, sums, a, squares = (partial[:, :, i] for i in range(4))  # [parts, batch]
+        mean = sums.sum(axis=0) / self.count
+        delta = a - mean
+        var = (squares + 2 * delta * (sums - n * a) + n * delta * delta).sum(axis=0) / self.count
+        inv = 1 / np.sqrt(var + self.eps)
+        o2 += delta[part][:, None].astype(x.dtype)
+        o2 *= inv[:, None].astype(x.dtype)
         return out
 
 
@@ -570,9 +672,9 @@ def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, attentions=Non
     x2 += separable_attention(norm(x, normed), layer, qkv, mixed, y, attentions)
     norm(x, normed)
     np.matmul(normed.reshape(rows, dim), layer.ffn1.w, out=hidden)
-    bias_act_(hidden, layer.ffn1.b, act, tmp)
+    add_bias_act_(hidden, layer.ffn1, act, tmp)
     np.matmul(hidden, layer.ffn2.w, out=y)
-    y += layer.ffn2.b
+    add_bias_act_(y, layer.ffn2, None)
     x2 += y
     return x
 
@@ -588,7 +690,7 @@ def separable_attention(normed, layer: TransformerLayer, qkv, mixed, out, attent
     batch, p, n, dim = normed.shape
     rows = batch * p * n
     np.matmul(normed.reshape(rows, dim), layer.qkv.w, out=qkv)
-    qkv += layer.qkv.b
+    add_bias_act_(qkv, layer.qkv, None)
     q = qkv.reshape(batch, p, n, 2 * dim + 1)
     scores = q[..., 0] - q[..., 0].max(axis=-1, keepdims=True)  # [B, P, N]
     np.exp(scores, out=scores)
@@ -600,7 +702,7 @@ def separable_attention(normed, layer: TransformerLayer, qkv, mixed, out, attent
     np.maximum(q[..., 1 + dim :], 0, out=m)
     m *= context
     np.matmul(mixed, layer.out.w, out=out)
-    out += layer.out.b
+    add_bias_act_(out, layer.out, None)
     return out
 
 
@@ -636,7 +738,7 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threa
     projected = np.empty((batch, p, n, cout), patches.dtype)
     # one image: the P pixel positions of a patch are split among the threads (the attention is
     # independent per position; only the group norms need the other threads' sums)
-    parts = _split(p, _parts(threads, p * n * dim)) if batch == 1 else [(0, p)]
+    parts = _split(p, _parts(threads, p * n * dim * TRANSFORMER_PART_DIVISOR)) if batch == 1 else [(0, p)]
     shared = SharedGroupNorm(len(parts), batch, p * n * dim, plan.eps) if len(parts) > 1 else None
     lists = [None if attentions is None else [] for _ in parts]
 
@@ -658,7 +760,7 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threa
             raise
         y = projected[:, p0:p1].reshape(rows, cout)
         np.matmul(normed.reshape(rows, dim), block.projection.w, out=y)
-        y += block.projection.b
+        add_bias_act_(y, block.projection, None)
 
     parallel(work, list(range(len(parts))))
     patches = None  # free the unfolded input before the fold allocates the output
