@@ -11,8 +11,19 @@ import math
 
 import numpy as np
 
-from numpy_mvit2 import MobileViTV2Config
+from numpy_mvit2 import (
+    MobileViTV2Config,
+    MobileViTV2ForImageClassification,
+    MobileViTV2ForSemanticSegmentation,
+    MobileViTV2Model,
+)
 
+# our model class per head, beside transformers' class name per head (HEADS)
+OURS = {
+    "base": MobileViTV2Model,
+    "classification": MobileViTV2ForImageClassification,
+    "segmentation": MobileViTV2ForSemanticSegmentation,
+}
 HEADS = {
     "base": "MobileViTV2Model",
     "classification": "MobileViTV2ForImageClassification",

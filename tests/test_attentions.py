@@ -11,20 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import require
-from reference import make_reference, run_reference, save_reference
+from reference import OURS, make_reference, run_reference, save_reference
 
 from numpy_mvit2 import (
     MobileViTV2Config,
-    MobileViTV2ForImageClassification,
-    MobileViTV2ForSemanticSegmentation,
     MobileViTV2Model,
 )
 
-OURS = {
-    "base": MobileViTV2Model,
-    "classification": MobileViTV2ForImageClassification,
-    "segmentation": MobileViTV2ForSemanticSegmentation,
-}
 CONFIG = {"width_multiplier": 0.5, "n_attn_blocks": [2, 3, 2], "aspp_out_channels": 32, "num_labels": 5}
 HEIGHT, WIDTH = 160, 128  # stage 5 sees 5 x 4: the patches leave a row uncovered
 

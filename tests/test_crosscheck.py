@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
-from reference import make_reference, save_reference
+from reference import OURS, make_reference, save_reference
 
 torch = require("torch")
 transformers = require("transformers")
@@ -18,16 +18,9 @@ transformers = require("transformers")
 from numpy_mvit2 import (
     MobileViTV2Config,
     MobileViTV2ForImageClassification,
-    MobileViTV2ForSemanticSegmentation,
-    MobileViTV2Model,
 )
 from numpy_mvit2.crosscheck import crosscheck, layer_names, reference_trace, trace
 
-OURS = {
-    "base": MobileViTV2Model,
-    "classification": MobileViTV2ForImageClassification,
-    "segmentation": MobileViTV2ForSemanticSegmentation,
-}
 CONFIG = {"width_multiplier": 0.5, "num_labels": 4, "aspp_out_channels": 32, "n_attn_blocks": [2, 2, 2]}
 SIZE = {"height": 64, "width": 96}
 PERTURBED = "encoder.layer.3.transformer.layer.1.ffn"  # stage 4, second transformer layer, its FFN

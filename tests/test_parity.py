@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from reference import make_reference, relative_error, run_reference, save_reference
+from reference import OURS, make_reference, relative_error, run_reference, save_reference
 
 torch = require("torch")
 transformers = require("transformers")
@@ -19,15 +19,9 @@ transformers = require("transformers")
 from numpy_mvit2 import (  # noqa: E402
     MobileViTV2Config,
     MobileViTV2ForImageClassification,
-    MobileViTV2ForSemanticSegmentation,
     MobileViTV2Model,
 )
 
-OURS = {
-    "base": MobileViTV2Model,
-    "classification": MobileViTV2ForImageClassification,
-    "segmentation": MobileViTV2ForSemanticSegmentation,
-}
 FLOAT32_BAR = 2e-5
 FLOAT64_BAR = 1e-10
 

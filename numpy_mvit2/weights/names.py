@@ -143,6 +143,12 @@ def _cvnets_layer(rest: str) -> str | None:
     return _CVNETS_PARAM.get(rest.replace("block.", ""))
 
 
+def _cvnets_conv(target: str, rest: str) -> str | None:
+    """One ml-cvnets ConvLayer's tensor (``rest``) under transformers' layer name ``target``."""
+    tail = _cvnets_layer(rest)
+    return None if tail is None else f"{target}.{tail}"
+
+
 def cvnets_name(name: str) -> str | None:
     """One ml-cvnets / CoreNet name -> transformers' name (None if it is not part of MobileViTV2).
 
@@ -156,8 +162,7 @@ def cvnets_name(name: str) -> str | None:
     if name.startswith("encoder."):
         name = name[len("encoder."):]
     if name.startswith("conv_1."):
-        new = _cvnets_layer(name[len("conv_1."):])
-        return None if new is None else f"{BASE_PREFIX}conv_stem.{new}"
+        return _cvnets_conv(f"{BASE_PREFIX}conv_stem", name[len("conv_1."):])
     if name in ("classifier.1.weight", "classifier.1.bias"):
         return "classifier." + name.rsplit(".", 1)[1]
     if name.startswith("seg_head."):
@@ -169,19 +174,15 @@ def cvnets_name(name: str) -> str | None:
     prefix = f"{BASE_PREFIX}encoder.layer.{stage}."
     if stage <= 1 or block == 0:
         m2 = re.fullmatch(r"block\.(exp_1x1|conv_3x3|red_1x1)\.(.+)", rest)
-        if not m2 or _cvnets_layer(m2[2]) is None:
-            return None
         where = f"layer.{block}." if stage <= 1 else "downsampling_layer."
-        return f"{prefix}{where}{_CVNETS_IR[m2[1]]}.{_cvnets_layer(m2[2])}"
+        return _cvnets_conv(f"{prefix}{where}{_CVNETS_IR[m2[1]]}", m2[2]) if m2 else None
     if block != 1:
         return None
     m2 = re.fullmatch(r"local_rep\.([01])\.(.+)", rest)
     if m2:
-        tail = _cvnets_layer(m2[2])
-        return None if tail is None else f"{prefix}{('conv_kxk', 'conv_1x1')[int(m2[1])]}.{tail}"
+        return _cvnets_conv(f"{prefix}{('conv_kxk', 'conv_1x1')[int(m2[1])]}", m2[2])
     if rest.startswith("conv_proj."):
-        tail = _cvnets_layer(rest[len("conv_proj."):])
-        return None if tail is None else f"{prefix}conv_projection.{tail}"
+        return _cvnets_conv(f"{prefix}conv_projection", rest[len("conv_proj."):])
     m2 = re.fullmatch(r"global_rep\.(\d+)\.(weight|bias)", rest)
     if m2:  # the group norm closing global_rep (its index is the number of transformer layers)
         return f"{prefix}layernorm.{m2[2]}"
@@ -194,30 +195,19 @@ def cvnets_name(name: str) -> str | None:
         return base + ("layernorm_before." if part == "pre_norm_attn" else "layernorm_after.") + tail
     if part == "pre_norm_attn" and index == 1:
         m3 = re.fullmatch(r"(qkv_proj|out_proj)\.(.+)", tail)
-        inner = m3 and _cvnets_layer(m3[2])
-        return f"{base}attention.{m3[1]}.{inner}" if inner else None
+        return _cvnets_conv(f"{base}attention.{m3[1]}", m3[2]) if m3 else None
     if part == "pre_norm_ffn" and index in (1, 3):
-        inner = _cvnets_layer(tail)
-        return f"{base}ffn.{'conv1' if index == 1 else 'conv2'}.{inner}" if inner else None
+        return _cvnets_conv(f"{base}ffn.{'conv1' if index == 1 else 'conv2'}", tail)
     return None
 
 
 def _cvnets_seg_head(rest: str) -> str | None:
-    m = re.fullmatch(r"aspp\.aspp_layer\.convs\.(\d)\.(.+)", rest)
+    m = re.fullmatch(r"aspp\.aspp_layer\.convs\.4\.aspp_pool\.conv_1x1\.(.+)", rest)
     if m:
-        tail = m[2]
-        if m[1] == "4":
-            if not tail.startswith("aspp_pool.conv_1x1."):
-                return None
-            inner = _cvnets_layer(tail[len("aspp_pool.conv_1x1."):])
-            return None if inner is None else f"segmentation_head.aspp.convs.4.conv_1x1.{inner}"
-        inner = _cvnets_layer(tail)
-        return None if inner is None else f"segmentation_head.aspp.convs.{m[1]}.{inner}"
-    m = re.fullmatch(r"aspp\.aspp_layer\.project\.(.+)", rest)
+        return _cvnets_conv("segmentation_head.aspp.convs.4.conv_1x1", m[1])
+    m = re.fullmatch(r"aspp\.aspp_layer\.(convs\.[0-3]|project)\.(.+)", rest)
     if m:
-        inner = _cvnets_layer(m[1])
-        return None if inner is None else f"segmentation_head.aspp.project.{inner}"
+        return _cvnets_conv(f"segmentation_head.aspp.{m[1]}", m[2])
     if rest.startswith("classifier."):
-        inner = _cvnets_layer(rest[len("classifier."):])
-        return None if inner is None else f"segmentation_head.classifier.{inner}"
+        return _cvnets_conv("segmentation_head.classifier", rest[len("classifier."):])
     return None
