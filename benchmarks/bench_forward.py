@@ -106,6 +106,11 @@ class Worker:
             out["numpy_mvit2"] = numpy_mvit2.__version__
             blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
             out["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+            from numpy_mvit2 import fast, team
+
+            n = fast.threads()
+            out["single_images_on"] = (f"a team of {n} processes" if n > 1 and team.available() and team.enabled()
+                                       else f"{n} thread(s)")
         elif self.side == "torch":
             import transformers
 
@@ -121,7 +126,10 @@ class Worker:
         if self.side == "numpy":
             from numpy_mvit2 import MobileViTV2ForImageClassification
 
+            from numpy_mvit2 import team
+
             self.models[width] = MobileViTV2ForImageClassification.from_pretrained(folder)
+            self.team = team.start()  # single images on a team of processes: start it now, not during warm-up
         elif self.side == "torch":
             import transformers
 

@@ -210,8 +210,9 @@ def build_plan(backbone_params: dict, config: MobileViTV2Config, dtype) -> Plan:
 # --------------------------------------------------------------------------------------------
 
 
-def bias_act_(x, bias, act, tmp=None):  # [..., C] -> the same array, x = act(x + bias)
-    """``x = act(x + bias)`` in place (``tmp``: a scratch array of x's shape, or None).
+def bias_act_(x, bias, act, tmp=None, out=None):  # [..., C] -> out (default x) = act(x + bias)
+    """``x = act(x + bias)`` in place (``tmp``: a scratch array of x's shape, or None); with
+    ``out``, the last pass writes ``act(x + bias)`` there instead (x then holds an intermediate).
 
     SiLU: the convolution before it was scaled by 1/2 at load (``act_scale``), so ``x + bias`` is
     ``u = z / 2`` and ``silu(z) = z sigmoid(z) = u (1 + tanh u)``: three passes (tanh, product,
@@ -219,17 +220,22 @@ def bias_act_(x, bias, act, tmp=None):  # [..., C] -> the same array, x = act(x 
     a slow path for lanes that do). ReLU is a clamp; other activations fall back to ``ops.ACTIVATIONS``."""
     if bias is not None:
         x += bias
+    if out is None:
+        out, last = x, x
+    else:
+        last = x.reshape(out.shape)  # x's values in out's shape (x is contiguous)
     if act is None or act == "linear":
-        return x
-    if act in ("swish", "silu"):
+        if out is not x:
+            out[...] = last
+    elif act in ("swish", "silu"):
         t = np.tanh(x, out=tmp)
         t *= x
-        x += t
+        np.add(last, t.reshape(out.shape), out=out)
     elif act == "relu":
-        np.maximum(x, 0, out=x)
+        np.maximum(last, 0, out=out)
     else:
-        x[...] = ACTIVATIONS[act](x)
-    return x
+        out[...] = ACTIVATIONS[act](last)
+    return out
 
 
 TILE_ELEMENTS = 1 << 13
@@ -237,19 +243,21 @@ TILE_ELEMENTS = 1 << 13
 over R short rows, about 2x slower than adding a contiguous ``[n*C]`` row to ``[R/n, n*C]``."""
 
 
-def add_bias_act_(x, conv: Conv, act, tmp=None):  # [..., C] -> the same array, x = act(x + conv.b)
-    """``bias_act_(x, conv.b, act, tmp)`` with the bias tiled ``n`` times (cached on ``conv``) and
-    ``x`` seen as ``[R/n, n*C]`` rows, n dividing R and ``n*C <= TILE_ELEMENTS``; the same sums.
-    ``x`` (and ``tmp``) must be C-contiguous for that; otherwise the bias is broadcast."""
+def add_bias_act_(x, conv: Conv, act, tmp=None, out=None):  # [..., C] -> out (default x) = act(x + conv.b)
+    """``bias_act_(x, conv.b, act, tmp, out)`` with the bias tiled ``n`` times (cached on ``conv``)
+    and ``x`` seen as ``[R/n, n*C]`` rows, n dividing R and ``n*C <= TILE_ELEMENTS``; the same sums.
+    ``x`` (and ``tmp``) must be C-contiguous for that; otherwise the bias is broadcast. ``out``
+    (x's shape, any strides) is written in x's shape."""
     channels = x.shape[-1]
     n = math.gcd(x.size // channels, max(1, TILE_ELEMENTS // channels)) if x.size else 1
     if conv.b is None or n == 1 or not x.flags.c_contiguous or (tmp is not None and not tmp.flags.c_contiguous):
-        return bias_act_(x, conv.b, act, tmp)
+        return bias_act_(x, conv.b, act, tmp, out)
     bias = conv.tiled.get(("b", n))
     if bias is None:
         bias = conv.tiled[("b", n)] = np.tile(conv.b, n)
-    bias_act_(x.reshape(-1, n * channels), bias, act, None if tmp is None else tmp.reshape(-1, n * channels))
-    return x
+    rows = (-1, n * channels)
+    result = bias_act_(x.reshape(rows), bias, act, None if tmp is None else tmp.reshape(rows), out)
+    return x if out is None else result
 
 
 def _tap_view(buf, rows, cols, k, stride, dilation):  # [nb, Hp, Wp, C] -> [nb, rows, cols, k, k, C] (no copy)
@@ -408,7 +416,7 @@ def _blas_single_threaded():
 def parallel(fn, items):  # -> [fn(item) for item in items], all items at once
     """``[fn(item) for item in items]``, every item on its own thread at the same time (the first
     on the calling thread, the others on this thread's pool), OpenBLAS on one thread meanwhile.
-    All items run concurrently, so they may wait for each other (``SharedGroupNorm``)."""
+    All items run concurrently, so they may wait for each other (``GroupNorm``)."""
     if len(items) <= 1:
         return [fn(item) for item in items]
     pool = getattr(_local, "pool", None)
@@ -444,18 +452,44 @@ TRANSFORMER_PART_DIVISOR = 1
 """The same for a MobileViT block's transformer, in elements of its tokens ``[P, N, d]``."""
 
 
-def _parts(threads, elements) -> int:  # how many threads a piece of work of `elements` is worth
-    return max(1, min(threads, elements // PART_ELEMENTS))
-
-
 def _split(n, parts):  # -> [(start, stop), ...]: range(n) in up to `parts` contiguous, near-equal pieces
     parts = max(1, min(parts, n))
     bounds = [n * i // parts for i in range(parts + 1)]
     return list(itertools.pairwise(bounds))
 
 
-def stem(pixels, conv: Conv, act, threads=1):  # [B, C, H, W] (NCHW input) -> [B, H/2, W/2, C0]
-    """3x3 stride-2 convolution (padding 1) + act, image by image (one image: ``threads`` row
+class Threads:
+    """How the pieces of one forward pass are run: by this process's threads (``parallel``).
+
+    The blocks below are written against this small interface, which ``numpy_mvit2.team.Rank``
+    also implements for a team of processes: ``size`` workers; ``run(fn, tasks)`` runs
+    ``fn(task)`` for every task and returns when all are done; ``empty(shape, dtype)`` allocates
+    an array every worker can write (a block's output, whose row ranges different workers fill);
+    ``group_norm(...)`` makes a ``GroupNorm`` whose parts meet at a barrier; ``parts(n,
+    divisor)`` says how many workers a piece of work of ``n`` elements is worth."""
+
+    def __init__(self, size=1):
+        self.size = max(1, int(size))
+
+    def run(self, fn, tasks):
+        return parallel(fn, tasks)
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def group_norm(self, parts, batch, positions, count, eps):
+        return GroupNorm(parts, batch, positions, count, eps)
+
+    def parts(self, elements, divisor=1) -> int:
+        return max(1, min(self.size, elements * divisor // PART_ELEMENTS))
+
+
+def _team(team):  # an int (a thread count), None (1) or a team -> a team
+    return team if hasattr(team, "run") else Threads(team or 1)
+
+
+def stem(pixels, conv: Conv, act, team=1):  # [B, C, H, W] (NCHW input) -> [B, H/2, W/2, C0]
+    """3x3 stride-2 convolution (padding 1) + act, image by image (one image: ``team.size`` row
     ranges at once): the 9 strided taps of the padded input are gathered into
     ``cols [k*k*Cin, rows*Wo]`` (plane copies) and one product with the transposed columns gives
     the NHWC output rows directly."""
@@ -463,7 +497,8 @@ def stem(pixels, conv: Conv, act, threads=1):  # [B, C, H, W] (NCHW input) -> [B
     k, stride, pad = conv.k, 2, (conv.k - 1) // 2
     ho, wo = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
     cout = conv.w.shape[1]
-    out = np.empty((batch, ho, wo, cout), pixels.dtype)
+    team = _team(team)
+    out = team.empty((batch, ho, wo, cout), pixels.dtype)
     padded = np.zeros((cin, height + 2 * pad, width + 2 * pad), pixels.dtype)
 
     def rows(task):
@@ -480,7 +515,7 @@ def stem(pixels, conv: Conv, act, threads=1):  # [B, C, H, W] (NCHW input) -> [B
 
     for b in range(batch):
         padded[:, pad : pad + height, pad : pad + width] = pixels[b]
-        parallel(rows, [(b, r0, r1) for r0, r1 in _split(ho, threads)])
+        team.run(rows, [(b, r0, r1) for r0, r1 in _split(ho, team.size)])
     return out
 
 
@@ -512,11 +547,11 @@ def scratch(dtype, *shapes):  # -> one uninitialised array per shape, views of t
     return out
 
 
-def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
+def inverted_residual(x, block: InvertedResidual, act, team=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
     """1x1 expand (+act) -> k x k depthwise, strided or dilated (+act) -> 1x1 reduce, + x when the
-    shape is kept; computed in bands of output rows (see the module docstring). With
-    ``threads > 1`` the output rows are split into that many ranges, each worked through by a
-    thread with its own buffers.
+    shape is kept; computed in bands of output rows (see the module docstring). With a team of
+    several workers (``Threads`` or processes) the output rows are split into that many ranges,
+    each worked through by a worker with its own buffers.
 
     A band of output rows ``[r0, r1)`` needs padded input rows ``[s*r0, s*(r1-1) + d*(k-1) + 1)``;
     ``ebuf`` holds the expanded, activated, zero-padded rows of the current band, and the rows it
@@ -529,7 +564,8 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
     hidden, cout = block.expand.w.shape[1], block.reduce.w.shape[1]
     dtype = x.dtype
     residual = s == 1 and cin == cout and (ho, wo) == (height, width)
-    out = np.empty((batch, ho, wo, cout), dtype)
+    team = _team(team)
+    out = team.empty((batch, ho, wo, cout), dtype)
 
     per_image = ho * wo * hidden
     if per_image <= BAND_ELEMENTS:  # small maps: whole images, several at once
@@ -538,7 +574,7 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
         images, rows = 1, max(1, min(ho, BAND_ELEMENTS // (wo * hidden)))
     groups = [(b0, min(images, batch - b0)) for b0 in range(0, batch, images)]
     # work items: (first image, images, first output row, end row)
-    threads = max(1, min(threads, batch * per_image // max(1, PART_ELEMENTS // IR_PART_DIVISOR)))
+    threads = team.parts(batch * per_image, IR_PART_DIVISOR)
     if threads > 1 and len(groups) < threads:
         images, rows = 1, min(rows, -(-ho // threads))
         tasks = [[(b, 1, r0, r1)] for b in range(batch) for r0, r1 in _split(ho, threads)]
@@ -548,8 +584,13 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
     tiled = _tile(block.depthwise, wo) if s == 1 else None
 
     def work(items):
-        ebuf, gbuf, tbuf, dbuf, dtmp = scratch(dtype, (images, span, width + 2 * pad, hidden), (images * span * width, hidden),
-                                               (images * span * width, hidden), (images, rows, wo, hidden), (images, rows, wo, hidden))
+        # two work buffers besides ebuf, each used twice: the expanded rows before they are
+        # activated into ebuf, then the depthwise output; and the activation's temporary (a small
+        # working set: the band's arrays stay in L2)
+        work_rows = max(images * span * width, images * rows * wo)
+        ebuf, wbuf, tbuf = scratch(dtype, (images, span, width + 2 * pad, hidden), (work_rows, hidden), (work_rows, hidden))
+        gbuf, dbuf = wbuf, wbuf[: images * rows * wo].reshape(images, rows, wo, hidden)
+        dtmp = tbuf[: images * rows * wo].reshape(images, rows, wo, hidden)
         if pad:  # the width padding stays zero (rows outside the image are zeroed below)
             ebuf[:, :, :pad] = 0
             ebuf[:, :, pad + width :] = 0
@@ -572,8 +613,10 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
                     m = nb * (i1 - i0) * width
                     g = gbuf[:m]
                     np.matmul(x[b0 : b0 + nb, i0:i1].reshape(m, cin), block.expand.w, out=g)
-                    add_bias_act_(g, block.expand, act, tbuf[:m])
-                    ebuf[:nb, i0 + pad - n0 : i1 + pad - n0, pad : pad + width] = g.reshape(nb, i1 - i0, width, hidden)
+                    # the last pass of the activation writes into the band buffer (no copy)
+                    add_bias_act_(g.reshape(nb, i1 - i0, width, hidden), block.expand, act,
+                                  tbuf[:m].reshape(nb, i1 - i0, width, hidden),
+                                  ebuf[:nb, i0 + pad - n0 : i1 + pad - n0, pad : pad + width])
                 held = (n0, n1)
                 # depthwise, act, reduce (+ residual)
                 dw = depthwise_band(None, dbuf[:nb, : r1 - r0], block.depthwise, s, d, tiled, view[:nb, : r1 - r0])
@@ -585,90 +628,104 @@ def inverted_residual(x, block: InvertedResidual, act, threads=1):  # [B, H, W, 
                 if residual:
                     y += x[b0 : b0 + nb, r0:r1].reshape(-1, cout)
 
-    parallel(work, tasks)
+    team.run(work, tasks)
     return out
 
 
-def depthwise(x, conv: Conv, act, threads=1):  # [B, H, W, C] -> [B, H, W, C]
-    """Stride-1 depthwise k x k convolution (+act) on a whole map, padded once; one image is
-    split by rows among ``threads``."""
+def depthwise(x, conv: Conv, act, team=1):  # [B, H, W, C] -> [B, H, W, C]
+    """Stride-1 depthwise k x k convolution (+act); one image is split by rows among the team,
+    each part padding the input rows it needs."""
     batch, height, width, channels = x.shape
     pad = (conv.k - 1) // 2
-    padded = np.zeros((batch, height + 2 * pad, width + 2 * pad, channels), x.dtype)
-    padded[:, pad : pad + height, pad : pad + width] = x
-    out = np.empty_like(x)
+    team = _team(team)
+    out = team.empty(x.shape, x.dtype)
     tiled = _tile(conv, width)
 
     def rows(span):
         r0, r1 = span
-        o = depthwise_band(padded[:, r0 : r1 + 2 * pad], out[:, r0:r1], conv, 1, 1, tiled)
+        padded = np.zeros((batch, r1 - r0 + 2 * pad, width + 2 * pad, channels), x.dtype)
+        i0, i1 = max(0, r0 - pad), min(height, r1 + pad)
+        padded[:, i0 - (r0 - pad) : i1 - (r0 - pad), pad : pad + width] = x[:, i0:i1]
+        o = depthwise_band(padded, out[:, r0:r1], conv, 1, 1, tiled)
         add_bias_act_(o, conv, act, np.empty_like(o))
 
-    parallel(rows, _split(height, _parts(threads, x.size) if batch == 1 else 1))
+    team.run(rows, _split(height, team.parts(x.size) if batch == 1 else 1))
     return out
 
 
-def group_norm_(x, out, eps):  # [B, ...] -> out [B, ...] = (x - mean) / sqrt(var + eps) per sample
-    """Group norm with one group, without its affine part (folded into the next convolution):
-    the mean, then the centred values (written once, into ``out``), their sum of squares as a
-    batched dot product, and one in-place scale."""
-    batch = x.shape[0]
-    x2, o2 = x.reshape(batch, -1), out.reshape(batch, -1)
-    mean = x2.mean(axis=1, keepdims=True)
-    np.subtract(x2, mean, out=o2)
-    var = np.matmul(o2[:, None, :], o2[:, :, None])[:, 0] / o2.shape[1]
-    o2 *= 1 / np.sqrt(var + eps)
-    return out
+class GroupNorm:
+    """Group norm with one group and without its affine part (folded into the next convolution)
+    of tokens ``[B, P, N, d]``, per sample, from partial sums *per pixel position* q of the patch:
+    the mean ``a_q`` of ``x[:, q]`` (rounded to x's dtype), the centred values ``x - a_q`` (written
+    once, into ``out``) and their sum of squares (a batched dot product). The P partials then give
+    the mean ``m`` and the sum of squares about it, ``sum_q [S_q + 2 (a_q - m) sum (x_q - a_q) +
+    n_q (a_q - m)^2]`` (in float64, as in Chan et al.'s parallel variance), and each position's
+    values are shifted by ``a_q - m`` and scaled by ``1 / sqrt(var + eps)``.
 
+    The positions may be split among ``parts`` threads or processes, each calling
+    ``norm(part, x[:, p0:p1], out[:, p0:p1], p0)``; they meet at one barrier (``wait(part)``,
+    ``abort()``) between the partial sums and the scaling. The partials are always per position
+    and always combined in the same order, so the result does not depend on the split: one image
+    gives the same bits on one thread, several threads or a team of processes."""
 
-class SharedGroupNorm:
-    """``group_norm_`` over a tensor whose pixel-in-patch axis P is split among threads, each
-    holding ``x[:, p0:p1]`` (batch 1, so each part is contiguous), with one barrier: each part
-    centres its values on its own mean ``a`` (rounded to float32) and sums their squares; after the
-    barrier the parts' sums give the mean ``m`` and the sum of squares about it,
-    ``sum (x - a)^2 + 2 (a - m) sum (x - a) + n (a - m)^2`` per part (in float64, as in Chan et al.'s
-    parallel variance), and each part shifts its centred values by ``a - m`` and scales them. The
-    same sums as ``group_norm_`` up to the order of additions and one rounding of the shift."""
-
-    def __init__(self, parts, batch, count, eps):
-        self.barrier = threading.Barrier(parts)
-        # n, sum x, a, sum (x - a)^2; two sets, used by turns: a part can be one norm ahead of
-        # another (past the barrier) but not two, so it never writes the set the other still reads
-        self.partial = np.zeros((2, parts, batch, 4))
+    def __init__(self, parts, batch, positions, count, eps, barrier=None, partial=None):
+        self.parts = parts
+        self.barrier = barrier or (_ThreadBarrier(parts) if parts > 1 else None)
+        # n, sum x, a, sum (x - a)^2 per position; two sets, used by turns: a part can be one norm
+        # ahead of another (past the barrier) but not two, so it never writes the set the other reads
+        self.partial = np.zeros((2, positions, batch, 4)) if partial is None else partial
         self.calls = [0] * parts
         self.count, self.eps = count, eps
 
-    def __call__(self, part, x, out):
-        batch = x.shape[0]
-        x2, o2 = x.reshape(batch, -1), out.reshape(batch, -1)
-        total = x2.sum(axis=1)
-        local = (total / x2.shape[1]).astype(x.dtype)  # a
-        np.subtract(x2, local[:, None], out=o2)
+    def __call__(self, part, x, out, p0=0):  # x, out: [B, p1 - p0, N, d]
+        batch, positions = x.shape[:2]
         partial = self.partial[self.calls[part] % 2]
         self.calls[part] += 1
-        mine = partial[part]
-        mine[:, 0], mine[:, 1], mine[:, 2] = x2.shape[1], total, local
-        mine[:, 3] = np.matmul(o2[:, None, :], o2[:, :, None])[:, 0, 0]
-        self.barrier.wait()
-        n, sums, a, squares = (partial[:, :, i] for i in range(4))  # [parts, batch]
+        # one call per step for all of this part's positions: per position (row of x3), the
+        # same reductions as on that position alone
+        x3, o3 = x.reshape(batch, positions, -1), out.reshape(batch, positions, -1)
+        total = x3.sum(axis=2)  # [B, Pp]
+        local = (total / x3.shape[2]).astype(x.dtype)  # a_q
+        np.subtract(x3, local[:, :, None], out=o3)
+        mine = partial[p0 : p0 + positions]  # [Pp, B, 4]
+        mine[:, :, 0], mine[:, :, 1], mine[:, :, 2] = x3.shape[2], total.T, local.T
+        mine[:, :, 3] = np.matmul(o3[:, :, None, :], o3[:, :, :, None])[:, :, 0, 0].T
+        if self.barrier is not None:
+            self.barrier.wait(part)
+        n, sums, a, squares = (partial[:, :, i] for i in range(4))  # [P, batch]
         mean = sums.sum(axis=0) / self.count
         delta = a - mean
         var = (squares + 2 * delta * (sums - n * a) + n * delta * delta).sum(axis=0) / self.count
-        inv = 1 / np.sqrt(var + self.eps)
-        o2 += delta[part][:, None].astype(x.dtype)
-        o2 *= inv[:, None].astype(x.dtype)
+        inv = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
+        o3 += delta[p0 : p0 + positions].T.astype(x.dtype)[:, :, None]
+        o3 *= inv[:, None, None]
         return out
+
+    def abort(self):
+        if self.barrier is not None:
+            self.barrier.abort()
+
+
+class _ThreadBarrier:
+    def __init__(self, parts):
+        self._barrier = threading.Barrier(parts)
+
+    def wait(self, part):
+        self._barrier.wait()
+
+    def abort(self):
+        self._barrier.abort()
 
 
 def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, attentions=None, norm=None):  # [B, P, N, d] in place
     """``x += attention(norm(x))``; ``x += ffn(norm(x))`` (MobileViTV2's pre-norm layer), in place.
-    ``bufs``: scratch arrays allocated once per MobileViT block (``mobilevit_block``); ``norm``:
-    ``group_norm_`` (default) or a ``SharedGroupNorm`` bound to this thread's part."""
+    ``bufs``: scratch arrays allocated once per MobileViT block (``mobilevit_block``); ``norm(x,
+    out)``: a ``GroupNorm`` bound to this part's positions (default: one part holding them all)."""
     batch, p, n, dim = x.shape
     rows = batch * p * n
     x2 = x.reshape(rows, dim)
     normed, qkv, mixed, hidden, tmp, y = bufs
-    norm = norm or (lambda x, out: group_norm_(x, out, eps))
+    norm = norm or (lambda x, out, gn=GroupNorm(1, batch, p, p * n * dim, eps): gn(0, x, out))
     x2 += separable_attention(norm(x, normed), layer, qkv, mixed, y, attentions)
     norm(x, normed)
     np.matmul(normed.reshape(rows, dim), layer.ffn1.w, out=hidden)
@@ -716,62 +773,69 @@ def resize_to_patch_multiple(x, patch_size):  # [B, H, W, C] -> [B, ceil(H/p)*p,
     return np.ascontiguousarray(resized.transpose(0, 2, 3, 1))
 
 
-def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, threads=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
+def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, team=1):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
     """Downsample (inverted residual); local representation (depthwise k x k + act, 1x1 to d);
     unfold into ``[B, P, N, d]``; transformer layers; group norm; 1x1 projection to Cout on the
-    patches; fold back, pixels no patch covers getting the projection's bias (= conv of zeros)."""
+    patches; fold back, pixels no patch covers getting the projection's bias (= conv of zeros).
+
+    One image: the P pixel positions of a patch are split among the team (the attention is
+    independent per position; only the group norms need the other parts' sums). Each part
+    unfolds, transforms, projects and folds back its own positions."""
     act, ps = plan.act, plan.patch_size
-    x = inverted_residual(x, block.down, act, threads)
+    team = _team(team)
+    x = inverted_residual(x, block.down, act, team)
     if plan.patch_remainder == "resize":  # timm / ml-cvnets: see blocks.resize_to_patch_multiple
         x = resize_to_patch_multiple(x, ps)
-    x = depthwise(x, block.local, act, threads)
-    batch, height, width, _ = x.shape
+    x = depthwise(x, block.local, act, team)
+    batch, height, width, cin = x.shape
     nh, nw = height // ps, width // ps
-    dim = block.to_d.w.shape[1]
-    # unfold first (on the input channels), so the 1x1 conv writes the patches directly
-    cin, cout, p, n = x.shape[3], block.projection.w.shape[1], ps * ps, nh * nw
-    unfolded = x[:, : nh * ps, : nw * ps].reshape(batch, nh, ps, nw, ps, cin).transpose(0, 2, 4, 1, 3, 5)
-    patches = np.empty((batch, ps, ps, nh, nw, cin), x.dtype)
-    np.copyto(patches, unfolded)
-    patches = patches.reshape(batch, p, n, cin)
-    del x, unfolded
-    projected = np.empty((batch, p, n, cout), patches.dtype)
-    # one image: the P pixel positions of a patch are split among the threads (the attention is
-    # independent per position; only the group norms need the other threads' sums)
-    parts = _split(p, _parts(threads, p * n * dim * TRANSFORMER_PART_DIVISOR)) if batch == 1 else [(0, p)]
-    shared = SharedGroupNorm(len(parts), batch, p * n * dim, plan.eps) if len(parts) > 1 else None
+    dim, cout, p, n = block.to_d.w.shape[1], block.projection.w.shape[1], ps * ps, nh * nw
+    parts = _split(p, team.parts(p * n * dim, TRANSFORMER_PART_DIVISOR)) if batch == 1 else [(0, p)]
+    shared = team.group_norm(len(parts), batch, p, p * n * dim, plan.eps)
     lists = [None if attentions is None else [] for _ in parts]
+    scores = None if attentions is None else team.empty((len(block.layers), batch, 1, p, n), x.dtype)
+    out = team.empty((batch, height, width, cout), x.dtype)
 
     def work(i):
         p0, p1 = parts[i]
         rows = batch * (p1 - p0) * n
-        tokens = np.matmul(patches[:, p0:p1].reshape(rows, cin), block.to_d.w).reshape(batch, p1 - p0, n, dim)
+        # unfold first (on the input channels), so that the 1x1 conv writes the patches directly:
+        # position q = (i, j) of every patch is the strided map x[:, i::ps, j::ps]
+        patches = np.empty((batch, p1 - p0, nh, nw, cin), x.dtype)
+        for q in range(p0, p1):
+            qi, qj = divmod(q, ps)
+            patches[:, q - p0] = x[:, qi : nh * ps : ps, qj : nw * ps : ps]
+        tokens = np.matmul(patches.reshape(rows, cin), block.to_d.w).reshape(batch, p1 - p0, n, dim)
+        del patches
         ffn = block.layers[0].ffn1.w.shape[1] if block.layers else dim
         bufs = (np.empty_like(tokens), np.empty((rows, 2 * dim + 1), tokens.dtype), np.empty((rows, dim), tokens.dtype),
                 np.empty((rows, ffn), tokens.dtype), np.empty((rows, ffn), tokens.dtype), np.empty((rows, dim), tokens.dtype))
-        norm = None if shared is None else (lambda x, out: shared(i, x, out))
+        def norm(x, out):
+            return shared(i, x, out, p0)
+
         try:
             for layer in block.layers:
                 transformer_layer(tokens, layer, act, plan.eps, bufs, lists[i], norm)
-            normed = group_norm_(tokens, bufs[0], plan.eps) if norm is None else norm(tokens, bufs[0])
+            normed = norm(tokens, bufs[0])
         except BaseException:
-            if shared is not None:
-                shared.barrier.abort()  # the other threads stop waiting
+            shared.abort()  # the other parts stop waiting
             raise
-        y = projected[:, p0:p1].reshape(rows, cout)
-        np.matmul(normed.reshape(rows, dim), block.projection.w, out=y)
-        add_bias_act_(y, block.projection, None)
+        if scores is not None:
+            for layer_scores, part_scores in zip(scores, lists[i]):
+                layer_scores[:, :, p0:p1] = part_scores
+        projected = np.empty((batch, p1 - p0, nh, nw, cout), x.dtype)
+        np.matmul(normed.reshape(rows, dim), block.projection.w, out=projected.reshape(rows, cout))
+        add_bias_act_(projected, block.projection, None)
+        for q in range(p0, p1):  # fold
+            qi, qj = divmod(q, ps)
+            out[:, qi : nh * ps : ps, qj : nw * ps : ps] = projected[:, q - p0]
+        if i == 0 and (nh * ps, nw * ps) != (height, width):
+            out[:, nh * ps :] = block.projection_bias
+            out[:, :, nw * ps :] = block.projection_bias
 
-    parallel(work, list(range(len(parts))))
-    patches = None  # free the unfolded input before the fold allocates the output
+    team.run(work, list(range(len(parts))))
     if attentions is not None:
-        attentions.extend(np.concatenate(scores, axis=2) for scores in zip(*lists))
-    out = np.empty((batch, height, width, cout), projected.dtype)
-    if (nh * ps, nw * ps) != (height, width):
-        out[:, nh * ps :] = block.projection_bias
-        out[:, :, nw * ps :] = block.projection_bias
-    folded = out[:, : nh * ps, : nw * ps].reshape(batch, nh, ps, nw, ps, cout).transpose(0, 2, 4, 1, 3, 5)
-    np.copyto(folded, projected.reshape(batch, ps, ps, nh, nw, cout))
+        attentions.extend(scores)
     return out
 
 
@@ -781,15 +845,22 @@ def backbone(pixel_values, plan: Plan, attentions=None, keep_hidden_states=True)
     (the others are None) so that each stage's output can be freed once the next has read it.
 
     With several threads (``threads()``) a batch is split into that many parts, each run through
-    the whole network by its own thread; a single image is split by rows inside the stem and
-    the inverted residuals."""
+    the whole network by its own thread. A single image is split by rows (convolutions) and by
+    pixel-in-patch position (transformers) among a team of processes (``numpy_mvit2.team``; see
+    "Threads" above for why), or among threads where there is no such team."""
     n_threads = threads()
     batch = pixel_values.shape[0]
     if n_threads == 1:
-        return _backbone(pixel_values, plan, attentions, keep_hidden_states, 1)
+        return _backbone(pixel_values, plan, attentions, keep_hidden_states, Threads(1))
+    if batch == 1:
+        from . import team
+
+        states = team.backbone(pixel_values, plan, keep_hidden_states, n_threads, attentions)
+        if states is not None:
+            return states
     with _blas_single_threaded():  # all of it: an OpenBLAS thread woken once spins for a while after
         if batch == 1:
-            return _backbone(pixel_values, plan, attentions, keep_hidden_states, n_threads)
+            return _backbone(pixel_values, plan, attentions, keep_hidden_states, Threads(n_threads))
         return _batch_parts(pixel_values, plan, attentions, keep_hidden_states, n_threads)
 
 
@@ -797,23 +868,25 @@ def _batch_parts(pixel_values, plan: Plan, attentions, keep_hidden_states, n_thr
     batch = pixel_values.shape[0]
     parts = _split(batch, n_threads)
     lists = [None if attentions is None else [] for _ in parts]
-    results = parallel(lambda i: _backbone(pixel_values[parts[i][0] : parts[i][1]], plan, lists[i], keep_hidden_states, 1),
-                       list(range(len(parts))))
+    results = parallel(lambda i: _backbone(pixel_values[parts[i][0] : parts[i][1]], plan, lists[i], keep_hidden_states,
+                                           Threads(1)), list(range(len(parts))))
     if attentions is not None:
         attentions.extend(np.concatenate(scores) for scores in zip(*lists))
     return [None if states[0] is None else np.concatenate([s.transpose(0, 2, 3, 1) for s in states]).transpose(0, 3, 1, 2)
             for states in zip(*results)]
 
 
-def _backbone(pixel_values, plan: Plan, attentions, keep_hidden_states, n_threads):
-    x = stem(pixel_values, plan.stem, plan.act, n_threads)
+def _backbone(pixel_values, plan: Plan, attentions, keep_hidden_states, team):
+    """``backbone`` on one team (``Threads`` or a process team's ``Rank``): NHWC stage outputs
+    (the last one, or all of them with ``keep_hidden_states``) as NCHW views."""
+    x = stem(pixel_values, plan.stem, plan.act, team)
     hidden_states = []
     for stage in plan.stages:
         if isinstance(stage, MobileViTBlock):
-            x = mobilevit_block(x, stage, plan, attentions, n_threads)
+            x = mobilevit_block(x, stage, plan, attentions, team)
         else:
             for block in stage:
-                x = inverted_residual(x, block, plan.act, n_threads)
+                x = inverted_residual(x, block, plan.act, team)
         hidden_states.append(x.transpose(0, 3, 1, 2) if keep_hidden_states else None)
     hidden_states[-1] = x.transpose(0, 3, 1, 2)
     return hidden_states

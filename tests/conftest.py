@@ -38,3 +38,16 @@ def pytest_report_header(config):
     if collect_ignore:
         return "pretrained-checkpoint checks: not collected (opt-in: set NUMPY_MVIT2_IMAGENET_CHECKPOINT or NUMPY_MVIT2_VOC_CHECKPOINT, and NUMPY_MVIT2_COCO_CATS)"
     return "pretrained-checkpoint checks: collected"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def team_of_processes():
+    """Start the team of processes that runs single images (``numpy_mvit2.team``) before the
+    tests, as a long-running program would have it, so that the batch-1 tests (the parity tests
+    against transformers included) run on it rather than on the threads that stand in while it
+    starts. ``tests/test_team.py`` tests the team itself; ``tests/test_fast.py`` the threads."""
+    from numpy_mvit2 import team
+
+    team.start()
+    yield
+    team.shutdown()

@@ -14,6 +14,7 @@ from numpy_mvit2 import (
     MobileViTV2ForSemanticSegmentation,
     MobileViTV2Model,
     blocks,
+    team,
 )
 from numpy_mvit2 import fast as fast_path
 
@@ -205,6 +206,7 @@ def test_threads_do_not_change_the_result(monkeypatch, n_threads, batch):
     OpenBLAS's thread count is restored afterwards."""
     monkeypatch.setattr(fast_path, "THREADS", n_threads)
     monkeypatch.setattr(fast_path, "PART_ELEMENTS", 1)
+    monkeypatch.setattr(team, "PROCESSES", False)  # threads (tests/test_team.py tests the processes)
     model = MobileViTV2ForSemanticSegmentation(MobileViTV2Config(width_multiplier=0.5, output_stride=16), seed=5)
     x = pixels(batch, 70, 90)
     blas = fast_path._blas_api()
@@ -232,6 +234,7 @@ def test_concurrent_calls_from_user_threads(monkeypatch):
 
     monkeypatch.setattr(fast_path, "THREADS", 2)
     monkeypatch.setattr(fast_path, "PART_ELEMENTS", 1)
+    monkeypatch.setattr(team, "PROCESSES", False)
     model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=9)
     inputs = [pixels(1, 64, 80, seed=s) for s in range(4)]
     model.fast = False

@@ -1,0 +1,598 @@
+"""A team of processes that share one image's forward pass (the fast path's default for batch 1).
+
+Why processes: on the 2-core machine of ``benchmarks/README.md``, two *processes* each running a
+forward pass take no longer than one alone, while two *threads* splitting one pass reach only
+~1.3x, because every NumPy call ends by taking the GIL back, and the thread that waits for it on
+the other core is woken in 50-100 us. A pass makes thousands of short NumPy calls (the row bands
+of ``fast.inverted_residual``), so the threads spend a quarter of their time handing the GIL over.
+Processes have a GIL each and meet only at the barriers between blocks (a few dozen per pass).
+
+How it works (SPMD: every member runs the same code on its own part):
+
+- ``size - 1`` worker processes (``python -c ...``, a fresh interpreter: no fork, nothing of the
+  caller's ``__main__`` imported) are started on first use; until they report ready, passes run
+  on threads. Each worker talks to this process over a Unix socket and exits when it closes.
+- Memory they share is ``memfd`` memory handed over the socket: a control block of int64 slots
+  (barriers, abort flag, "pass done"), an *arena* that holds the input and every array more than
+  one member writes (block outputs), and each plan's weights, copied there once per plan (the
+  plan's own arrays are then replaced by views of that memory, so it is not held twice).
+- A pass: this process (rank 0) copies the image into the arena and sends "run"; every member
+  calls ``fast._backbone`` with its ``Rank``. ``Rank.empty`` hands out arena memory by bumping an
+  offset, and since every member allocates the same arrays in the same order, the offsets agree
+  without any message. ``Rank.run(fn, tasks)`` runs the member's own task, then waits at a
+  barrier. Barriers spin on the control slots (a few us when the members arrive together), then
+  yield the core, then sleep, checking that the others are alive.
+- Anything unexpected (a worker that died or raised, a socket error) turns the team off for this
+  process with a warning, and the pass is run again on threads: the result never depends on the
+  team. ``PROCESSES = False`` or ``NUMPY_MVIT2_PROCESSES=0`` turn it off from the start.
+
+Only on Linux x86-64 (``os.memfd_create``, ``socket.send_fds``; x86's ordering of stores makes a
+slot written after an array's values a safe signal that the values are there).
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import mmap
+import os
+import pickle
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+import weakref
+
+import numpy as np
+
+PROCESSES: bool | None = None
+"""Use a team of processes for single images; None: ``NUMPY_MVIT2_PROCESSES`` (default on)."""
+
+PART_ELEMENTS = 1 << 12
+"""Smallest piece of work (elements of the largest array it writes) split among the team: smaller
+than ``fast.PART_ELEMENTS`` because a spinning barrier costs a few us where a thread's costs 100."""
+
+ARENA_BYTES = 64 << 20
+"""First size of the arena (virtual: pages cost memory only once written); it doubles (and the
+pass is run again) when a pass needs more."""
+
+SPIN_SECONDS = 2e-3
+"""How long a barrier spins before it yields the core between checks; after ``YIELD_SECONDS`` it
+sleeps 100 us between checks and looks whether the other members are still alive."""
+YIELD_SECONDS = 0.05
+
+START_TIMEOUT = 60.0
+"""Seconds a worker may take to start (import NumPy and this package) before the team is given up."""
+
+_CONTROL_SLOTS = 1 << 12
+_ABORT, _DONE, _BARRIERS = 0, 8, 64  # control slots: abort epoch; per-rank "pass done"; barriers
+_EPOCH_SHIFT = 24  # a barrier slot holds (epoch << 24) + how many times it was waited on this pass
+
+
+class Aborted(RuntimeError):
+    """Another member of the team gave up on this pass."""
+
+
+class ArenaFull(RuntimeError):
+    """A pass needs more arena than there is (every member finds out at the same allocation)."""
+
+    def __init__(self, needed):
+        super().__init__(f"the arena needs at least {needed} bytes")
+        self.needed = needed
+
+
+def available() -> bool:
+    """Whether this platform can run a team (Linux x86-64 with memfd and fd passing)."""
+    return (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
+            and hasattr(os, "memfd_create") and hasattr(socket, "send_fds"))
+
+
+def enabled() -> bool:
+    if PROCESSES is not None:
+        return bool(PROCESSES)
+    return os.environ.get("NUMPY_MVIT2_PROCESSES", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _shared(nbytes, name):  # -> (fd, mmap) of fresh zeroed shared memory
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, max(1, nbytes))
+        return fd, mmap.mmap(fd, max(1, nbytes))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _send(sock, message, fds=()):
+    socket.send_fds(sock, [pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)], list(fds))
+
+
+def _recv(sock):  # -> (message, fds); (None, []) when the other end is closed
+    data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+    return (pickle.loads(data) if data else None), fds
+
+
+# --------------------------------------------------------------------------------------------
+# One member's view of a pass
+# --------------------------------------------------------------------------------------------
+
+
+class _Members:
+    """What the barriers of one member need: the control slots, the pass's epoch and a way to
+    tell whether the others are alive (``check``, called while waiting long)."""
+
+    def __init__(self, ctl, epoch, check):
+        self.ctl, self.epoch, self.base, self.check = ctl, epoch, epoch << _EPOCH_SHIFT, check
+
+    def abort(self):
+        self.ctl[_ABORT] = self.epoch
+
+    def wait_until(self, ready, abortable=True):
+        """Return once ``ready()``; raise ``Aborted`` if a member gives up meanwhile."""
+        ctl, epoch = self.ctl, (self.epoch if abortable else 1 << 62)
+        if ready():
+            return
+        start = time.perf_counter()
+        checked = start
+        while not ready():
+            if ctl[_ABORT] >= epoch:
+                raise Aborted("another member of the team gave up on this pass")
+            now = time.perf_counter()
+            if now - start < SPIN_SECONDS:
+                continue
+            if now - start < YIELD_SECONDS:
+                os.sched_yield()
+                continue
+            time.sleep(1e-4)
+            if now - checked > 0.05:
+                checked = now
+                self.check()
+
+
+class SpinBarrier:
+    """A barrier for ``parties`` members over control slots ``first ... first + parties - 1``:
+    member i writes how many times it has arrived and waits until every slot says as much."""
+
+    def __init__(self, members: _Members, first, parties):
+        self.members, self.slots, self.count = members, range(first, first + parties), 0
+
+    def wait(self, index):
+        self.count += 1
+        target = self.members.base + self.count
+        ctl, slots = self.members.ctl, self.slots
+        ctl[slots[index]] = target
+        self.members.wait_until(lambda: all(ctl[i] >= target for i in slots))
+
+    def abort(self):
+        self.members.abort()
+
+
+class Rank:
+    """One member's side of a pass: the interface of ``fast.Threads`` (see there)."""
+
+    def __init__(self, rank, size, ctl, arena, epoch, check):
+        self.rank, self.size = rank, size
+        self.members = _Members(ctl, epoch, check)
+        self.arena, self.offset = arena, 0
+        self.barrier = SpinBarrier(self.members, _BARRIERS, size)
+        self.next_slot = _BARRIERS + size
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        start = -(-self.offset // 64) * 64
+        end = start + count * dtype.itemsize
+        if end > self.arena.size:
+            raise ArenaFull(end)
+        self.offset = end
+        return self.arena[start:end].view(dtype).reshape(shape)
+
+    def run(self, fn, tasks):
+        if len(tasks) > self.size:
+            raise ValueError(f"{len(tasks)} tasks for a team of {self.size}")
+        try:
+            if self.rank < len(tasks):
+                fn(tasks[self.rank])
+        except BaseException:
+            self.members.abort()
+            raise
+        self.barrier.wait(self.rank)
+
+    def group_norm(self, parts, batch, positions, count, eps):
+        from .fast import GroupNorm
+
+        first = self.next_slot
+        self.next_slot += parts
+        if self.next_slot > _CONTROL_SLOTS:
+            raise ArenaFull(self.arena.size)  # (never with the models here: a few slots per block)
+        partial = self.empty((2, positions, batch, 4), np.float64)
+        barrier = SpinBarrier(self.members, first, parts) if parts > 1 else None
+        return GroupNorm(parts, batch, positions, count, eps, barrier=barrier, partial=partial)
+
+    def parts(self, elements, divisor=1) -> int:
+        return max(1, min(self.size, elements * divisor // PART_ELEMENTS))
+
+
+def _run_pass(rank: Rank, plan, shape, dtype, keep_hidden_states, attentions, pixels=None):
+    """Every member's pass: the input is the first array of the arena (rank 0 fills it).
+    ``attentions``: a list (every member passes one when rank 0 does, so that all allocate the
+    same arrays), or None."""
+    from . import fast
+
+    x = rank.empty(shape, dtype)
+    if pixels is not None:
+        x[...] = pixels
+    return x, (lambda: fast._backbone(x, plan, attentions, keep_hidden_states, rank))
+
+
+# --------------------------------------------------------------------------------------------
+# This process's side: the team
+# --------------------------------------------------------------------------------------------
+
+
+class Team:
+    def __init__(self, size):
+        self.size, self.pid = size, os.getpid()
+        self.lock = threading.Lock()
+        self.epoch = self.last_run = 0
+        self.passes = 0  # passes run on the team
+        self.broken = None  # why the team was given up
+        self.forgotten = []  # plan tokens to drop in the workers
+        self.tokens = 0
+        self.ctl_fd, self.ctl_map = _shared(_CONTROL_SLOTS * 8, "numpy_mvit2-control")
+        self.ctl = memoryview(self.ctl_map).cast("q")
+        self.arena_fd = None
+        self._new_arena(ARENA_BYTES)
+        self.sockets, self.procs, self.ready = [], [], []
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for rank in range(1, size):
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            env = dict(os.environ, NUMPY_MVIT2_TEAM_FD=str(theirs.fileno()), NUMPY_MVIT2_TEAM_RANK=str(rank),
+                       NUMPY_MVIT2_TEAM_SIZE=str(size),
+                       NUMPY_MVIT2_TEAM_PATH=package_root, NUMPY_MVIT2_THREADS="1", NUMPY_MVIT2_PROCESSES="0",
+                       OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", "from numpy_mvit2.team import _worker_main; _worker_main()"],
+                    env=env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    start_new_session=True, cwd=package_root)
+            finally:
+                theirs.close()
+            self.sockets.append(mine)
+            self.procs.append(proc)
+            self.ready.append(False)
+            mine.setblocking(False)
+            _send(mine, ("control", self.pid), [self.ctl_fd])
+            _send(mine, ("arena", self.arena.size), [self.arena_fd])
+        self.started = time.monotonic()
+
+    # ---- state
+
+    def _new_arena(self, nbytes):
+        fd, mapping = _shared(nbytes, "numpy_mvit2-arena")
+        if self.arena_fd is not None:
+            os.close(self.arena_fd)
+        self.arena_fd, self.arena = fd, np.frombuffer(mapping, np.uint8)
+
+    def is_ready(self) -> bool:
+        """Whether every worker has said it is ready (without waiting)."""
+        for i, sock in enumerate(self.sockets):
+            if self.ready[i]:
+                continue
+            try:
+                message, _ = _recv(sock)
+            except BlockingIOError:
+                if time.monotonic() - self.started > START_TIMEOUT:
+                    self.give_up(f"a worker did not start within {START_TIMEOUT:.0f} s")
+                elif self.procs[i].poll() is not None:
+                    self.give_up(f"a worker exited while starting (exit status {self.procs[i].returncode})")
+                return False
+            if message != "ready":
+                self.give_up(f"a worker could not start: {message!r}")
+                return False
+            self.ready[i] = True
+            sock.setblocking(True)
+        return True
+
+    def wait_ready(self, timeout=START_TIMEOUT) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.broken is None and not self.is_ready():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return self.broken is None
+
+    def check(self):
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise Aborted(f"a worker process exited (status {proc.returncode})")
+
+    def give_up(self, why):
+        if self.broken is None:
+            self.broken = why
+            warnings.warn(f"numpy_mvit2: the team of processes is off for this process ({why}); "
+                          "single images now run on threads", RuntimeWarning, stacklevel=3)
+        self.close()
+
+    def close(self):
+        for sock in self.sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.sockets, self.procs = [], []
+
+    def _broadcast(self, message, fds=()):
+        for sock in self.sockets:
+            _send(sock, message, fds)
+
+    def share(self, plan) -> int:
+        """Copy ``plan``'s arrays into shared memory once, rebind the plan to those copies and
+        give the workers the plan; returns its token."""
+        token = plan.__dict__.get("_team_token")
+        if token is not None and token[0] is self:
+            return token[1]
+        fields = {k: v for k, v in plan.__dict__.items() if not k.startswith("_team")}
+        buffer = io.BytesIO()
+        pickler = _ArraysApart(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dump(fields)
+        arrays = pickler.arrays
+        del pickler, fields
+        layout, offset = [], 0
+        for a in arrays:
+            offset = -(-offset // 64) * 64
+            layout.append((offset, a.shape, a.dtype.str))
+            offset += a.nbytes
+        fd, mapping = _shared(offset, "numpy_mvit2-weights")
+        try:
+            memory = np.frombuffer(mapping, np.uint8)
+            views = [memory[o : o + a.nbytes].view(a.dtype).reshape(a.shape) for a, (o, _, _) in zip(arrays, layout)]
+            for view, a in zip(views, arrays):
+                view[...] = a
+            self.tokens += 1
+            self._broadcast(("plan", self.tokens, buffer.getvalue(), layout), [fd])
+        finally:
+            os.close(fd)
+        plan.__dict__.update(_load_plan(buffer.getvalue(), views))  # the plan now reads the shared copies
+        plan._team_token = (self, self.tokens)
+        weakref.finalize(plan, self.forgotten.append, self.tokens)
+        return self.tokens
+
+    # ---- a pass
+
+    def _wait_done(self):
+        """Wait until the workers are done with the last pass they were sent (they may still be
+        leaving one this process gave up on)."""
+        ctl, last = self.ctl, self.last_run
+        _Members(ctl, 0, self.check).wait_until(lambda: all(ctl[_DONE + r] >= last for r in range(1, self.size)),
+                                                 abortable=False)
+
+    def backbone(self, pixels, plan, keep_hidden_states, attentions=None):
+        from . import fast
+
+        token = self.share(plan)
+        while self.forgotten:
+            self._broadcast(("forget", self.forgotten.pop()))
+        for _ in range(8):
+            self._wait_done()
+            self.epoch += 1
+            rank = Rank(0, self.size, self.ctl, self.arena, self.epoch, self.check)
+            try:
+                scores = None if attentions is None else []
+                x, run = _run_pass(rank, plan, pixels.shape, pixels.dtype, keep_hidden_states, scores, pixels)
+            except ArenaFull as full:
+                self._grow(full.needed)
+                continue
+            self._broadcast(("run", self.epoch, token, pixels.shape, pixels.dtype.str, keep_hidden_states,
+                             attentions is not None))
+            self.last_run = self.epoch
+            try:
+                with fast._blas_single_threaded():
+                    states = run()
+                self.passes += 1
+                if attentions is not None:  # copies: the arena is reused by the next pass
+                    attentions.extend(np.array(a) for a in scores)
+                return [None if s is None else s.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2) for s in states]
+            except ArenaFull as full:  # the workers stopped at the same allocation
+                self._grow(full.needed)
+            except Aborted:
+                raise
+            except BaseException:
+                rank.members.abort()
+                raise
+        raise Aborted("the arena kept growing")
+
+    def _grow(self, needed):
+        self._new_arena(max(2 * self.arena.size, 2 * needed))
+        self._broadcast(("arena", self.arena.size), [self.arena_fd])
+
+
+class _ArraysApart(pickle.Pickler):
+    """Pickles a plan's structure with each array replaced by its number in ``self.arrays``.
+    (Module-level classes: a class made inside a function lives in a reference cycle until the
+    garbage collector runs, and would keep the arrays, and their shared memory, alive that long.)"""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.arrays = []
+
+    def persistent_id(self, obj):
+        if isinstance(obj, np.ndarray):
+            self.arrays.append(obj)
+            return len(self.arrays) - 1
+        return None
+
+
+class _ArraysBack(pickle.Unpickler):
+    def __init__(self, data, views):
+        super().__init__(io.BytesIO(data))
+        self.views = views
+
+    def persistent_load(self, pid):
+        return self.views[pid]
+
+
+def _load_plan(data, views):
+    return _ArraysBack(data, views).load()
+
+
+_team: Team | None = None
+_team_lock = threading.Lock()
+
+
+def get(size) -> Team | None:
+    """This process's team of ``size`` members, started if need be; None while it starts, when it
+    is off, or where it cannot run."""
+    global _team
+    if size < 2 or not enabled() or not available():
+        return None
+    with _team_lock:
+        team = _team
+        if team is not None and team.pid != os.getpid():  # a fork of the process that started it
+            team = _team = None
+        if team is not None and (team.size != size) and team.broken is None:
+            team.close()
+            team = _team = None
+        if team is None:
+            try:
+                team = _team = Team(size)
+            except OSError as error:
+                warnings.warn(f"numpy_mvit2: could not start a team of processes ({error}); single images run on threads",
+                              RuntimeWarning, stacklevel=3)
+                team = _team = _Broken(size, str(error))
+    if team.broken is not None or not team.is_ready():
+        return None
+    return team
+
+
+class _Broken:
+    def __init__(self, size, why):
+        self.size, self.broken, self.pid = size, why, os.getpid()
+
+    def close(self):
+        pass
+
+
+def backbone(pixels, plan, keep_hidden_states, size, attentions=None):
+    """``fast._backbone`` for one image on a team of ``size`` processes; None when there is no
+    team ready (or it is busy with another thread's pass): the caller then uses threads."""
+    team = get(size)
+    if team is None or not team.lock.acquire(blocking=False):
+        return None
+    try:
+        return team.backbone(pixels, plan, keep_hidden_states, attentions)
+    except (Aborted, OSError) as error:
+        team.give_up(str(error))
+        return None
+    finally:
+        team.lock.release()
+
+
+def start(size=None, timeout=START_TIMEOUT) -> bool:
+    """Start this process's team now (``size``: default ``fast.threads()``) and wait until its
+    workers are ready, instead of letting the first single-image passes run on threads while they
+    start. Returns whether single images will run on the team."""
+    from . import fast
+
+    size = fast.threads() if size is None else size
+    team = get(size)
+    if team is None and isinstance(_team, Team) and _team.size == size:
+        _team.wait_ready(timeout)
+        team = get(size)
+    return team is not None
+
+
+def shutdown():
+    """Stop this process's team (a later single-image pass starts a new one)."""
+    global _team
+    with _team_lock:
+        if _team is not None and _team.pid == os.getpid():
+            _team.close()
+        _team = None
+
+
+atexit.register(shutdown)
+
+
+# --------------------------------------------------------------------------------------------
+# A worker
+# --------------------------------------------------------------------------------------------
+
+
+def _worker_main():
+    """A worker's life: until the socket to the process that started it closes (that process
+    may exit at any moment, even before the worker is ready: then the worker leaves quietly)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    try:
+        _serve()
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        pass
+
+
+def _serve():
+    root = os.environ.get("NUMPY_MVIT2_TEAM_PATH")
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+    sock = socket.socket(fileno=int(os.environ["NUMPY_MVIT2_TEAM_FD"]))
+    rank_number = int(os.environ["NUMPY_MVIT2_TEAM_RANK"])
+    try:
+        from . import fast  # noqa: F401  (imported before saying ready)
+    except BaseException as error:
+        _send(sock, f"import failed: {error}")
+        return
+    _send(sock, "ready")
+    ctl = arena = None
+    plans, parent = {}, None
+    size = int(os.environ["NUMPY_MVIT2_TEAM_SIZE"])
+
+    def check():
+        if os.getppid() != parent:
+            os._exit(0)
+
+    while True:
+        message, fds = _recv(sock)
+        if message is None:
+            return
+        kind = message[0]
+        if kind == "control":
+            parent = message[1]
+            ctl = memoryview(mmap.mmap(fds[0], _CONTROL_SLOTS * 8)).cast("q")
+            os.close(fds[0])
+        elif kind == "arena":
+            arena = np.frombuffer(mmap.mmap(fds[0], message[1]), np.uint8)
+            os.close(fds[0])
+        elif kind == "plan":
+            _, token, data, layout = message
+            nbytes = max([o + int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for o, s, d in layout] + [1])
+            memory = np.frombuffer(mmap.mmap(fds[0], nbytes), np.uint8)
+            os.close(fds[0])
+            views = [memory[o : o + int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize].view(d).reshape(s)
+                     for o, s, d in layout]
+            plans[token] = fast.Plan(**_load_plan(data, views))
+            del memory, views  # the plan holds what it needs: "forget" then unmaps it
+        elif kind == "forget":
+            plans.pop(message[1], None)
+        elif kind == "run":
+            _, epoch, token, shape, dtype, keep, with_attentions = message
+            rank = Rank(rank_number, size, ctl, arena, epoch, check)
+            try:
+                _, run = _run_pass(rank, plans[token], tuple(shape), np.dtype(dtype), keep, [] if with_attentions else None)
+                run()
+            except (Aborted, ArenaFull):
+                pass
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                rank.members.abort()
+            finally:
+                ctl[_DONE + rank_number] = epoch
