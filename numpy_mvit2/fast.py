@@ -794,17 +794,25 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, team=
     shared = team.group_norm(len(parts), batch, p, p * n * dim, plan.eps)
     lists = [None if attentions is None else [] for _ in parts]
     scores = None if attentions is None else team.empty((len(block.layers), batch, 1, p, n), x.dtype)
-    out = team.empty((batch, height, width, cout), x.dtype)
+    dtype = x.dtype
+    # one part on this thread: the input map is dropped once unfolded and the output allocated
+    # after the transformer (a batch's arrays are large); parts write one shared output
+    alone = len(parts) == 1 and isinstance(team, Threads)
+    out = [None if alone else team.empty((batch, height, width, cout), dtype)]
+    local = [x]
+    del x
 
     def work(i):
         p0, p1 = parts[i]
         rows = batch * (p1 - p0) * n
         # unfold first (on the input channels), so that the 1x1 conv writes the patches directly:
         # position q = (i, j) of every patch is the strided map x[:, i::ps, j::ps]
-        patches = np.empty((batch, p1 - p0, nh, nw, cin), x.dtype)
+        patches = np.empty((batch, p1 - p0, nh, nw, cin), dtype)
         for q in range(p0, p1):
             qi, qj = divmod(q, ps)
-            patches[:, q - p0] = x[:, qi : nh * ps : ps, qj : nw * ps : ps]
+            patches[:, q - p0] = local[0][:, qi : nh * ps : ps, qj : nw * ps : ps]
+        if alone:
+            local.clear()
         tokens = np.matmul(patches.reshape(rows, cin), block.to_d.w).reshape(batch, p1 - p0, n, dim)
         del patches
         ffn = block.layers[0].ffn1.w.shape[1] if block.layers else dim
@@ -823,20 +831,24 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, team=
         if scores is not None:
             for layer_scores, part_scores in zip(scores, lists[i]):
                 layer_scores[:, :, p0:p1] = part_scores
-        projected = np.empty((batch, p1 - p0, nh, nw, cout), x.dtype)
+        projected = np.empty((batch, p1 - p0, nh, nw, cout), dtype)
         np.matmul(normed.reshape(rows, dim), block.projection.w, out=projected.reshape(rows, cout))
         add_bias_act_(projected, block.projection, None)
+        del tokens, bufs, normed
+        if alone:
+            out[0] = np.empty((batch, height, width, cout), dtype)
+        folded = out[0]
         for q in range(p0, p1):  # fold
             qi, qj = divmod(q, ps)
-            out[:, qi : nh * ps : ps, qj : nw * ps : ps] = projected[:, q - p0]
+            folded[:, qi : nh * ps : ps, qj : nw * ps : ps] = projected[:, q - p0]
         if i == 0 and (nh * ps, nw * ps) != (height, width):
-            out[:, nh * ps :] = block.projection_bias
-            out[:, :, nw * ps :] = block.projection_bias
+            folded[:, nh * ps :] = block.projection_bias
+            folded[:, :, nw * ps :] = block.projection_bias
 
     team.run(work, list(range(len(parts))))
     if attentions is not None:
         attentions.extend(scores)
-    return out
+    return out[0]
 
 
 def backbone(pixel_values, plan: Plan, attentions=None, keep_hidden_states=True):  # [B, C, H, W] -> 5 x [B, Ci, Hi, Wi]

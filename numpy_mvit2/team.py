@@ -318,18 +318,22 @@ class Team:
                           "single images now run on threads", RuntimeWarning, stacklevel=3)
         self.close()
 
-    def close(self):
+    def close(self, wait=True):
+        """Close the sockets (each worker exits when it sees its socket closed); ``wait``: until
+        they have (not at interpreter exit: the workers need no waiting for, and a worker still
+        importing NumPy would hold the exit up)."""
         for sock in self.sockets:
             try:
                 sock.close()
             except OSError:
                 pass
-        for proc in self.procs:
+        for proc in self.procs if wait else ():
             try:
-                proc.wait(timeout=2)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self.sockets, self.procs = [], []
+                proc.wait()
+        self.sockets = []
 
     def _broadcast(self, message, fds=()):
         for sock in self.sockets:
@@ -404,9 +408,7 @@ class Team:
                 return [None if s is None else s.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2) for s in states]
             except ArenaFull as full:  # the workers stopped at the same allocation
                 self._grow(full.needed)
-            except Aborted:
-                raise
-            except BaseException:
+            except BaseException:  # (Aborted included: a worker that is still in the pass leaves it)
                 rank.members.abort()
                 raise
         raise Aborted("the arena kept growing")
@@ -478,7 +480,7 @@ class _Broken:
     def __init__(self, size, why):
         self.size, self.broken, self.pid = size, why, os.getpid()
 
-    def close(self):
+    def close(self, wait=True):
         pass
 
 
@@ -511,16 +513,16 @@ def start(size=None, timeout=START_TIMEOUT) -> bool:
     return team is not None
 
 
-def shutdown():
+def shutdown(wait=True):
     """Stop this process's team (a later single-image pass starts a new one)."""
     global _team
     with _team_lock:
         if _team is not None and _team.pid == os.getpid():
-            _team.close()
+            _team.close(wait)
         _team = None
 
 
-atexit.register(shutdown)
+atexit.register(shutdown, wait=False)
 
 
 # --------------------------------------------------------------------------------------------
