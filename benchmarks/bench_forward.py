@@ -402,6 +402,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="forward passes per side per round (default 5 at batch 1, 2 above)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="keep N other processes spinning on the CPU while the latencies are timed (a busy machine)")
     parser.add_argument("--plot", default=str(ROOT / "benchmarks" / "bench_forward.png"), help="PNG to write ('' for none)")
     parser.add_argument("--json", default="", help="write all measurements to this file")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
@@ -422,9 +424,10 @@ def main(argv=None) -> int:
 
     sides = available_sides(not args.no_onnx)
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    print(f"bench_forward: {date}; {machine()}; threads={args.threads}; {args.size}x{args.size}; rounds={args.rounds}")
+    busy = f"; {args.busy} spinning process(es) alongside" if args.busy else ""
+    print(f"bench_forward: {date}; {machine()}; threads={args.threads}; {args.size}x{args.size}; rounds={args.rounds}{busy}")
     results = {"date": date, "machine": machine(), "threads": args.threads, "size": args.size, "sides": sides,
-               "latency": {}, "memory": {}, "attention": {}, "versions": {}, "check": {}}
+               "busy": args.busy, "latency": {}, "memory": {}, "attention": {}, "versions": {}, "check": {}}
 
     with tempfile.TemporaryDirectory(prefix="bench_forward_") as tmp:
         tmp = Path(tmp)
@@ -476,16 +479,13 @@ def main(argv=None) -> int:
                 for b in args.batches:
                     for client in clients.values():  # warm-up
                         client.ask(cmd="time", width=w, input=inputs[b], reps=0, warmup=2 if b == 1 else 1)
-            for r in range(args.rounds):
-                order = sides[r % len(sides):] + sides[: r % len(sides)]
-                for w in args.widths:
-                    for b in args.batches:
-                        reps = args.reps or (5 if b == 1 else 2)
-                        for side in order:
-                            times = clients[side].ask(cmd="time", width=w, input=inputs[b], reps=reps)["times"]
-                            results["latency"].setdefault(f"{side} {w} {b}", []).extend(times)
-                            time.sleep(0.2)  # let spinning worker threads park before the next side runs
-                print(f"  round {r + 1}/{args.rounds} done")
+            hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+            try:
+                time_rounds(args, sides, clients, inputs, results)
+            finally:
+                for hog in hogs:
+                    hog.kill()
+                    hog.wait()
             dim = 128
             for side, client in clients.items():
                 if side != "onnxruntime":
@@ -502,6 +502,20 @@ def main(argv=None) -> int:
     if args.plot:
         plot(results, args, args.plot)
     return 0
+
+
+def time_rounds(args, sides, clients, inputs, results) -> None:
+    """Every configuration on every side in turn, the sides' order rotating from round to round."""
+    for r in range(args.rounds):
+        order = sides[r % len(sides):] + sides[: r % len(sides)]
+        for w in args.widths:
+            for b in args.batches:
+                reps = args.reps or (5 if b == 1 else 2)
+                for side in order:
+                    times = clients[side].ask(cmd="time", width=w, input=inputs[b], reps=reps)["times"]
+                    results["latency"].setdefault(f"{side} {w} {b}", []).extend(times)
+                    time.sleep(0.2)  # let spinning worker threads park before the next side runs
+        print(f"  round {r + 1}/{args.rounds} done")
 
 
 def report(results: dict, args) -> None:

@@ -27,10 +27,13 @@ What is different, and why (measured on the 2-core machine of ``benchmarks/READM
   cache; buffers are allocated per block and reused across bands. SiLU is ``u (1 + tanh u)``
   with ``u = z/2`` folded into the convolution before it: three passes, and ``tanh`` costs 0.3 ns
   an element where ``exp`` costs 0.5, and 3 on inputs where it overflows (NumPy's slow path).
-- **Own threads** (see "Threads" below): a batch is split into parts, one per thread, each run
-  through the whole network; one image is split by rows (convolutions) and by pixel-in-patch
-  position (transformer). OpenBLAS runs on one thread meanwhile: two threads that meet once per
-  block instead of at a barrier inside every matrix product, which matters on a busy machine.
+- **Own threads and processes** (see "Threads" below): a batch is split into parts, one per
+  thread, each run through the whole network. One image is split by rows (convolutions) and by
+  pixel-in-patch position (transformer) among a team of processes (``numpy_mvit2.team``; threads
+  where there is none): members that meet once per block instead of at a barrier inside every
+  matrix product, and, being processes, never wait for each other's GIL. OpenBLAS runs on one
+  thread meanwhile. The blocks are written against a small interface (``Threads``; the team's
+  ``Rank``) that says how the pieces are run and where shared outputs live.
 
 The transformer runs on ``[B, P, N, d]`` (pixel-in-patch, patch, channel): the 1x1 convolutions
 are ``[B*P*N, d]`` products, the context scores a softmax over N, and the context vector the
@@ -329,9 +332,12 @@ def _tile(conv: Conv, cols):  # [k, k, C] -> [k, k, cols*C] (cached on conv)
 # thread that sleeps on the other core costs ~50-100 us there (a threading.Barrier round trip: 100
 # us), and so does every GIL hand-over where one thread finishes a NumPy call while the other runs
 # Python between its calls; a parallel() call, a barrier and such a collision each cost that much.
+# (Two threads each running a loop of 14-us NumPy calls reach 1.43x one thread; two processes 2x.)
 # Splitting the stage-4/5 transformers by pixel position loses (barriers). OpenBLAS's own threads
 # for their products alone (ours off there) halve a product run in a loop, but made the pass
 # slower: 77 ms instead of 55 idle, 560 instead of 75 with another process on a core.
+# Hence the team of processes for single images (numpy_mvit2/team.py): the same split, no GIL
+# between the parts, barriers that spin for a few us: ~36 ms where the threads take ~52.
 
 THREADS: int | None = None
 """Threads of the fast path; None: ``NUMPY_MVIT2_THREADS`` or else OpenBLAS's thread count."""
@@ -371,6 +377,17 @@ _local = threading.local()  # each calling thread has its own pool: concurrent c
 _lock = threading.Lock()
 _depth = 0
 _saved = 1
+
+
+def _after_fork_in_child():
+    """A child made by fork() has only the thread that forked: the pools' threads and whatever
+    other threads held are gone, so the pools are made anew and the lock and count start over."""
+    global _local, _lock, _depth
+    _local, _lock, _depth = threading.local(), threading.Lock(), 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _blas_api() -> _OpenBLAS:

@@ -210,6 +210,45 @@ def test_weights_of_dropped_models_are_unmapped_in_the_workers(members):
     assert mapped() == 1
 
 
+def test_a_forked_child_runs_without_its_parents_team(members):
+    """A child made by fork() does not touch the parent's workers (it starts its own team, and
+    runs on threads meanwhile); the parent's team goes on."""
+    model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=10)
+    x = pixels(1, 64, 64)
+    expected = model(x).logits
+    passes = members.passes
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when all is well; it never returns to pytest
+        status = 1
+        try:
+            status = 0 if team._team is None and relative_error(model(x).logits, expected) <= 1e-5 else 2
+        except BaseException:  # noqa: BLE001 - reported through the exit status
+            status = 3
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert np.array_equal(model(x).logits, expected) and members.passes == passes + 1
+
+
+def test_a_congested_team_steps_aside_for_a_while(members, monkeypatch):
+    """Two congested passes in a row (here: every pass counts as congested) send single images to
+    threads for the back-off time; then the team is tried again."""
+    monkeypatch.setattr(team, "CONGESTED", 2.0)  # no pass spends twice its wall time computing
+    monkeypatch.setattr(team, "BACKOFF_SECONDS", (0.5, 1.0))
+    model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=11)
+    x = pixels(1, 64, 64)
+    model(x)
+    model(x)
+    assert members.passes == 2 and members.stepped_aside()
+    expected = model(x).logits  # on threads
+    assert members.passes == 2
+    time.sleep(0.6)
+    assert not members.stepped_aside()
+    assert relative_error(model(x).logits, expected) <= 1e-5
+    assert members.passes == 3
+
+
 def test_switched_off(monkeypatch):
     team.shutdown()
     monkeypatch.setattr(fast_path, "THREADS", 2)
