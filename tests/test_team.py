@@ -236,6 +236,7 @@ def test_a_congested_team_steps_aside_for_a_while(members, monkeypatch):
     threads for the back-off time; then the team is tried again."""
     monkeypatch.setattr(team, "CONGESTED", 2.0)  # no pass spends twice its wall time computing
     monkeypatch.setattr(team, "BACKOFF_SECONDS", (0.5, 1.0))
+    members.backoff = 0.5  # (the team took its first back-off when it started)
     model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=11)
     x = pixels(1, 64, 64)
     model(x)
