@@ -227,8 +227,8 @@ class Rank:
 
         first = self.next_slot
         self.next_slot += parts
-        if self.next_slot > _CONTROL_SLOTS:
-            raise ArenaFull(self.arena.size)  # (never with the models here: a few slots per block)
+        if self.next_slot > _CONTROL_SLOTS:  # (a few slots per MobileViT block: never with these models)
+            raise Aborted("the control block has no barrier slots left")
         partial = self.empty((2, positions, batch, 4), np.float64)
         barrier = SpinBarrier(self.members, first, parts) if parts > 1 else None
         return GroupNorm(parts, batch, positions, count, eps, barrier=barrier, partial=partial)
