@@ -198,7 +198,7 @@ class Rank:
         self.rank, self.size = rank, size
         self.members = _Members(ctl, epoch, check)
         self.arena, self.offset = arena, 0
-        self.barrier = SpinBarrier(self.members, _BARRIERS, size)
+        self.everyone = SpinBarrier(self.members, _BARRIERS, size)
         self.next_slot = _BARRIERS + size
 
     def empty(self, shape, dtype):
@@ -220,17 +220,22 @@ class Rank:
         except BaseException:
             self.members.abort()
             raise
-        self.barrier.wait(self.rank)
+        self.everyone.wait(self.rank)
+
+    def barrier(self, parties) -> SpinBarrier:
+        """A barrier for ``parties`` members (of ranks 0 ... parties - 1), over control slots of
+        its own (every member makes the same barriers in the same order)."""
+        first = self.next_slot
+        self.next_slot += parties
+        if self.next_slot > _CONTROL_SLOTS:  # (a few slots per block: never with these models)
+            raise Aborted("the control block has no barrier slots left")
+        return SpinBarrier(self.members, first, parties)
 
     def group_norm(self, parts, batch, positions, count, eps):
         from .fast import GroupNorm
 
-        first = self.next_slot
-        self.next_slot += parts
-        if self.next_slot > _CONTROL_SLOTS:  # (a few slots per MobileViT block: never with these models)
-            raise Aborted("the control block has no barrier slots left")
+        barrier = self.barrier(parts) if parts > 1 else None
         partial = self.empty((2, positions, batch, 4), np.float64)
-        barrier = SpinBarrier(self.members, first, parts) if parts > 1 else None
         return GroupNorm(parts, batch, positions, count, eps, barrier=barrier, partial=partial)
 
     def parts(self, elements, divisor=1) -> int:
