@@ -124,9 +124,7 @@ class Worker:
         if width in self.models:
             return
         if self.side == "numpy":
-            from numpy_mvit2 import MobileViTV2ForImageClassification
-
-            from numpy_mvit2 import team
+            from numpy_mvit2 import MobileViTV2ForImageClassification, team
 
             self.models[width] = MobileViTV2ForImageClassification.from_pretrained(folder)
             self.team = team.start()  # single images on a team of processes: start it now, not during warm-up
@@ -323,6 +321,8 @@ class Client:
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         if memory:  # a fixed mmap threshold: glibc then returns every large freed block at once
             env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+            # and numpy_mvit2 in this one process: a batch runs on threads, its team would sit idle
+            env.update(NUMPY_MVIT2_PROCESSES="0")
         self.side = side
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", side, "--threads", str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)

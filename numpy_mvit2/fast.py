@@ -742,7 +742,12 @@ def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, attentions=Non
     rows = batch * p * n
     x2 = x.reshape(rows, dim)
     normed, qkv, mixed, hidden, tmp, y = bufs
-    norm = norm or (lambda x, out, gn=GroupNorm(1, batch, p, p * n * dim, eps): gn(0, x, out))
+    if norm is None:
+        whole = GroupNorm(1, batch, p, p * n * dim, eps)
+
+        def norm(x, out):
+            return whole(0, x, out)
+
     x2 += separable_attention(norm(x, normed), layer, qkv, mixed, y, attentions)
     norm(x, normed)
     np.matmul(normed.reshape(rows, dim), layer.ffn1.w, out=hidden)
