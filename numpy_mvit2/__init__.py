@@ -5,6 +5,7 @@
     >>> logits = model(pixel_values).logits          # pixel_values: (B, 3, H, W) float32
 """
 
+from . import fast, team  # noqa: F401 - numpy_mvit2.fast.THREADS, numpy_mvit2.team.start() (README, "Speed")
 from .config import MobileViTV2Config, make_divisible
 from .modeling import (
     BaseModelOutputWithPoolingAndNoAttention,
