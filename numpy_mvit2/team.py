@@ -251,7 +251,7 @@ def _run_pass(rank: Rank, plan, shape, dtype, keep_hidden_states, attentions, pi
     x = rank.empty(shape, dtype)
     if pixels is not None:
         x[...] = pixels
-    return x, (lambda: fast._backbone(x, plan, attentions, keep_hidden_states, rank))
+    return lambda: fast._backbone(x, plan, attentions, keep_hidden_states, rank)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,7 +385,7 @@ class Team:
         fd, mapping = _shared(offset, "numpy_mvit2-weights")
         try:
             memory = np.frombuffer(mapping, np.uint8)
-            views = [memory[o : o + a.nbytes].view(a.dtype).reshape(a.shape) for a, (o, _, _) in zip(arrays, layout)]
+            views = _layout_views(memory, layout)
             for view, a in zip(views, arrays):
                 view[...] = a
             self.tokens += 1
@@ -418,7 +418,7 @@ class Team:
             rank = Rank(0, self.size, self.ctl, self.arena, self.epoch, self.check)
             try:
                 scores = None if attentions is None else []
-                _, run = _run_pass(rank, plan, pixels.shape, pixels.dtype, keep_hidden_states, scores, pixels)
+                run = _run_pass(rank, plan, pixels.shape, pixels.dtype, keep_hidden_states, scores, pixels)
             except ArenaFull as full:
                 self._grow(full.needed)
                 continue
@@ -483,6 +483,14 @@ class _ArraysBack(pickle.Unpickler):
 
     def persistent_load(self, pid):
         return self.views[pid]
+
+
+def _nbytes(shape, dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _layout_views(memory, layout):  # [(offset, shape, dtype), ...] -> arrays viewing those bytes of memory
+    return [memory[o : o + _nbytes(s, d)].view(d).reshape(s) for o, s, d in layout]
 
 
 def _load_plan(data, views):
@@ -628,11 +636,10 @@ def _serve():
             os.close(fds[0])
         elif kind == "plan":
             _, token, data, layout = message
-            nbytes = max([o + int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for o, s, d in layout] + [1])
+            nbytes = max([o + _nbytes(s, d) for o, s, d in layout] + [1])
             memory = np.frombuffer(mmap.mmap(fds[0], nbytes), np.uint8)
             os.close(fds[0])
-            views = [memory[o : o + int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize].view(d).reshape(s)
-                     for o, s, d in layout]
+            views = _layout_views(memory, layout)
             plans[token] = fast.Plan(**_load_plan(data, views))
             del memory, views  # the plan holds what it needs: "forget" then unmaps it
         elif kind == "forget":
@@ -641,7 +648,7 @@ def _serve():
             _, epoch, token, shape, dtype, keep, with_attentions = message
             rank = Rank(rank_number, size, ctl, arena, epoch, check)
             try:
-                _, run = _run_pass(rank, plans[token], tuple(shape), np.dtype(dtype), keep, [] if with_attentions else None)
+                run = _run_pass(rank, plans[token], tuple(shape), np.dtype(dtype), keep, [] if with_attentions else None)
                 run()
             except (Aborted, ArenaFull):
                 pass
