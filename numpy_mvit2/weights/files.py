@@ -8,18 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CheckpointError, CheckpointNotFoundError  # noqa: F401 - re-exported: weights.files was their home
+
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_NAME = "pytorch_model.bin"
 TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or folder that cannot be loaded; the message names the file and the reason."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """A file or repository that is not there (also an ``OSError``, as transformers raises for it)."""
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
