@@ -50,16 +50,47 @@ MobileViTV2 checkpoint uses and this reader refuses.
 Safety
 ------
 Unpickling runs the calls the pickle names, so ``pickle.load`` on a file from the internet can run
-anything (``os.system``...). Here a restricted unpickler admits a fixed list of globals, the ones a
-plain state dict needs, and hands the pickle our own stand-ins for them: small functions that
-check their arguments and return plain records, never torch's functions. Any other global is
-refused with an error naming it. Before unpickling, a scan of the opcodes (``pickletools``)
-refuses the globals the same way and the opcodes a state dict never uses: those that make
-instances of a class (``INST``, ``OBJ``, ``NEWOBJ``), the ``copyreg`` extension codes and
-out-of-band buffers. Our stand-ins refuse ``BUILD`` (state set on an object after it is made)
-except the harmless ``_metadata`` attribute torch gives a state dict (each module's version),
-which is dropped, as are a parameter's Python attributes and the ``metadata`` argument newer
-torch may pass to ``_rebuild_tensor_v2``.
+anything (``os.system``...). Here the pickle is not given to ``pickle`` at all: a small interpreter
+of our own (``RestrictedUnpickler``, pure Python over ``pickletools.genops``) runs the opcodes a
+state dict needs and nothing else. It admits a fixed list of globals, the ones a plain state dict
+needs, and hands the pickle our own stand-ins for them: small functions that check their arguments
+and return plain records, never torch's functions. Any other global is refused with an error naming
+it, and so are the opcodes a state dict never uses: those that make instances of a class (``INST``,
+``OBJ``, ``NEWOBJ``), the ``copyreg`` extension codes and out-of-band buffers. Our stand-ins refuse
+``BUILD`` (state set on an object after it is made) except the harmless ``_metadata`` attribute
+torch gives a state dict (each module's version), which is dropped, as are a parameter's Python
+attributes and the ``metadata`` argument newer torch may pass to ``_rebuild_tensor_v2``.
+
+Bounds: work and memory follow the bytes present
+------------------------------------------------
+A hostile file of a few hundred bytes must not cost more than a few hundred bytes' worth of work.
+Every failure below is a ``CheckpointError`` naming the file and what is wrong; nothing else
+escapes (no other exception type, no signal, no hang).
+
+- Only regular files are opened, without blocking (``safeio.open_regular_file``): a FIFO would
+  block ``open()`` forever, a device never ends.
+- The zip: every record we read must be *stored* (torch.save never compresses, so a deflate,
+  bzip2 or lzma record, whose 1 kB can inflate to gigabytes, is refused before any decompressor
+  runs), unencrypted, with equal declared and stored sizes that end inside the file. Whatever
+  ``zipfile`` raises on a malformed archive (it has many failure modes: ``NotImplementedError``,
+  ``struct.error``, ``UnicodeDecodeError``, ``ValueError``...) becomes a ``CheckpointError``.
+- The pickle interpreter (why not ``pickle.Unpickler``: its C stack overflows on deep nesting, its
+  memo grows to the largest index named, and it hashes whatever a pickle makes a dict key):
+  at most ``MAX_OPCODES`` opcodes, ``MAX_STACK`` items on its stack, ``MAX_DEPTH`` levels of
+  marks and of containers inside containers, memo indexes below ``MAX_MEMO_INDEX`` kept in a dict
+  (so an index costs one entry, not a table that long), integers of at most ``MAX_INT_BYTES``
+  bytes, and dict keys only ``str``, ``bytes``, ``bool``, ``None`` or an ``int`` below 2**60 (whose
+  hashes cannot be made to collide; optimizer states key by int). A real state dict needs a few
+  dozen opcodes per tensor, nesting under 10 and stacks of at most a few thousand items.
+- Storages: every persistent id naming one record must agree on its element type and count; the
+  bytes it declares must be in its record (checked against the record's size before anything is
+  allocated), and all storages together must fit in the file. Every tensor is checked against the
+  storage it is built from: sizes, strides and offsets below 2**62, its last element inside the
+  storage's decoded elements, and strides of size-1 dimensions ignored (torch gives them any value).
+- Output: views can repeat a storage's elements (``expand`` gives stride 0, and views of one storage
+  are copied apart), so the arrays returned may hold more bytes than the file, but never more than
+  ``OUTPUT_FACTOR`` times the file's size plus ``OUTPUT_SLACK``: enough for tied weights, views
+  and small expanded tensors; far from the gigabyte one stride-0 view of a tiny file could ask for.
 
 What comes back
 ---------------
@@ -85,6 +116,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..safeio import open_regular_file
 from .files import CheckpointError, read_sharded
 
 # Storage type (torch.<name>) -> element type as NumPy spells it; "bfloat16" is decoded by hand.
@@ -111,6 +143,20 @@ CONVERT_HINT = (
     "convert it on a machine with torch: torch.save(torch.load(path), path, _use_new_zipfile_serialization=True), "
     "or save it as safetensors (safetensors.torch.save_file(torch.load(path), 'model.safetensors'))"
 )
+
+# Bounds on the pickle interpreter (see "Bounds" above). A MobileViTV2 state dict takes about 20
+# opcodes per tensor; 2**22 opcodes is a state dict of 200 000 tensors, and about 4 s of our loop.
+MAX_OPCODES = 2**22
+MAX_STACK = 2**20  # pickle batches items by 1000, so real stacks stay near 2000
+MAX_DEPTH = 64  # marks open at once, and containers inside containers
+MAX_MEMO_INDEX = 2**32  # LONG_BINPUT's own range
+MAX_INT_BYTES = 256  # pickle writes ints below 2**2040 with LONG1; a size needs 8 bytes
+MAX_DIMENSION = 2**62  # sizes, strides, offsets, element counts: int64 with room to add them
+MAX_KEY_INT = 2**60  # below it int hashes are the ints themselves: no collisions to craft
+
+# Bounds on what the storages may become.
+OUTPUT_FACTOR = 4
+OUTPUT_SLACK = 16 * 2**20
 
 # The opcodes torch.save can write for a state dict, at any pickle protocol. Left out: INST, OBJ, NEWOBJ, NEWOBJ_EX
 # (make an instance of a class), EXT1/2/4 (globals from the copyreg registry), NEXT_BUFFER and
@@ -218,7 +264,7 @@ class Admitted(_Inert):
 
 
 def _is_index(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < MAX_DIMENSION
 
 
 def rebuild_tensor(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None) -> TensorRecord:
@@ -226,11 +272,11 @@ def rebuild_tensor(storage, storage_offset, size, stride, requires_grad, backwar
     if not isinstance(storage, StorageRef):
         raise TypeError(f"storage must be a storage persistent id, got {type(storage).__name__}")
     if not _is_index(storage_offset):
-        raise ValueError(f"storage_offset must be an int >= 0, got {reprlib.repr(storage_offset)}")
+        raise ValueError(f"storage_offset must be an int in [0, 2**62), got {reprlib.repr(storage_offset)}")
     if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride) <= 64):
         raise ValueError(f"size and stride must be tuples of one length (at most 64), got {reprlib.repr(size)} and {reprlib.repr(stride)}")
     if not all(_is_index(n) for n in (*size, *stride)):
-        raise ValueError(f"size and stride must hold ints >= 0, got {reprlib.repr(size)} and {reprlib.repr(stride)}")
+        raise ValueError(f"size and stride must hold ints in [0, 2**62), got {reprlib.repr(size)} and {reprlib.repr(stride)}")
     if not isinstance(requires_grad, bool):
         raise TypeError(f"requires_grad must be a bool, got {type(requires_grad).__name__}")
     if not isinstance(backward_hooks, dict) or backward_hooks:
@@ -259,7 +305,21 @@ def ordered_dict(items=()) -> StateDict:
     ``[key, value]`` pairs (as old pickles do)."""
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in items):
         raise TypeError("expects no argument or a list of (key, value) pairs")
+    for key, _ in items:
+        check_key(key)
     return StateDict(items)
+
+
+def check_key(key) -> None:
+    """Refuse a dict key whose hash a pickle could make expensive: a nested tuple hashes
+    recursively (deep enough, it overflows the C stack), and ints or floats of equal hash are
+    easy to make, turning a dict of n items into n**2 work. ``str`` and ``bytes`` hash with a
+    per-process random key; ints below 2**60 hash to themselves."""
+    if key is None or isinstance(key, (str, bytes, bool)):
+        return
+    if isinstance(key, int) and -MAX_KEY_INT < key < MAX_KEY_INT:
+        return
+    raise pickle.UnpicklingError(f"dict key {reprlib.repr(key)} ({type(key).__name__}) refused: keys must be str, bytes, bool, None or an int below 2**60")
 
 
 ADMITTED_GLOBALS = {
@@ -282,11 +342,103 @@ def refusal(module: str, name: str) -> str:
     return f"{what}: numpy_mvit2 reads only plain state dicts of tensors (admitted globals: {admitted}, torch.<dtype>Storage)"
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves globals only from ``ADMITTED_GLOBALS`` and persistent ids
-    only to ``StorageRef``s."""
+class RestrictedUnpickler:
+    """A pickle interpreter for state dicts: the opcodes of ``ADMITTED_OPCODES`` only, globals from
+    ``ADMITTED_GLOBALS`` only, persistent ids only as ``StorageRef``s, and the bounds of the module
+    docstring. Used like ``pickle.Unpickler(file).load()``; every refusal and every sign of damage is
+    a ``pickle.UnpicklingError``.
+
+    Pure Python over ``pickletools.genops`` (which decodes each opcode and its argument, bounded by
+    the bytes present) rather than ``pickle.Unpickler``, whose C code recurses when it hashes a
+    nested key, sizes its memo by the largest index named and calls ``find_class`` for ``INST`` and
+    ``OBJ`` with classes of its choosing. The stack machine is pickle's own: ``MARK`` saves the
+    stack and starts a fresh one, the opcodes that close a mark (``TUPLE``, ``APPENDS``...) take it
+    and restore the saved one.
+    """
+
+    def __init__(self, file, *, encoding: str = "utf-8"):
+        self.data = file.read()
+        self.encoding = encoding  # of protocol-0/1 ``str`` (Python 2 byte strings), as pickle's
+        self.stack: list = []
+        self.marks: list[list] = []  # the stacks saved by MARK
+        self.memo: dict[int, object] = {}
+        self.depth: dict[int, int] = {}  # id(container) -> how deep containers nest in it
+        self.items = 0  # on all stacks together
+
+    # --- the machine
+
+    def load(self):
+        ops = pickletools.genops(self.data)
+        count = 0
+        while True:
+            try:
+                opcode, arg, pos = next(ops)
+            except StopIteration:
+                raise pickle.UnpicklingError("damaged pickle: it ends before its STOP opcode") from None
+            except Exception as e:  # noqa: BLE001 -- genops on damaged bytes: ValueError, UnicodeDecodeError, ...
+                raise pickle.UnpicklingError(f"damaged pickle ({type(e).__name__}: {e})") from None
+            count += 1
+            if count > MAX_OPCODES:
+                raise pickle.UnpicklingError(f"more than {MAX_OPCODES} opcodes, far more than a state dict needs")
+            name = opcode.name
+            if name in ("GLOBAL", "INST"):  # name the refused global before the refused opcode
+                module, _, attribute = arg.partition(" ")
+                self.find_class(module, attribute)
+            if name not in ADMITTED_OPCODES:
+                raise pickle.UnpicklingError(f"pickle opcode {name} at byte {pos} refused (torch.save never writes it for a state dict)")
+            if name == "STOP":
+                return self.pop()
+            try:
+                getattr(self, "op_" + name)(arg)
+            except pickle.UnpicklingError as e:
+                raise pickle.UnpicklingError(f"{e} (opcode {name} at byte {pos})") from None
+
+    def push(self, value) -> None:
+        self.items += 1
+        if self.items > MAX_STACK:
+            raise pickle.UnpicklingError(f"more than {MAX_STACK} items on the stack")
+        self.stack.append(value)
+
+    def pop(self):
+        if not self.stack:
+            raise pickle.UnpicklingError("damaged pickle: pops an empty stack")
+        self.items -= 1
+        return self.stack.pop()
+
+    def top(self):
+        if not self.stack:
+            raise pickle.UnpicklingError("damaged pickle: reads an empty stack")
+        return self.stack[-1]
+
+    def pop_mark(self) -> list:
+        """The items pushed since the last MARK; the stack before it comes back."""
+        if not self.marks:
+            raise pickle.UnpicklingError("damaged pickle: closes a MARK it never opened")
+        items, self.stack = self.stack, self.marks.pop()
+        self.items -= len(items)
+        return items
+
+    def depth_of(self, value) -> int:
+        return self.depth.get(id(value), 1) if isinstance(value, (tuple, list, dict)) else 0
+
+    def container(self, value, children) -> object:
+        """Record how deep ``value`` (a new tuple, list or dict of ``children``) nests."""
+        depth = 1 + max((self.depth_of(c) for c in children), default=0)
+        if depth > MAX_DEPTH:
+            raise pickle.UnpicklingError(f"containers nested more than {MAX_DEPTH} deep")
+        self.depth[id(value)] = depth
+        return value
+
+    def grow(self, container, children) -> None:
+        """Record that ``children`` were added to ``container`` (which may now nest deeper)."""
+        depth = max(self.depth_of(container), 1 + max((self.depth_of(c) for c in children), default=0))
+        if depth > MAX_DEPTH:
+            raise pickle.UnpicklingError(f"containers nested more than {MAX_DEPTH} deep")
+        self.depth[id(container)] = depth
 
     def find_class(self, module, name):
+        if not (isinstance(module, str) and isinstance(name, str)):
+            raise pickle.UnpicklingError("STACK_GLOBAL names a global with something other than two strings")
         admitted = ADMITTED_GLOBALS.get((module, name))
         if admitted is None:
             raise pickle.UnpicklingError(refusal(module, name))
@@ -302,29 +454,197 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"persistent id {reprlib.repr(pid)}: expected a str key, a str location and an element count")
         return StorageRef(key, storage_type, numel)
 
+    # --- the opcodes, each as ``pickle``'s own Python implementation runs it
 
-def check_opcodes(data: bytes) -> None:
-    """Refuse a pickle that uses an opcode outside ``ADMITTED_OPCODES`` or names a global (with
-    ``GLOBAL``/``INST``) outside ``ADMITTED_GLOBALS``, before any of it runs."""
-    for opcode, arg, pos in pickletools.genops(data):
-        if opcode.name in ("GLOBAL", "INST"):
-            module, _, name = arg.partition(" ")
-            if (module, name) not in ADMITTED_GLOBALS:
-                raise pickle.UnpicklingError(refusal(module, name))
-        if opcode.name not in ADMITTED_OPCODES:
-            raise pickle.UnpicklingError(
-                f"pickle opcode {opcode.name} at byte {pos} refused (torch.save never writes it for a state dict)"
-            )
+    def op_PROTO(self, arg):
+        pass
+
+    def op_FRAME(self, arg):  # framing only groups bytes for reading; genops reads through it
+        pass
+
+    def op_MARK(self, arg):
+        if len(self.marks) >= MAX_DEPTH:
+            raise pickle.UnpicklingError(f"more than {MAX_DEPTH} MARKs open at once")
+        self.marks.append(self.stack)
+        self.stack = []
+
+    def op_POP(self, arg):
+        if self.stack:
+            self.pop()
+        else:
+            self.pop_mark()
+
+    def op_POP_MARK(self, arg):
+        self.pop_mark()
+
+    def op_DUP(self, arg):
+        self.push(self.top())
+
+    def op_PUT(self, arg):
+        if not (isinstance(arg, int) and 0 <= arg < MAX_MEMO_INDEX):
+            raise pickle.UnpicklingError(f"memo index {reprlib.repr(arg)} out of range")
+        self.memo[arg] = self.top()
+
+    op_BINPUT = op_LONG_BINPUT = op_PUT
+
+    def op_MEMOIZE(self, arg):
+        self.memo[len(self.memo)] = self.top()
+
+    def op_GET(self, arg):
+        try:
+            self.push(self.memo[arg])
+        except (KeyError, TypeError):
+            raise pickle.UnpicklingError(f"damaged pickle: memo entry {reprlib.repr(arg)} was never stored") from None
+
+    op_BINGET = op_LONG_BINGET = op_GET
+
+    def op_NONE(self, arg):
+        self.push(None)
+
+    def op_NEWTRUE(self, arg):
+        self.push(True)
+
+    def op_NEWFALSE(self, arg):
+        self.push(False)
+
+    def op_INT(self, arg):  # also LONG, LONG1, LONG4 (genops decodes them all to an int; INT 00/01 to a bool)
+        if isinstance(arg, int) and not isinstance(arg, bool) and arg.bit_length() > 8 * MAX_INT_BYTES:
+            raise pickle.UnpicklingError(f"an integer of {arg.bit_length()} bits, more than a checkpoint holds")
+        self.push(arg)
+
+    op_BININT = op_BININT1 = op_BININT2 = op_LONG = op_LONG1 = op_LONG4 = op_INT
+
+    def op_FLOAT(self, arg):
+        self.push(arg)
+
+    op_BINFLOAT = op_FLOAT
+    op_UNICODE = op_BINUNICODE = op_SHORT_BINUNICODE = op_BINUNICODE8 = op_FLOAT
+    op_BINBYTES = op_SHORT_BINBYTES = op_BINBYTES8 = op_FLOAT
+
+    def op_STRING(self, arg):
+        """A Python 2 ``str``: genops hands its bytes as latin-1 text; decoded as pickle would
+        decode them with ``encoding``."""
+        try:
+            self.push(arg.encode("latin-1").decode(self.encoding))
+        except UnicodeError as e:
+            raise pickle.UnpicklingError(f"damaged pickle: a string that is not {self.encoding} ({e})") from None
+
+    op_BINSTRING = op_SHORT_BINSTRING = op_STRING
+
+    def op_EMPTY_TUPLE(self, arg):
+        self.push(())
+
+    def op_TUPLE(self, arg):
+        items = tuple(self.pop_mark())
+        self.push(self.container(items, items))
+
+    def op_TUPLE1(self, arg):
+        items = (self.pop(),)
+        self.push(self.container(items, items))
+
+    def op_TUPLE2(self, arg):
+        b, a = self.pop(), self.pop()
+        self.push(self.container((a, b), (a, b)))
+
+    def op_TUPLE3(self, arg):
+        c, b, a = self.pop(), self.pop(), self.pop()
+        self.push(self.container((a, b, c), (a, b, c)))
+
+    def op_EMPTY_LIST(self, arg):
+        self.push(self.container([], ()))
+
+    def op_LIST(self, arg):
+        items = self.pop_mark()
+        self.push(self.container(items, items))
+
+    def target(self, kind):
+        target = self.top()
+        if type(target) is not kind and not (kind is dict and isinstance(target, StateDict)):
+            raise pickle.UnpicklingError(f"adds items to a {type(target).__name__}, not a {kind.__name__}")
+        return target
+
+    def op_APPEND(self, arg):
+        value = self.pop()
+        target = self.target(list)
+        self.grow(target, (value,))
+        target.append(value)
+
+    def op_APPENDS(self, arg):
+        items = self.pop_mark()
+        target = self.target(list)
+        self.grow(target, items)
+        target.extend(items)
+
+    def op_EMPTY_DICT(self, arg):
+        self.push(self.container({}, ()))
+
+    def op_DICT(self, arg):
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise pickle.UnpicklingError("damaged pickle: DICT of an odd number of items")
+        value = self.container({}, ())
+        self.set_items(value, items)
+        self.push(value)
+
+    def set_items(self, target: dict, items: list) -> None:
+        keys, values = items[0::2], items[1::2]
+        for key in keys:
+            check_key(key)
+        self.grow(target, values)
+        target.update(zip(keys, values))
+
+    def op_SETITEM(self, arg):
+        value, key = self.pop(), self.pop()
+        self.set_items(self.target(dict), [key, value])
+
+    def op_SETITEMS(self, arg):
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise pickle.UnpicklingError("damaged pickle: SETITEMS of an odd number of items")
+        self.set_items(self.target(dict), items)
+
+    def op_GLOBAL(self, arg):
+        module, _, name = arg.partition(" ")
+        self.push(self.find_class(module, name))
+
+    def op_STACK_GLOBAL(self, arg):
+        name, module = self.pop(), self.pop()
+        self.push(self.find_class(module, name))
+
+    def op_REDUCE(self, arg):
+        args = self.pop()
+        function = self.pop()
+        if not isinstance(function, Admitted):
+            raise pickle.UnpicklingError(f"REDUCE calls {reprlib.repr(function)}, which is not callable")
+        if not isinstance(args, tuple):
+            raise pickle.UnpicklingError(f"REDUCE calls {function!r} with {type(args).__name__} arguments, not a tuple")
+        self.push(function(*args))
+
+    def op_BUILD(self, arg):
+        state = self.pop()
+        target = self.top()
+        if not isinstance(target, (_Inert, StateDict)):
+            raise pickle.UnpicklingError(f"BUILD on a {type(target).__name__} refused")
+        target.__setstate__(state)  # ours: refuses, or (a state dict's _metadata) drops it
+
+    def op_PERSID(self, arg):
+        self.push(self.persistent_load(arg))
+
+    def op_BINPERSID(self, arg):
+        self.push(self.persistent_load(self.pop()))
 
 
 def unpickle(data: bytes, where: str):
     """The object in ``data.pkl``, rebuilt from our stand-ins; any failure -> ``CheckpointError``."""
     try:
-        check_opcodes(data)
         return RestrictedUnpickler(io.BytesIO(data), encoding="utf-8").load()
-    except pickle.UnpicklingError as e:  # our refusals, and the unpickler's own complaints
+    except pickle.UnpicklingError as e:  # our refusals, and the signs of damage
         raise CheckpointError(f"{where}: {e}") from None
-    except Exception as e:  # noqa: BLE001 -- a hostile or damaged pickle can fail in many ways; all are the file's fault
+    except RecursionError:  # not expected: nothing here recurses on the pickle's structure
+        raise CheckpointError(f"{where}: a pickle nested too deeply") from None
+    except MemoryError:
+        raise CheckpointError(f"{where}: does not fit in memory") from None
+    except Exception as e:  # noqa: BLE001 -- not expected either; a hostile pickle's fault all the same
         raise CheckpointError(f"{where}: damaged pickle ({type(e).__name__}: {e})") from None
 
 
@@ -332,18 +652,9 @@ def unpickle(data: bytes, where: str):
 # The zip archive.
 
 
-def check_signature(path: Path) -> None:
+def check_signature(head: bytes, path: Path) -> None:
     """Tell apart, by the first bytes, a zip archive from a legacy torch file, another pickle, an
     empty file or anything else, and raise a ``CheckpointError`` for all but the zip."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(LEGACY_MAGIC))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: a folder, not a PyTorch checkpoint file") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
     if head.startswith(b"PK"):
         return
     if not head:
@@ -362,27 +673,38 @@ def record_folder(archive: zipfile.ZipFile, path: Path) -> str:
     folders = [n[: -len("data.pkl")] for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(folders) != 1:
         names = archive.namelist()
-        found = f"{len(folders)} of them ({', '.join(folders)})" if folders else f"none (the archive holds: {', '.join(names[:10]) or 'nothing'})"
+        found = f"{len(folders)} of them ({', '.join(folders[:10])})" if folders else f"none (the archive holds: {', '.join(names[:10]) or 'nothing'})"
         raise CheckpointError(f"{path}: a zip archive but not a PyTorch checkpoint: expected one <folder>/data.pkl, found {found}")
     return folders[0]
 
 
-def read_byteorder(archive: zipfile.ZipFile, folder: str, path: Path) -> str:
-    """``"little"`` or ``"big"`` from the ``byteorder`` record; little when the record is absent."""
-    try:
-        value = archive.read(folder + "byteorder")
-    except KeyError:
-        return "little"
-    order = value.decode("ascii", "replace").strip()
-    if order not in ("little", "big"):
-        raise CheckpointError(f"{path}: {folder}byteorder record holds {value[:20]!r}, expected 'little' or 'big'")
-    return order
+# Zip flag bits zipfile cannot read or that mean encryption: encrypted, compressed patched data,
+# strong encryption. (Bit 3, sizes after the data, and bit 11, UTF-8 names, are fine.)
+REFUSED_FLAGS = {0x1: "encrypted", 0x20: "compressed patched data", 0x40: "strongly encrypted"}
+ZIP_LOCAL_HEADER = 30  # bytes before a record's name in its local header
 
 
-def read_record(archive: zipfile.ZipFile, member: str, nbytes: int) -> bytearray:
-    """The first ``nbytes`` bytes of a zip member into a fresh (writeable) buffer; fewer if the
-    member is shorter. Reading stops at ``nbytes``: a lying header cannot make us read more."""
+def record_info(archive: zipfile.ZipFile, member: str, file_size: int, path: Path) -> zipfile.ZipInfo:
+    """The directory entry of ``member``, checked to be readable as torch writes records: stored
+    (not compressed), not encrypted, its data inside the file. ``KeyError`` if it is absent."""
     info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        method = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}.get(info.compress_type, f"method {info.compress_type}")
+        raise CheckpointError(f"{path}: record {member} is compressed ({method}); torch.save stores records uncompressed, and numpy_mvit2 reads only those")
+    for bit, what in REFUSED_FLAGS.items():
+        if info.flag_bits & bit:
+            raise CheckpointError(f"{path}: record {member} is {what}, which torch.save never writes")
+    if info.compress_size != info.file_size:
+        raise CheckpointError(f"{path}: record {member} declares {info.file_size} bytes but stores {info.compress_size}")
+    if info.header_offset + ZIP_LOCAL_HEADER + info.compress_size > file_size:
+        raise CheckpointError(f"{path}: record {member} declares {info.file_size} bytes at offset {info.header_offset}, past the end of the file ({file_size} bytes)")
+    return info
+
+
+def read_record(archive: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int) -> bytearray:
+    """The first ``nbytes`` bytes of a (checked) zip record into a fresh, writeable buffer; fewer
+    if the record is shorter. Reading stops at ``nbytes``: a lying header cannot make us read more,
+    and the buffer is never larger than the record's bytes in the file."""
     buffer = bytearray(min(nbytes, info.file_size))
     view, filled = memoryview(buffer), 0
     with archive.open(info) as f:
@@ -392,6 +714,28 @@ def read_record(archive: zipfile.ZipFile, member: str, nbytes: int) -> bytearray
                 break
             filled += n
     return buffer[:filled] if filled < len(buffer) else buffer
+
+
+def read_small_record(archive: zipfile.ZipFile, member: str, file_size: int, limit: int, path: Path) -> bytes | None:
+    """A whole record of at most ``limit`` bytes (``None`` if absent), checked as ``record_info`` checks."""
+    try:
+        info = record_info(archive, member, file_size, path)
+    except KeyError:
+        return None
+    if info.file_size > limit:
+        raise CheckpointError(f"{path}: record {member} holds {info.file_size} bytes, more than the {limit} it may")
+    return bytes(read_record(archive, info, info.file_size))
+
+
+def read_byteorder(archive: zipfile.ZipFile, folder: str, file_size: int, path: Path) -> str:
+    """``"little"`` or ``"big"`` from the ``byteorder`` record; little when the record is absent."""
+    value = read_small_record(archive, folder + "byteorder", file_size, 64, path)
+    if value is None:
+        return "little"
+    order = value.decode("ascii", "replace").strip()
+    if order not in ("little", "big"):
+        raise CheckpointError(f"{path}: {folder}byteorder record holds {value[:20]!r}, expected 'little' or 'big'")
+    return order
 
 
 def decode_storage(buffer, dtype: str, byteorder: str) -> np.ndarray:
@@ -416,12 +760,19 @@ def elements_needed(offset: int, size: tuple, stride: tuple) -> int:
 
 def view_of_storage(storage: np.ndarray, offset: int, size: tuple, stride: tuple, sole_user: bool) -> np.ndarray:
     """The tensor ``storage[offset + sum(i_k * stride[k])]``, as an array of shape ``size``: the
-    storage reshaped when the tensor is its only, contiguous, full-length user, else a copy."""
+    storage reshaped when the tensor is its only, contiguous, full-length user, else a copy.
+    ``storage`` must hold ``elements_needed(offset, size, stride)`` elements (checked here too:
+    ``as_strided`` reads whatever memory the strides point at)."""
     if sole_user and offset == 0 and math.prod(size) == storage.size and list(stride) == _c_strides(size):
         return storage.reshape(size)
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=[s * storage.itemsize for s in stride], writeable=False
-    )
+    if 0 in size:
+        return np.zeros(size, dtype=storage.dtype)
+    if elements_needed(offset, size, stride) > storage.size:
+        raise ValueError(f"the view reaches past the {storage.size} elements of its storage")
+    # A size-1 dimension is never stepped along, so its stride is irrelevant; torch writes any
+    # value there, and a large one would overflow NumPy's byte strides.
+    strides = [0 if n == 1 else s * storage.itemsize for n, s in zip(size, stride)]
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size, strides=strides, writeable=False)
     return np.array(view, order="C")
 
 
@@ -455,50 +806,83 @@ def find_state_dict(obj, path: Path) -> dict:
     raise CheckpointError(f"{path}: holds no state dict: expected a dict of name -> tensor, found {type(obj).__name__}")
 
 
-def load_storage(archive: zipfile.ZipFile, folder: str, ref: StorageRef, byteorder: str, tensor: str, path: Path) -> np.ndarray:
-    """Read and decode the record of one storage, checking it holds all the elements it declares."""
-    member = f"{folder}data/{ref.key}"
-    nbytes = ref.numel * ref.type.itemsize
-    try:
-        buffer = read_record(archive, member, nbytes)
-    except KeyError:
-        raise CheckpointError(f"{path}: storage record {member} is missing (tensor {tensor!r} needs it)") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: storage record {member} is damaged ({e}; tensor {tensor!r} needs it)") from None
-    except (MemoryError, OverflowError):
-        raise CheckpointError(f"{path}: storage record {member} ({nbytes} bytes declared for tensor {tensor!r}) does not fit in memory") from None
-    if len(buffer) < nbytes:
-        raise CheckpointError(
-            f"{path}: storage record {member} is too short for tensor {tensor!r}: expected {nbytes} bytes "
-            f"({ref.numel} x {ref.type.dtype}), found {len(buffer)}"
-        )
-    return decode_storage(buffer, ref.type.dtype, byteorder)
-
-
-def materialize(state: dict, archive: zipfile.ZipFile, folder: str, byteorder: str, path: Path) -> dict[str, np.ndarray]:
-    """Tensor records -> arrays; each storage read once, and let go after the last tensor using it."""
-    users: dict[str, int] = {}
-    types: dict[str, StorageType] = {}
+def check_storages(state: dict, archive: zipfile.ZipFile, folder: str, file_size: int, path: Path) -> dict[str, zipfile.ZipInfo]:
+    """Before anything is allocated: each storage is named alike by all its persistent ids and its
+    record holds the bytes they declare; each tensor lies inside its storage; and the storages,
+    and the arrays to be made of them, fit the bounds of the module docstring. Returns each
+    storage key's record."""
+    refs: dict[str, StorageRef] = {}
+    records: dict[str, zipfile.ZipInfo] = {}
+    stored = output = 0
+    budget = OUTPUT_FACTOR * file_size + OUTPUT_SLACK
     for name, record in state.items():
         ref = record.storage
-        users[ref.key] = users.get(ref.key, 0) + 1
-        if types.setdefault(ref.key, ref.type) is not ref.type:
-            raise CheckpointError(f"{path}: storage {ref.key!r} is typed both {types[ref.key]} and {ref.type} (tensor {name!r})")
-    shared = {key for key, n in users.items() if n > 1}
-    storages: dict[str, np.ndarray] = {}
-    out = {}
-    for name, record in state.items():
-        ref = record.storage
+        first = refs.setdefault(ref.key, ref)
+        if first.type is not ref.type or first.numel != ref.numel:
+            raise CheckpointError(
+                f"{path}: storage {ref.key!r} is declared as {first.numel} x {first.type} and, for tensor {name!r}, "
+                f"as {ref.numel} x {ref.type}; one storage has one type and one size"
+            )
+        if ref.key not in records:
+            member = f"{folder}data/{ref.key}"
+            try:
+                info = records[ref.key] = record_info(archive, member, file_size, path)
+            except KeyError:
+                raise CheckpointError(f"{path}: storage record {member} is missing (tensor {name!r} needs it)") from None
+            nbytes = ref.numel * ref.type.itemsize
+            if nbytes > info.file_size:
+                raise CheckpointError(
+                    f"{path}: storage record {member} is too short for tensor {name!r}: expected {nbytes} bytes "
+                    f"({ref.numel} x {ref.type.dtype}), found {info.file_size}"
+                )
+            stored += nbytes
+            if stored > file_size:  # overlapping records: real storages are disjoint parts of the file
+                raise CheckpointError(f"{path}: its storages declare {stored} bytes in all, more than the file's {file_size}")
         needed = elements_needed(record.offset, record.size, record.stride)
         if needed > ref.numel:
             raise CheckpointError(
                 f"{path}: tensor {name!r} (size {record.size}, stride {record.stride}, offset {record.offset}) "
                 f"reaches element {needed} of storage {ref.key!r}, which declares {ref.numel}"
             )
+        output += math.prod(record.size) * (4 if ref.type.dtype == "bfloat16" else ref.type.itemsize)
+        if output > budget:
+            raise CheckpointError(
+                f"{path}: its tensors would take more than {budget} bytes ({OUTPUT_FACTOR} x the file's {file_size} bytes "
+                f"+ {OUTPUT_SLACK}) by tensor {name!r} (size {record.size}, stride {record.stride}): views that repeat "
+                f"their storage's elements this much are refused"
+            )
+    return records
+
+
+def load_storage(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ref: StorageRef, byteorder: str, tensor: str, path: Path) -> np.ndarray:
+    """Read and decode the (checked) record of one storage, checking it holds all the elements it declares."""
+    nbytes = ref.numel * ref.type.itemsize
+    try:
+        buffer = read_record(archive, info, nbytes)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"{path}: storage record {info.filename} is damaged ({e}; tensor {tensor!r} needs it)") from None
+    if len(buffer) < nbytes:
+        raise CheckpointError(
+            f"{path}: storage record {info.filename} is too short for tensor {tensor!r}: expected {nbytes} bytes "
+            f"({ref.numel} x {ref.type.dtype}), found {len(buffer)}"
+        )
+    return decode_storage(buffer, ref.type.dtype, byteorder)
+
+
+def materialize(state: dict, archive: zipfile.ZipFile, folder: str, byteorder: str, file_size: int, path: Path) -> dict[str, np.ndarray]:
+    """Tensor records -> arrays; each storage read once, and let go after the last tensor using it."""
+    records = check_storages(state, archive, folder, file_size, path)
+    users: dict[str, int] = {}
+    for record in state.values():
+        users[record.storage.key] = users.get(record.storage.key, 0) + 1
+    storages: dict[str, np.ndarray] = {}
+    out = {}
+    for name, record in state.items():
+        ref = record.storage
         if ref.key not in storages:
-            storages[ref.key] = load_storage(archive, folder, ref, byteorder, name, path)
+            storages[ref.key] = load_storage(archive, records[ref.key], ref, byteorder, name, path)
         try:
-            out[name] = view_of_storage(storages[ref.key], record.offset, record.size, record.stride, ref.key not in shared)
+            out[name] = view_of_storage(storages[ref.key], record.offset, record.size, record.stride, users[ref.key] == 1)
         except (ValueError, MemoryError) as e:
             raise CheckpointError(f"{path}: tensor {name!r} cannot be built ({type(e).__name__}: {e})") from None
         users[ref.key] -= 1
@@ -509,19 +893,34 @@ def materialize(state: dict, archive: zipfile.ZipFile, folder: str, byteorder: s
 
 def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of a PyTorch checkpoint file (the zip format of ``torch.save``) as NumPy arrays,
-    under the state dict's own names; see the module docstring for the format and what is dropped."""
+    under the state dict's own names; see the module docstring for the format, what is dropped and
+    what is bounded."""
     path = Path(path)
-    check_signature(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            folder = record_folder(archive, path)
-            byteorder = read_byteorder(archive, folder, path)
-            obj = unpickle(archive.read(folder + "data.pkl"), f"{path}: {folder}data.pkl")
-            return materialize(find_state_dict(obj, path), archive, folder, byteorder, path)
-    except zipfile.BadZipFile as e:
-        raise CheckpointError(f"{path}: a damaged or truncated zip archive ({e})") from None
-    except (OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: cannot read the zip archive ({e})") from None
+    with open_regular_file(path) as f:
+        file_size = os.fstat(f.fileno()).st_size
+        try:
+            head = f.read(len(LEGACY_MAGIC))
+            f.seek(0)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+        check_signature(head, path)
+        try:
+            with zipfile.ZipFile(f) as archive:
+                folder = record_folder(archive, path)
+                byteorder = read_byteorder(archive, folder, file_size, path)
+                data = read_small_record(archive, folder + "data.pkl", file_size, file_size, path)
+                obj = unpickle(data, f"{path}: {folder}data.pkl")
+                return materialize(find_state_dict(obj, path), archive, folder, byteorder, file_size, path)
+        except CheckpointError:
+            raise
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path}: a damaged or truncated zip archive ({e})") from None
+        except (OSError, EOFError) as e:
+            raise CheckpointError(f"{path}: cannot read the zip archive ({e})") from None
+        except MemoryError:
+            raise CheckpointError(f"{path}: the zip archive does not fit in memory") from None
+        except Exception as e:  # noqa: BLE001 -- zipfile on a malformed archive: NotImplementedError, struct.error, ValueError, ...
+            raise CheckpointError(f"{path}: a malformed zip archive ({type(e).__name__}: {e})") from None
 
 
 def read_sharded_torch(index_path: str | os.PathLike) -> dict[str, np.ndarray]:
