@@ -1,14 +1,37 @@
-"""Checkpoint files -> ``dict[str, ndarray]`` under the file's own tensor names."""
+"""Checkpoint files -> ``dict[str, ndarray]`` under the file's own tensor names.
+
+safetensors
+-----------
+A ``.safetensors`` file is an 8-byte little-endian header length ``n``, ``n`` bytes of JSON
+(``{name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}``)
+and the tensors' bytes, little-endian and C-ordered, ``data_offsets`` counted from the end of the
+header. We read it ourselves rather than through the ``safetensors`` package: its ``safe_open``
+takes a path and opens it again itself (so our regular-file check on the opened file would not
+cover what it reads, and a FIFO would block it), and its errors name neither the file nor, often,
+the tensor. The header is checked the way the package checks it, with the bounds of the rest of
+this library:
+
+- the header is at most ``MAX_SAFETENSORS_HEADER`` bytes (the largest real ones are a few MB)
+  and inside the file; its JSON is parsed by ``safeio.parse_json`` (nesting bounded, finite
+  numbers only);
+- every tensor has a known dtype, a shape of at most 64 sizes below 2**62, and offsets whose span
+  is exactly its elements' bytes; sorted by offset, the tensors tile the data with no gap and no
+  overlap, ending at the end of the file.
+
+So each tensor is checked against bytes that are present, and the arrays returned hold no more
+bytes than the file (bfloat16, widened to float32 as the torch reader widens it, twice as many).
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError, CheckpointNotFoundError  # noqa: F401 - re-exported: weights.files was their home
+from ..safeio import open_regular_file, parse_json, read_json
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -16,18 +39,108 @@ TORCH_NAME = "pytorch_model.bin"
 TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of one ``.safetensors`` file, as NumPy arrays."""
-    from safetensors import safe_open
+# safetensors dtype -> NumPy's little-endian dtype; "BF16" is widened to float32 by hand. The
+# float8 types (F8_E4M3, F8_E5M2...) have no NumPy dtype and are refused.
+SAFETENSORS_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "u1",
+}
+MAX_SAFETENSORS_HEADER = 16 * 2**20
+MAX_SAFETENSORS_RANK = 64
+MAX_SAFETENSORS_SIZE = 2**62
 
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of one ``.safetensors`` file, as NumPy arrays (C-contiguous, native byte order,
+    writeable; bfloat16 widened to float32), by name in sorted order as ``safe_open`` lists them.
+    The file is checked as the module docstring says before any tensor is read."""
     path = Path(path)
+    with open_regular_file(path) as f:
+        file_size = os.fstat(f.fileno()).st_size
+        try:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: {file_size} bytes, too short for a safetensors file (8-byte header length first)")
+            (length,) = struct.unpack("<Q", head)
+            if length > MAX_SAFETENSORS_HEADER:
+                raise CheckpointError(f"{path}: declares a safetensors header of {length} bytes, more than the {MAX_SAFETENSORS_HEADER} allowed")
+            if 8 + length > file_size:
+                raise CheckpointError(f"{path}: declares a safetensors header of {length} bytes, past the end of the file ({file_size} bytes)")
+            header = f.read(length)
+            tensors = safetensors_layout(header, file_size - 8 - length, path)
+            return {name: read_tensor(f, 8 + length, name, dtype, shape, begin, end, path)
+                    for name, (dtype, shape, begin, end) in sorted(tensors.items())}
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+        except MemoryError:
+            raise CheckpointError(f"{path}: its tensors do not fit in memory") from None
+
+
+def safetensors_layout(header: bytes, data_size: int, path: Path) -> dict[str, tuple[str, tuple, int, int]]:
+    """The header's tensors as ``name -> (dtype, shape, begin, end)``, each checked against the
+    ``data_size`` bytes after the header (see the module docstring)."""
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except Exception as e:  # safetensors raises its own SafetensorError (and TypeError for dtypes NumPy lacks)
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        text = header.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: the safetensors header is not UTF-8 ({e})") from None
+    if not text.lstrip().startswith("{"):
+        raise CheckpointError(f"{path}: not a safetensors file (its header does not start with a JSON object: {header[:20]!r})")
+    entries = parse_json(text, f"{path}: safetensors header", CheckpointError)
+    if not isinstance(entries, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
+    metadata = entries.pop("__metadata__", {})
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise CheckpointError(f"{path}: the safetensors __metadata__ must map names to strings")
+    tensors = {}
+    for name, entry in entries.items():
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{where}: its header entry is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{where}: dtype {str(dtype)[:40]!r} is not one numpy_mvit2 reads ({', '.join(SAFETENSORS_DTYPES)})")
+        if not (isinstance(shape, list) and len(shape) <= MAX_SAFETENSORS_RANK
+                and all(type(n) is int and 0 <= n < MAX_SAFETENSORS_SIZE for n in shape)):
+            raise CheckpointError(f"{where}: shape must be a list of at most {MAX_SAFETENSORS_RANK} sizes >= 0, got {str(shape)[:80]}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise CheckpointError(f"{where}: data_offsets {str(offsets)[:80]} must be [begin, end] with 0 <= begin <= end <= {data_size}, the bytes after the header")
+        begin, end = offsets
+        nbytes = np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize * _prod(shape)
+        if nbytes != end - begin:
+            raise CheckpointError(f"{where}: shape {shape} of {dtype} takes {nbytes} bytes, but its data_offsets span {end - begin}")
+        tensors[name] = (dtype, tuple(shape), begin, end)
+    position = 0
+    for name, (_, _, begin, end) in sorted(tensors.items(), key=lambda item: item[1][2:]):
+        if begin != position:
+            what = "overlaps the tensor before it" if begin < position else f"leaves bytes {position}..{begin} unused"
+            raise CheckpointError(f"{path}: tensor {name!r} (data_offsets [{begin}, {end}]) {what}; safetensors data is tiled by its tensors")
+        position = end
+    if position != data_size:
+        raise CheckpointError(f"{path}: its tensors cover {position} of the {data_size} data bytes after the header")
+    return tensors
+
+
+def _prod(shape) -> int:
+    product = 1
+    for n in shape:
+        product *= n
+    return product
+
+
+def read_tensor(f, data_start: int, name: str, dtype: str, shape: tuple, begin: int, end: int, path: Path) -> np.ndarray:
+    """One tensor's bytes (checked by ``safetensors_layout``) -> a native-order array of ``shape``."""
+    buffer = bytearray(end - begin)
+    f.seek(data_start + begin)
+    if f.readinto(buffer) != len(buffer):
+        raise CheckpointError(f"{path}: tensor {name!r}: the file ends inside its data (it shrank while read?)")
+    array = np.frombuffer(buffer, dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
+    if dtype == "BF16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "BOOL":
+        return array != 0
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def shard_names(index_path: str | os.PathLike) -> list[str]:
@@ -37,15 +150,12 @@ def shard_names(index_path: str | os.PathLike) -> list[str]:
 
 
 def _weight_map(index_path: Path) -> dict[str, str]:
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except OSError as e:
-        raise CheckpointError(f"{index_path}: cannot read ({e.strerror or e})") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index_path}: not a valid shard index ({e!r})") from None
+    """The index's ``weight_map`` (tensor name -> shard file name), read as a bounded JSON file
+    (``safeio.read_json``: a regular file, never blocking, size and nesting bounded)."""
+    index = read_json(index_path, CheckpointError, what="shard index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: not a valid shard index (expected an object with a \"weight_map\" object)")
     for shard in weight_map.values():
         if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
             raise CheckpointError(f"{index_path}: shard name {shard!r} must be a file name in the same folder")
@@ -82,7 +192,10 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The tensors of one weights file, by its name: ``*.safetensors``, a sharded index
     (``*.safetensors.index.json`` or ``*.bin.index.json``), or a PyTorch file (``.bin``, ``.pt``,
     ``.pth``, ``.ckpt``; read without PyTorch, see ``torch_files``)."""
-    from .torch_files import read_sharded_torch, read_torch_checkpoint  # torch_files builds on this module
+    from .torch_files import (  # torch_files builds on this module
+        read_sharded_torch,
+        read_torch_checkpoint,
+    )
 
     path = Path(path)
     name = path.name
