@@ -98,7 +98,7 @@ def safetensors_layout(header: bytes, data_size: int, path: Path) -> dict[str, t
         if not isinstance(entry, dict):
             raise CheckpointError(f"{where}: its header entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPES:
+        if not (isinstance(dtype, str) and dtype in SAFETENSORS_DTYPES):
             raise CheckpointError(f"{where}: dtype {str(dtype)[:40]!r} is not one numpy_mvit2 reads ({', '.join(SAFETENSORS_DTYPES)})")
         if not (isinstance(shape, list) and len(shape) <= MAX_SAFETENSORS_RANK
                 and all(type(n) is int and 0 <= n < MAX_SAFETENSORS_SIZE for n in shape)):
