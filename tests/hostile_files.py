@@ -74,7 +74,7 @@ def valid_checkpoint_arrays() -> dict[str, np.ndarray]:
 def central_entries(data: bytes) -> tuple[int, list[dict]]:
     """(offset of the central directory, its entries as dicts of raw fields)."""
     end = data.rindex(b"PK\x05\x06")
-    count, cd_size, cd_offset = struct.unpack("<HII", data[end + 10: end + 20])
+    count, _, cd_offset = struct.unpack("<HII", data[end + 10: end + 20])
     entries, pos = [], cd_offset
     for _ in range(count):
         fields = struct.unpack("<4sHHHHHHIIIHHHHHII", data[pos: pos + 46])

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from bounded import MEMORY_LIMIT, run_python_bounded
 from hostile_files import (
     SAFETENSORS_CASES,
@@ -32,6 +31,7 @@ from hostile_files import (
     valid_safetensors,
     valid_safetensors_arrays,
 )
+
 from numpy_mvit2.weights import CheckpointError, read_safetensors, read_torch_checkpoint
 from numpy_mvit2.weights.files import read_sharded_safetensors
 from numpy_mvit2.weights.torch_files import read_sharded_torch
