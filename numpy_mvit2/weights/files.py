@@ -89,8 +89,8 @@ def safetensors_layout(header: bytes, data_size: int, path: Path) -> dict[str, t
     entries = parse_json(text, f"{path}: safetensors header", CheckpointError)
     if not isinstance(entries, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
-    metadata = entries.pop("__metadata__", {})
-    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+    metadata = entries.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise CheckpointError(f"{path}: the safetensors __metadata__ must map names to strings")
     tensors = {}
     for name, entry in entries.items():

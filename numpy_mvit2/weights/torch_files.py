@@ -618,7 +618,10 @@ class RestrictedUnpickler:
             raise pickle.UnpicklingError(f"REDUCE calls {reprlib.repr(function)}, which is not callable")
         if not isinstance(args, tuple):
             raise pickle.UnpicklingError(f"REDUCE calls {function!r} with {type(args).__name__} arguments, not a tuple")
-        self.push(function(*args))
+        result = function(*args)
+        if isinstance(result, dict):  # a state dict made from pairs: as deep as its values make it
+            self.container(result, result.values())
+        self.push(result)
 
     def op_BUILD(self, arg):
         state = self.pop()
