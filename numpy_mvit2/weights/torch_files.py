@@ -144,9 +144,10 @@ CONVERT_HINT = (
     "or save it as safetensors (safetensors.torch.save_file(torch.load(path), 'model.safetensors'))"
 )
 
-# Bounds on the pickle interpreter (see "Bounds" above). A MobileViTV2 state dict takes about 20
-# opcodes per tensor; 2**22 opcodes is a state dict of 200 000 tensors, and about 4 s of our loop.
-MAX_OPCODES = 2**22
+# Bounds on the pickle interpreter (see "Bounds" above). torch.save writes about 33 opcodes per
+# tensor; 2**21 opcodes is a state dict of 60 000 tensors (a large language model has a few
+# thousand), and about 3 CPU seconds and 300 MB at worst (a memo filled with empty lists).
+MAX_OPCODES = 2**21
 MAX_STACK = 2**20  # pickle batches items by 1000, so real stacks stay near 2000
 MAX_DEPTH = 64  # marks open at once, and containers inside containers
 MAX_MEMO_INDEX = 2**32  # LONG_BINPUT's own range
@@ -362,7 +363,7 @@ class RestrictedUnpickler:
         self.stack: list = []
         self.marks: list[list] = []  # the stacks saved by MARK
         self.memo: dict[int, object] = {}
-        self.depth: dict[int, int] = {}  # id(container) -> how deep containers nest in it
+        self.depth: dict[int, int] = {}  # id(container) -> how deep containers nest in it, where over 1
         self.items = 0  # on all stacks together
 
     # --- the machine
@@ -426,7 +427,10 @@ class RestrictedUnpickler:
         depth = 1 + max((self.depth_of(c) for c in children), default=0)
         if depth > MAX_DEPTH:
             raise pickle.UnpicklingError(f"containers nested more than {MAX_DEPTH} deep")
-        self.depth[id(value)] = depth
+        if depth > 1:
+            self.depth[id(value)] = depth
+        else:  # the default; and forget what a freed container with this id had
+            self.depth.pop(id(value), None)
         return value
 
     def grow(self, container, children) -> None:
