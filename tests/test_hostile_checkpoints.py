@@ -193,3 +193,20 @@ def test_every_tensor_checked_against_its_own_storage(tmp_path):
         path.write_bytes(torch_zip(pkl, {"data/0": np.arange(4, dtype="<f4").tobytes()}))
         with pytest.raises(CheckpointError, match="one storage has one type and one size|expected 4000 bytes"):
             read_torch_checkpoint(path)
+
+
+def test_devices_folders_and_links(tmp_path):
+    """Only regular files are read: a link to /dev/zero (which never ends) or to a folder is refused."""
+    (tmp_path / "folder.pt").mkdir()
+    (tmp_path / "zero.pt").symlink_to("/dev/zero")
+    (tmp_path / "zero.safetensors").symlink_to("/dev/zero")
+    (tmp_path / "ok.pt").write_bytes(valid_checkpoint())
+    (tmp_path / "link.pt").symlink_to(tmp_path / "ok.pt")  # the Hugging Face cache is made of links
+    for path, reader, fragment in ((tmp_path / "folder.pt", read_torch_checkpoint, "a folder"),
+                                   (tmp_path / "zero.pt", read_torch_checkpoint, "a character device"),
+                                   (tmp_path / "zero.safetensors", read_safetensors, "a character device"),
+                                   (tmp_path / "absent.safetensors", read_safetensors, "no such file")):
+        with pytest.raises(CheckpointError) as info:
+            reader(path)
+        assert str(path) in str(info.value) and fragment in str(info.value), info.value
+    assert list(read_torch_checkpoint(tmp_path / "link.pt")) == ["w", "wt", "b"]
