@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import require
 from hostile_files import torch_zip, valid_checkpoint, valid_safetensors
 from hypothesis import HealthCheck, given, settings
@@ -184,3 +185,42 @@ def safetensors_files(draw) -> bytes:
 @given(safetensors_files())
 def test_fuzzed_safetensors(data):
     check_reader(read_safetensors, data, ".safetensors")
+
+
+@st.composite
+def views(draw):
+    """A storage and a view of it (offset, size, stride) that may or may not fit in it."""
+    numel = draw(st.integers(0, 24))
+    rank = draw(st.integers(0, 3))
+    size = draw(st.lists(st.integers(0, 4), min_size=rank, max_size=rank))
+    stride = draw(st.lists(st.one_of(st.integers(0, 8), st.just(2**62 - 1)), min_size=rank, max_size=rank))
+    return numel, draw(st.integers(0, 30)), tuple(size), tuple(stride)
+
+
+@FUZZ
+@given(views(), st.sampled_from(["FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "BoolStorage"]))
+def test_views_read_as_their_index_arithmetic_says(view, storage_type):
+    """Element ``i`` of a view is element ``offset + sum(i_k * stride_k)`` of its storage; a view
+    reaching past the storage's elements is refused."""
+    from hostile_files import state_dict_pkl, storage_pid, tensor
+
+    numel, offset, size, stride = view
+    dtype = {"FloatStorage": "<f4", "HalfStorage": "<f2", "BFloat16Storage": "<u2", "LongStorage": "<i8", "BoolStorage": "u1"}[storage_type]
+    values = np.arange(numel).astype(dtype) if storage_type != "BFloat16Storage" else (np.arange(numel, dtype="<f4").view("<u4") >> 16).astype("<u2")
+    data = torch_zip(state_dict_pkl({"v": tensor(storage_pid("0", numel, storage_type), offset, size, stride)}), {"data/0": values.tobytes()})
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "v.pt"
+        path.write_bytes(data)
+        fits = 0 in size or offset + sum((n - 1) * s for n, s in zip(size, stride)) < numel
+        if not fits:
+            with pytest.raises(CheckpointError, match="reaches element"):
+                read_torch_checkpoint(path)
+            return
+        got = read_torch_checkpoint(path)["v"]
+    flat = np.arange(numel)
+    index = offset + sum(i * s for i, s in zip(np.indices(size), stride)) if size else np.array(offset)
+    want = flat[index] if numel else np.zeros(size, int)
+    if storage_type == "BoolStorage":
+        want = want != 0
+    assert got.shape == size and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want.astype(got.dtype))
