@@ -12,8 +12,8 @@ the tensor. The header is checked the way the package checks it, with the bounds
 this library:
 
 - the header is at most ``MAX_SAFETENSORS_HEADER`` bytes (the largest real ones are a few MB)
-  and inside the file; its JSON is parsed by ``safeio.parse_json`` (nesting bounded, finite
-  numbers only);
+  and inside the file; its JSON is parsed with ``NaN`` and ``Infinity`` refused, and nesting is
+  bounded by the parser's recursion limit and then by the fixed shape of a header;
 - every tensor has a known dtype, a shape of at most 64 sizes below 2**62, and offsets whose span
   is exactly its elements' bytes; sorted by offset, the tensors tile the data with no gap and no
   overlap, ending at the end of the file.
@@ -24,6 +24,7 @@ bytes than the file (bfloat16, widened to float32 as the torch reader widens it,
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, CheckpointNotFoundError  # noqa: F401 - re-exported: weights.files was their home
-from ..safeio import open_regular_file, parse_json, read_json
+from ..safeio import open_regular_file, read_json
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -46,6 +47,7 @@ SAFETENSORS_DTYPES = {
     "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "u1",
 }
+ITEMSIZES = {name: np.dtype(dtype).itemsize for name, dtype in SAFETENSORS_DTYPES.items()}
 MAX_SAFETENSORS_HEADER = 16 * 2**20
 MAX_SAFETENSORS_RANK = 64
 MAX_SAFETENSORS_SIZE = 2**62
@@ -86,7 +88,7 @@ def safetensors_layout(header: bytes, data_size: int, path: Path) -> dict[str, t
         raise CheckpointError(f"{path}: the safetensors header is not UTF-8 ({e})") from None
     if not text.lstrip().startswith("{"):
         raise CheckpointError(f"{path}: not a safetensors file (its header does not start with a JSON object: {header[:20]!r})")
-    entries = parse_json(text, f"{path}: safetensors header", CheckpointError)
+    entries = _parse_header(text, path)
     if not isinstance(entries, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
     metadata = entries.pop("__metadata__", None)
@@ -94,22 +96,21 @@ def safetensors_layout(header: bytes, data_size: int, path: Path) -> dict[str, t
         raise CheckpointError(f"{path}: the safetensors __metadata__ must map names to strings")
     tensors = {}
     for name, entry in entries.items():
-        where = f"{path}: tensor {name!r}"
         if not isinstance(entry, dict):
-            raise CheckpointError(f"{where}: its header entry is not an object")
+            raise CheckpointError(f"{path}: tensor {name!r}: its header entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if not (isinstance(dtype, str) and dtype in SAFETENSORS_DTYPES):
-            raise CheckpointError(f"{where}: dtype {str(dtype)[:40]!r} is not one numpy_mvit2 reads ({', '.join(SAFETENSORS_DTYPES)})")
+            raise CheckpointError(f"{path}: tensor {name!r}: dtype {str(dtype)[:40]!r} is not one numpy_mvit2 reads ({', '.join(SAFETENSORS_DTYPES)})")
         if not (isinstance(shape, list) and len(shape) <= MAX_SAFETENSORS_RANK
                 and all(type(n) is int and 0 <= n < MAX_SAFETENSORS_SIZE for n in shape)):
-            raise CheckpointError(f"{where}: shape must be a list of at most {MAX_SAFETENSORS_RANK} sizes >= 0, got {str(shape)[:80]}")
+            raise CheckpointError(f"{path}: tensor {name!r}: shape must be a list of at most {MAX_SAFETENSORS_RANK} sizes >= 0, got {str(shape)[:80]}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data_size):
-            raise CheckpointError(f"{where}: data_offsets {str(offsets)[:80]} must be [begin, end] with 0 <= begin <= end <= {data_size}, the bytes after the header")
+            raise CheckpointError(f"{path}: tensor {name!r}: data_offsets {str(offsets)[:80]} must be [begin, end] with 0 <= begin <= end <= {data_size}, the bytes after the header")
         begin, end = offsets
-        nbytes = np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize * _prod(shape)
+        nbytes = ITEMSIZES[dtype] * _prod(shape)
         if nbytes != end - begin:
-            raise CheckpointError(f"{where}: shape {shape} of {dtype} takes {nbytes} bytes, but its data_offsets span {end - begin}")
+            raise CheckpointError(f"{path}: tensor {name!r}: shape {shape} of {dtype} takes {nbytes} bytes, but its data_offsets span {end - begin}")
         tensors[name] = (dtype, tuple(shape), begin, end)
     position = 0
     for name, (_, _, begin, end) in sorted(tensors.items(), key=lambda item: item[1][2:]):
@@ -122,6 +123,23 @@ def safetensors_layout(header: bytes, data_size: int, path: Path) -> dict[str, t
     return tensors
 
 
+def _no_constant(token: str):
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def _parse_header(text: str, path: Path):
+    """The header's JSON. Not ``safeio.parse_json``: its walk to measure nesting costs more than the
+    parse on a header of many small entries, and is not needed here, since every value in a valid
+    header has a fixed place and type (checked next), so a nest of any depth is refused anyway. The
+    parser's own bound on depth (Python's recursion limit) keeps parsing itself safe."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise CheckpointError(f"{path}: the safetensors header is JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, NaN/Infinity, ints over Python's digit limit
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
+
+
 def _prod(shape) -> int:
     product = 1
     for n in shape:
@@ -132,8 +150,7 @@ def _prod(shape) -> int:
 def read_tensor(f, data_start: int, name: str, dtype: str, shape: tuple, begin: int, end: int, path: Path) -> np.ndarray:
     """One tensor's bytes (checked by ``safetensors_layout``) -> a native-order array of ``shape``."""
     buffer = bytearray(end - begin)
-    f.seek(data_start + begin)
-    if f.readinto(buffer) != len(buffer):
+    if buffer and (f.seek(data_start + begin) < 0 or f.readinto(buffer) != len(buffer)):
         raise CheckpointError(f"{path}: tensor {name!r}: the file ends inside its data (it shrank while read?)")
     array = np.frombuffer(buffer, dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
     if dtype == "BF16":
