@@ -9,6 +9,7 @@ guard against a hang (a FIFO opened for reading, a lock never released) and is g
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -23,12 +24,32 @@ BOUNDED_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THR
                "NUMPY_MVIT2_PROCESSES": "0", "HF_HUB_OFFLINE": "1"}
 
 
-LAUNCHER = (
-    "import os, resource, sys; memory, cpu = int(sys.argv[1]), int(sys.argv[2]); "
-    "resource.setrlimit(resource.RLIMIT_AS, (memory, memory)); "
-    "resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1)); "
-    "os.execv(sys.argv[3], sys.argv[3:])"
-)
+# A small launcher sets the limits and runs the real command as its own child (limits are
+# inherited). Not preexec_fn, which is unsafe in a test process that has threads; and not a plain
+# exec, because Linux carries a process's peak resident size across fork and exec: a child forked
+# from pytest (hundreds of MB once torch is loaded) would report pytest's peak as its own. The
+# grandchild is forked from the small launcher, and the launcher reports its peak (wait4) on its
+# last stderr line, then exits as it did (the same code, or the same signal).
+LAUNCHER = """\
+import os, resource, signal, sys
+memory, cpu = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[3], sys.argv[3:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write(f"\\n{MARK}{usage.ru_maxrss * 1024}\\n")
+sys.stderr.flush()
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+MARK = "bounded.max_rss="
+LAUNCHER = LAUNCHER.replace("{MARK}", MARK)
 
 
 @dataclass
@@ -50,33 +71,31 @@ def run_bounded(args: list[str], *, memory: int = MEMORY_LIMIT, cpu: int = CPU_L
 
     environment = {**os.environ, **BOUNDED_ENV, **(env or {})}
     environment.pop("NUMPY_MVIT2_DEBUG", None)
-    # A small launcher sets the limits and execs the real command (limits survive exec): no
-    # preexec_fn, which is unsafe in a test process that has threads.
     command = [sys.executable, "-c", LAUNCHER, str(memory), str(cpu), sys.executable, *args]
     process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=environment, cwd=cwd)
+                               env=environment, cwd=cwd, start_new_session=True)
     outputs: dict[str, bytes] = {}
     readers = [threading.Thread(target=lambda name=name, f=f: outputs.__setitem__(name, f.read()))
                for name, f in (("out", process.stdout), ("err", process.stderr))]
     for r in readers:
         r.start()
     hung = threading.Event()
-    guard = threading.Timer(deadline, lambda: (hung.set(), process.kill()))
+    guard = threading.Timer(deadline, lambda: (hung.set(), os.killpg(process.pid, signal.SIGKILL)))
     guard.start()
     try:
-        # wait4, not Popen.wait: it hands back this child's own resource usage (its peak memory).
-        _, status, usage = os.wait4(process.pid, 0)
+        process.wait()
     finally:
         guard.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
     for r in readers:
         r.join()
     process.stdout.close()
     process.stderr.close()
     if hung.is_set():
         raise AssertionError(f"{args!r} still running after {deadline} s: a hang")
-    return Bounded(process.returncode, outputs["out"].decode("utf-8", "replace"),
-                   outputs["err"].decode("utf-8", "replace"), usage.ru_maxrss * 1024)
+    stderr, mark, peak = outputs["err"].decode("utf-8", "replace").rpartition("\n" + MARK)
+    if not mark:  # the launcher itself was killed (by the hang guard, or out of memory)
+        stderr, peak = peak, "0"
+    return Bounded(process.returncode, outputs["out"].decode("utf-8", "replace"), stderr, int(peak.strip() or 0))
 
 
 def run_python_bounded(code: str, **kwargs) -> Bounded:
