@@ -82,8 +82,14 @@ def is_integer(value) -> bool:
 
 
 def is_finite_number(value) -> bool:
-    """A Python or NumPy int or float that is neither infinite nor NaN (``bool`` excluded)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+    """A Python or NumPy int or float that is neither infinite nor NaN (``bool`` excluded), and
+    that a float can hold (an int of 400 digits cannot)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
