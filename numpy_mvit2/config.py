@@ -360,7 +360,7 @@ class MobileViTV2Config:
 
     model_type = "mobilevitv2"
 
-    def __init__(self, **kwargs):
+    def __init__(self, /, **kwargs):  # "/": a config.json key named "self" is a key like any other
         num_labels = kwargs.pop("num_labels", None)
         for f in fields(self):
             if f.name in kwargs:

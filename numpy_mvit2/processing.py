@@ -416,7 +416,7 @@ class MobileViTImageProcessor:
 
     model_input_names = ("pixel_values",)
 
-    def __init__(self, do_resize: bool = True, size=None, resample=Image.Resampling.BICUBIC, do_rescale: bool = True,
+    def __init__(self, /, do_resize: bool = True, size=None, resample=Image.Resampling.BICUBIC, do_rescale: bool = True,
                  rescale_factor: float = 1 / 255, do_center_crop: bool = True, crop_size=None,
                  do_flip_channel_order: bool = True, do_reduce_labels: bool = False, do_convert_rgb: bool | None = None,
                  **kwargs):

@@ -201,7 +201,7 @@ def test_integral_numbers_of_numpy_are_accepted_as_python_numbers():
 # Unknown keys never shadow the class
 # --------------------------------------------------------------------------------------------
 
-SHADOWING_KEYS = ["validate", "__class__", "__dict__", "extra", "stages", "stem_channels", "to_dict", "from_dict",
+SHADOWING_KEYS = ["self", "validate", "__class__", "__dict__", "extra", "stages", "stem_channels", "to_dict", "from_dict",
                   "parameter_count", "hidden_sizes", "__init__", "__getattr__", "__eq__", "_check_fields",
                   "__dataclass_fields__", "model_type", "num_labels_", "save_pretrained", "__repr__"]
 
