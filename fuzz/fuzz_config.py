@@ -33,7 +33,12 @@ if __name__ == "__main__":
 else:
     instrumented = contextlib.nullcontext()
 with instrumented:
-    from numpy_mvit2 import ConfigError, MobileViTImageProcessor, MobileViTV2Config, summarize
+    from numpy_mvit2 import (
+        ConfigError,
+        MobileViTImageProcessor,
+        MobileViTV2Config,
+        summarize,
+    )
     from numpy_mvit2.config import MAX_PARAMETERS
     from numpy_mvit2.weights.shapes import HEADS, expected_shapes
 

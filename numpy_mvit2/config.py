@@ -257,6 +257,8 @@ def _checked_num_labels(value) -> int:
 
 def _class_index(value):
     """A class index from an int or a string of decimal digits (as JSON object keys are), else None."""
+    if type(value) is int:  # the common case, first: a config may hold tens of thousands
+        return value if 0 <= value < MAX_LABELS else None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
         value = int(value)
     return int(value) if is_integer(value) and 0 <= value < MAX_LABELS else None

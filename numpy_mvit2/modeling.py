@@ -148,6 +148,7 @@ class MobileViTV2PreTrainedModel:
                  fold_batch_norm: bool = True, fast: bool = True, _source: str = "state_dict"):
         if not isinstance(config, MobileViTV2Config):
             raise TypeError(f"config must be a MobileViTV2Config, got {type(config).__name__}")
+        config.validate()  # again: a field set after the config was made is checked only here
         self.config = config
         self.dtype = _resolve_dtype(dtype)
         if state_dict is None:

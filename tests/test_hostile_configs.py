@@ -18,9 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from bounded import run_bounded, run_python_bounded
-from numpy_mvit2 import CheckpointError, ConfigError, MobileViTImageProcessor, MobileViTV2Config
+
+from numpy_mvit2 import (
+    CheckpointError,
+    ConfigError,
+    MobileViTImageProcessor,
+    MobileViTV2Config,
+)
 from numpy_mvit2.config import MAX_IMAGE_SIZE, MAX_LABELS, MAX_PARAMETERS
 from numpy_mvit2.errors import CheckpointNotFoundError
 from numpy_mvit2.processing import MAX_IMAGE_SIDE
@@ -171,9 +176,9 @@ def test_attributes_set_later_are_checked_when_widths_are_derived():
     config = MobileViTV2Config()
     config.width_multiplier = INF
     with pytest.raises(ConfigError, match="width_multiplier=inf"):
-        config.stages
+        _ = config.stages
     with pytest.raises(ConfigError, match="width_multiplier"):
-        config.stem_channels
+        _ = config.stem_channels
     config = MobileViTV2Config()
     config.n_attn_blocks = [10**6, 1, 1]
     with pytest.raises(ConfigError, match="n_attn_blocks"):
@@ -330,7 +335,7 @@ def test_hostile_json_text_in_preprocessor_config_json(name, tmp_path):
 def test_json_constants_are_refused(tmp_path):
     for token in ("Infinity", "-Infinity", "NaN", "1e999", "-1e400"):
         path = tmp_path / "config.json"
-        path.write_text('{"width_multiplier": %s}' % token, encoding="utf-8")
+        path.write_text(f'{{"width_multiplier": {token}}}', encoding="utf-8")
         with pytest.raises(ConfigError, match="not valid JSON"):
             MobileViTV2Config.from_json_file(path)
 
@@ -618,3 +623,33 @@ def test_warnings_are_not_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         MobileViTV2Config(id2label={"0": "a"}, label2id={"a": 0})
+
+
+# --------------------------------------------------------------------------------------------
+# Configs read off a checkpoint's shapes, and configs changed after they were made
+# --------------------------------------------------------------------------------------------
+
+
+def test_config_inferred_from_hostile_shapes_is_checked():
+    """A checkpoint without config.json: the values read off its shapes are checked like any
+    config's (the tensors here are zero-stride views, so nothing large exists)."""
+    from numpy_mvit2.weights.shapes import infer_config
+
+    huge = np.broadcast_to(np.zeros((), np.float32), (10**9, 512))
+    with pytest.raises(CheckpointError) as info:
+        infer_config({"classifier.weight": huge, "conv_stem.convolution.weight": np.zeros((32, 3, 3, 3))},
+                     "classification", source="hostile.safetensors")
+    assert_names(info.value, "hostile.safetensors", "num_labels=1000000000")
+    layers = {f"encoder.layer.{stage}.transformer.layer.{i}.attention.qkv_proj.convolution.weight": np.zeros((1,))
+              for stage in (2, 3, 4) for i in range(100)}
+    with pytest.raises(CheckpointError, match="n_attn_blocks"):
+        infer_config(layers, "base", source="hostile.safetensors")
+
+
+def test_model_checks_its_config_again():
+    from numpy_mvit2 import MobileViTV2ForSemanticSegmentation
+
+    config = MobileViTV2Config()
+    config.aspp_out_channels = 10**7  # set after construction: unchecked until a model is built
+    with pytest.raises(ConfigError, match="aspp_out_channels"):
+        MobileViTV2ForSemanticSegmentation(config)
