@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import show
+from .config import is_finite_number, show
 from .errors import ConfigError
 from .hub import resolve_file
 from .ops import interpolate_bilinear
@@ -349,7 +348,7 @@ def _flag(name: str, value, default):
 
 
 def _rescale_factor(value) -> float:
-    if not (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)):
+    if not is_finite_number(value):
         raise ConfigError(f"rescale_factor must be a finite number, got {show(value)}", field="rescale_factor")
     return float(value)
 

@@ -442,7 +442,7 @@ BAD_PROCESSOR_VALUES = {
     "crop_size": [0, 20000, "256", {"height": 256}, {"shortest_edge": 256}, {"height": 256, "width": -1},
                   {"height": INF, "width": 1}, [256, 10**6]],
     "resample": [-1, 6, 2.0, 3.7, "3", "sharpest", True, [3], {"a": 1}, INF, 10**100],
-    "rescale_factor": ["0.5", [0.5], True, INF, NAN, -INF],
+    "rescale_factor": ["0.5", [0.5], True, INF, NAN, -INF, 10**400],
     "do_resize": [0, 1, "false", [True], {}, 2.0],
     "do_rescale": ["true", 1],
     "do_center_crop": ["no"],
