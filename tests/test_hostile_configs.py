@@ -26,7 +26,7 @@ from numpy_mvit2 import (
     MobileViTImageProcessor,
     MobileViTV2Config,
 )
-from numpy_mvit2.config import MAX_IMAGE_SIZE, MAX_LABELS, MAX_PARAMETERS
+from numpy_mvit2.config import MAX_IMAGE_SIZE, MAX_LABELS, MAX_PARAMETERS, show
 from numpy_mvit2.errors import CheckpointNotFoundError
 from numpy_mvit2.processing import MAX_IMAGE_SIDE
 from numpy_mvit2.safeio import MAX_JSON_BYTES, MAX_JSON_DEPTH, read_json
@@ -99,7 +99,10 @@ def test_bad_field_value_raises_config_error_naming_it(case):
         MobileViTV2Config(**{name: value})
     assert type(info.value) is ConfigError
     assert info.value.field == name
-    assert_names(info.value, name, "allowed" if name != "id2label" or not isinstance(value, dict) else name)
+    if name in ("id2label", "label2id") and isinstance(value, dict):  # the bad entry is named
+        assert_names(info.value, name, *(["twice"] if value == {"0": "a", "00": "b"} else ["entry", "allowed"]))
+    else:
+        assert_names(info.value, f"{name}={show(value)}", "allowed")
 
 
 def in_json(value) -> bool:
