@@ -57,6 +57,9 @@ def check_config(config: MobileViTV2Config) -> None:
         count = config.parameter_count(head)
         assert count == sum(math.prod(shape) for shape in shapes.values()), head
         assert count <= MAX_PARAMETERS, (head, count)
+        if head != "segmentation":  # (its classifier may have 0 outputs, for 0 labels)
+            empty = [name for name, shape in shapes.items() if min(shape) < 1]
+            assert not empty, (head, empty[:3])  # every layer has inputs and outputs
     try:
         summarize(config, head="segmentation")
     except ValueError as e:  # an image_size too small for the patches: the only refusal allowed

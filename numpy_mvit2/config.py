@@ -438,6 +438,13 @@ class MobileViTV2Config:
                 'MobileViTV2Config: problem_type="single_label_classification" requires num_labels > 1; '
                 'use num_labels=2, or problem_type="regression" for a single output'
             )
+        for spec in self._stage_specs():
+            if spec.kind == "mobilevit" and spec.ffn_dim == 0:  # a layer with no inputs cannot be drawn nor run
+                raise ConfigError(
+                    f"MobileViTV2Config: stage {spec.index + 1}'s feed-forward width is 0 (ffn_multiplier="
+                    f"{self.ffn_multiplier} x attention width {spec.attn_unit_dim}, rounded down to a multiple of 16); "
+                    f"allowed: ffn_multiplier x make_divisible(base_attn_unit_dims x width_multiplier, 8) of at least 16",
+                    field="ffn_multiplier")
         for head in ("classification", "segmentation"):
             count = self.parameter_count(head)
             if count > MAX_PARAMETERS:

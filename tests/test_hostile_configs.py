@@ -167,6 +167,29 @@ def test_parameter_count_matches_expected_shapes():
             assert config.parameter_count(head) == sum(int(np.prod(s)) for s in expected_shapes(config, head).values())
 
 
+def test_feed_forward_of_width_zero_is_refused():
+    """ffn_multiplier 1 over an attention width of 8 rounds the FFN down to 0 channels: such a layer
+    can be neither initialised nor run."""
+    with pytest.raises(ConfigError, match="feed-forward width is 0") as info:
+        MobileViTV2Config(ffn_multiplier=1, base_attn_unit_dims=[1, 1, 1], width_multiplier=0.5)
+    assert info.value.field == "ffn_multiplier"
+    assert MobileViTV2Config(ffn_multiplier=2, base_attn_unit_dims=[1, 1, 1], width_multiplier=0.5).stages[2].ffn_dim == 16
+
+
+def test_smallest_and_widest_admitted_configs_build():
+    from numpy_mvit2 import MobileViTV2ForImageClassification
+
+    for kwargs in ({"width_multiplier": 0.01, "base_attn_unit_dims": [1, 1, 1], "n_attn_blocks": [1, 1, 1], "num_labels": 0,
+                    "expand_ratio": 0.01},
+                   {"width_multiplier": 0.25, "patch_size": 4, "conv_kernel_size": 31, "num_channels": 64,
+                    "atrous_rates": [64, 64, 64], "n_attn_blocks": [1, 1, 1]}):
+        config = MobileViTV2Config(**kwargs)
+        model = MobileViTV2ForImageClassification(config)
+        size = 1 + (config.patch_size - 1) * 32
+        width = config.num_labels or config.hidden_sizes[-1]  # no labels: the classifier is the identity
+        assert model(np.zeros((1, config.num_channels, size, size), np.float32)).logits.shape == (1, width)
+
+
 def test_make_divisible_refuses_infinity():
     from numpy_mvit2 import make_divisible
 
