@@ -24,6 +24,7 @@ from .processing import (
     post_process_semantic_segmentation,
 )
 from .summary import summarize
+from .errors import ConfigError
 from .weights import CheckpointError
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BaseModelOutputWithPoolingAndNoAttention",
     "CheckpointError",
+    "ConfigError",
     "ImageClassifierOutputWithNoAttention",
     "ImageLoadError",
     "MobileViTImageProcessor",

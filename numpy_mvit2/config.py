@@ -11,23 +11,92 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import os
 import re
+import reprlib
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from .errors import CheckpointNotFoundError, ConfigError
 from .ops import ACTIVATIONS
+from .safeio import MAX_JSON_DEPTH, read_json
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 PATCH_REMAINDERS = ("zero", "resize")  # transformers' behaviour, timm's and ml-cvnets' (see MobileViTV2Config)
+
+# -- limits -------------------------------------------------------------------------------------
+# A config.json of 40 bytes must not make us allocate gigabytes, so every field that sets a size
+# has a cap, checked before anything is built from it. Each cap is far above what any published
+# MobileViTV2 uses (noted after it); MAX_PARAMETERS then bounds the model the fields imply together.
+MAX_LABELS = 32768  # ImageNet-21k has 21841 classes, ADE20k 150
+MAX_PARAMETERS = 64_000_000  # the largest published model (width 2.0, 21841 labels) holds 39.8 million numbers;
+#                              a float32 model of 63 million with random weights peaks at 0.64 GB
+#                              resident (measured: width 3.0, segmentation)
+MAX_WIDTH_MULTIPLIER = 8.0  # published: 0.5 to 2.0 (weights.shapes.infer_config tries up to 4)
+MAX_IMAGE_SIZE = 4064  # published: 256 and 512; the processor derived from it (shortest edge image_size + 32)
+#                        stays within processing.MAX_IMAGE_SIDE = 4096
+MAX_CHANNELS = 4096  # base_attn_unit_dims and aspp_out_channels (published: 256 and 512 at most)
+MAX_NUM_CHANNELS = 64  # image channels (3)
+MAX_PATCH_SIZE = 64  # (2)
+MAX_KERNEL_SIZE = 31  # conv_kernel_size (3)
+MAX_ATTN_BLOCKS = 64  # transformer layers per stage (4 at most)
+MAX_MULTIPLIER = 64  # expand_ratio and ffn_multiplier (2)
+MAX_ATROUS_RATE = 64  # (6, 12, 18; 12, 24, 36 at output stride 8)
+
+# how a bad value is shown in an error message: short, whatever its size
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = _repr.maxlong = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
+_repr.maxlevel = 3
+
+
+def show(value) -> str:
+    """A short ``repr`` of ``value`` for an error message (a long string, list or dict is cut)."""
+    try:
+        return _repr.repr(value)
+    except (ValueError, RecursionError):  # an int too long to print, a structure that contains itself
+        return f"<{type(value).__name__}>"
+
+
+def nested_at_most(value, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether lists, tuples and dicts nest at most ``limit`` deep in ``value``. Walked without
+    recursion, stopping as soon as the limit is passed (so a structure that contains itself ends)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth >= limit:
+                return False
+            stack.extend((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
+    return True
+
+
+def is_integer(value) -> bool:
+    """A Python or NumPy integer; ``bool`` is not one (True is no count of anything)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """A Python or NumPy int or float that is neither infinite nor NaN (``bool`` excluded), and
+    that a float can hold (an int of 400 digits cannot)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor`` (at least ``min_value``), rounding up
     once more if that lost over 10%: the channel rounding MobileNet, timm and transformers share."""
+    if not is_finite_number(value):
+        raise ValueError(f"make_divisible: value must be a finite number, got {show(value)}")
     if min_value is None:
         min_value = divisor
     new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
@@ -64,12 +133,199 @@ def expanded_channels(in_channels: int, expand_ratio: float) -> int:
     return make_divisible(int(round(in_channels * expand_ratio)), 8)
 
 
+# -- what each field may hold ------------------------------------------------------------------
+# One checker per field: it returns the value to keep (lists for JSON's arrays and transformers'
+# tuples, Python numbers for NumPy scalars) or raises _Invalid with the words for what is allowed.
+# Types are transformers 5's: its strict config refuses 3.0 for an int field, and so do we (JSON
+# writes every int a config holds without a fraction); an int for a float field is fine.
+
+
+class _Invalid(Exception):
+    """Internal: a field's value is not allowed; ``args[0]`` says what is."""
+
+
+def _integer(low: int, high: int, odd: bool = False):
+    allowed = (f"a positive {'odd ' if odd else ''}integer, at most {high}" if low == 1
+               else f"an integer from {low} to {high}")
+
+    def check(value):
+        if not (is_integer(value) and low <= value <= high and (not odd or value % 2 == 1)):
+            raise _Invalid(allowed)
+        return int(value)
+    return check
+
+
+def _number(high: float | None = None, *, positive: bool = True, allowed: str | None = None):
+    if allowed is None:
+        allowed = ("a positive number" if positive else "a finite number, at least 0") + (
+            f", at most {high:g}" if high is not None else "")
+
+    def check(value):
+        if not (is_finite_number(value) and (value > 0 if positive else value >= 0)
+                and (high is None or value <= high)):
+            raise _Invalid(allowed)
+        return value if type(value) in (int, float) else float(value)
+    return check
+
+
+def _probability(value):
+    if not (is_finite_number(value) and 0 <= value <= 1):
+        raise _Invalid("a probability, a number from 0 to 1")
+    return value if type(value) in (int, float) else float(value)
+
+
+def _three(high: int):
+    def check(value):
+        if not (isinstance(value, (list, tuple)) and len(value) == 3
+                and all(is_integer(v) and 1 <= v <= high for v in value)):
+            raise _Invalid(f"a list of 3 positive integers, each at most {high}")
+        return [int(v) for v in value]
+    return check
+
+
+def _one_of(choices, none: bool = False):
+    allowed = ("None, " if none else "") + ", ".join(repr(c) for c in choices)
+
+    def check(value):
+        if not ((none and value is None) or (isinstance(value, str) and value in choices)):
+            raise _Invalid(allowed)
+        return value
+    return check
+
+
+def _flag(value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise _Invalid("true or false")
+    return bool(value)
+
+
+def _stride(value):
+    if not (is_integer(value) and value in (8, 16, 32)):
+        raise _Invalid("8, 16 or 32")
+    return int(value)
+
+
+def _image_size(value):
+    if not (is_integer(value) and 1 <= value <= MAX_IMAGE_SIZE):
+        raise _Invalid(f"a positive integer, at most {MAX_IMAGE_SIZE} (the side of a square image; "
+                       "a (height, width) pair is not supported)")
+    return int(value)
+
+
+FIELD_CHECKS = {
+    "num_channels": _integer(1, MAX_NUM_CHANNELS),
+    "image_size": _image_size,
+    "patch_size": _integer(1, MAX_PATCH_SIZE),
+    "expand_ratio": _number(MAX_MULTIPLIER),
+    "hidden_act": _one_of(sorted(ACTIVATIONS)),
+    "conv_kernel_size": _integer(1, MAX_KERNEL_SIZE, odd=True),
+    "output_stride": _stride,
+    "classifier_dropout_prob": _probability,
+    "initializer_range": _number(positive=False),
+    "layer_norm_eps": _number(),
+    "aspp_out_channels": _integer(1, MAX_CHANNELS),
+    "atrous_rates": _three(MAX_ATROUS_RATE),
+    "aspp_dropout_prob": _probability,
+    "semantic_loss_ignore_index": _integer(-2**31, 2**31 - 1),
+    "n_attn_blocks": _three(MAX_ATTN_BLOCKS),
+    "base_attn_unit_dims": _three(MAX_CHANNELS),
+    "width_multiplier": _number(MAX_WIDTH_MULTIPLIER),
+    "ffn_multiplier": _integer(1, MAX_MULTIPLIER),
+    "attn_dropout": _probability,
+    "ffn_dropout": _probability,
+    "problem_type": _one_of(PROBLEM_TYPES, none=True),
+    "output_hidden_states": _flag,
+    "output_attentions": _flag,
+    "return_dict": _flag,
+    "patch_remainder": _one_of(PATCH_REMAINDERS),
+}
+
+
+# the fields that set the model's size, named when it is too large
+_SIZE_FIELDS = ("width_multiplier", "num_labels", "aspp_out_channels", "n_attn_blocks", "base_attn_unit_dims",
+                "expand_ratio", "ffn_multiplier", "num_channels", "conv_kernel_size")
+# the fields the derived widths (stem_channels, stages) read
+_STAGE_FIELDS = ("width_multiplier", "output_stride", "base_attn_unit_dims", "n_attn_blocks", "ffn_multiplier")
+
+
+def _checked_num_labels(value) -> int:
+    if not (is_integer(value) and 0 <= value <= MAX_LABELS):
+        raise ConfigError(f"MobileViTV2Config: num_labels={show(value)} is invalid; allowed: an integer from 0 to {MAX_LABELS}",
+                          field="num_labels")
+    return int(value)
+
+
+def _class_index(value):
+    """A class index from an int or a string of decimal digits (as JSON object keys are), else None."""
+    if type(value) is int:  # the common case, first: a config may hold tens of thousands
+        return value if 0 <= value < MAX_LABELS else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        value = int(value)
+    return int(value) if is_integer(value) and 0 <= value < MAX_LABELS else None
+
+
+def _checked_id2label(value) -> dict:
+    """``{class index: label name}`` with int keys (JSON gives them as strings)."""
+    allowed = f"a dict of class index (0 to {MAX_LABELS - 1}) -> label name (a string), at most {MAX_LABELS} entries"
+    if not isinstance(value, dict) or len(value) > MAX_LABELS:
+        raise ConfigError(f"MobileViTV2Config: id2label={show(value)} is invalid; allowed: {allowed}", field="id2label")
+    out = {}
+    for key, label in value.items():
+        index = _class_index(key)
+        if index is None or not isinstance(label, str):
+            raise ConfigError(f"MobileViTV2Config: id2label entry {show(key)}: {show(label)} is invalid; allowed: {allowed}", field="id2label")
+        if index in out:
+            raise ConfigError(f"MobileViTV2Config: id2label gives class {index} twice (key {show(key)})", field="id2label")
+        out[index] = label
+    return out
+
+
+def _checked_label2id(value) -> dict | None:
+    """``{label name: class index}`` with int values, or None (then derived from id2label)."""
+    allowed = f"a dict of label name (a string) -> class index (0 to {MAX_LABELS - 1}), at most {MAX_LABELS} entries"
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_LABELS:
+        raise ConfigError(f"MobileViTV2Config: label2id={show(value)} is invalid; allowed: {allowed}", field="label2id")
+    out = {}
+    for label, index in value.items():
+        checked = _class_index(index)
+        if not isinstance(label, str) or checked is None:
+            raise ConfigError(f"MobileViTV2Config: label2id entry {show(label)}: {show(index)} is invalid; allowed: {allowed}", field="label2id")
+        out[label] = checked
+    return out
+
+
+# keys transformers writes into every config.json that we keep in ``extra`` and read ourselves
+_EXTRA_CHECKS = {
+    "architectures": (lambda v: v is None or (isinstance(v, list) and all(isinstance(a, str) for a in v)),
+                      "null or a list of class names (strings)"),
+}
+
+
+def _checked_extra(extra: dict) -> dict:
+    for key, value in extra.items():
+        if not nested_at_most(value, MAX_JSON_DEPTH):
+            raise ConfigError(f"MobileViTV2Config: {show(key)} is nested more than {MAX_JSON_DEPTH} levels deep", field=key)
+        if key in _EXTRA_CHECKS and not _EXTRA_CHECKS[key][0](value):
+            raise ConfigError(f"MobileViTV2Config: {key}={show(value)} is invalid; allowed: {_EXTRA_CHECKS[key][1]}",
+                              field=key)
+    return extra
+
+
 @dataclass(init=False, eq=False)
 class MobileViTV2Config:
     """Configuration of a MobileViTV2 model, with transformers' field names and defaults.
 
-    Unknown keyword arguments (and unknown keys of a ``config.json``) are kept as attributes, as
-    transformers keeps them. ``num_labels`` is derived from ``id2label`` (2 labels by default).
+    Every field is checked when the config is made (``validate``: type and range, then the size
+    of the model it implies, against the ``MAX_*`` limits of this module), and a bad one raises
+    ``ConfigError`` (a ValueError) naming the field, the value and what is allowed.
+
+    Unknown keyword arguments (and unknown keys of a ``config.json``) are kept in ``config.extra``
+    and written back by ``to_dict``. They read as attributes too (``config.architectures``), as
+    transformers keeps them, but never in place of what the class defines: a key named
+    ``validate``, ``stages``, ``extra`` or ``__class__`` stays in ``extra`` only.
+    ``num_labels`` is derived from ``id2label`` (2 labels by default).
     """
 
     num_channels: int = 3
@@ -106,7 +362,7 @@ class MobileViTV2Config:
 
     model_type = "mobilevitv2"
 
-    def __init__(self, **kwargs):
+    def __init__(self, /, **kwargs):  # "/": a config.json key named "self" is a key like any other
         num_labels = kwargs.pop("num_labels", None)
         for f in fields(self):
             if f.name in kwargs:
@@ -117,34 +373,21 @@ class MobileViTV2Config:
                 value = f.default
             setattr(self, f.name, value)
         kwargs.pop("model_type", None)
-        self.extra = kwargs  # keys we do not use (architectures, transformers_version, mlp_ratio, ...)
-        for key, value in kwargs.items():
-            if not isinstance(getattr(type(self), key, None), property):  # never shadow a derived width
-                setattr(self, key, value)
-
-        if self.id2label is None:
-            self.num_labels = 2 if num_labels is None else num_labels
-        elif num_labels is not None and isinstance(self.id2label, dict) and len(self.id2label) != num_labels:
-            # transformers warns, then lets num_labels win: the labels become LABEL_0 .. LABEL_{n-1}
-            warnings.warn(
-                f"MobileViTV2Config: num_labels={num_labels} does not match the {len(self.id2label)} entries "
-                f"of id2label; the labels are reset to LABEL_0..LABEL_{num_labels - 1}",
-                stacklevel=2,
-            )
-            self.id2label = None
-            self.num_labels = num_labels
-        else:
-            if not isinstance(self.id2label, dict):
-                raise ValueError(f"MobileViTV2Config: id2label must be a dict of class index -> label, got {self.id2label!r:.80}")
-            try:
-                self.id2label = {int(k): v for k, v in self.id2label.items()}
-            except (TypeError, ValueError):
-                raise ValueError("MobileViTV2Config: id2label keys must be class indices (integers)") from None
-            if self.label2id is None:
-                self.label2id = {v: k for k, v in self.id2label.items()}
-            else:
-                self.label2id = {k: int(v) for k, v in self.label2id.items()}
+        # keys we do not use (architectures, transformers_version, mlp_ratio, ...), kept for
+        # to_dict; they are never set as attributes (see __getattr__), so a key named validate,
+        # extra or __class__ cannot replace what the class defines
+        self.extra = _checked_extra(kwargs)
+        self._set_labels(num_labels)
         self.validate()
+
+    def __getattr__(self, name):
+        # Only reached when the ordinary lookup fails: a field, method or property always wins.
+        # An unknown key of config.json reads as an attribute (transformers keeps them as
+        # attributes) unless its name starts with "_".
+        extra = self.__dict__.get("extra")
+        if extra is not None and not name.startswith("_") and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- labels, as transformers derives them ---------------------------------------------------
 
@@ -154,65 +397,125 @@ class MobileViTV2Config:
 
     @num_labels.setter
     def num_labels(self, num_labels: int) -> None:
-        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 0:
-            raise ValueError(f"MobileViTV2Config: num_labels must be a non-negative integer, got {num_labels!r}")
+        num_labels = _checked_num_labels(num_labels)
         if self.id2label is None or len(self.id2label) != num_labels:
             self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    def _set_labels(self, num_labels) -> None:
+        """id2label (keys made ints), label2id and num_labels, each checked before any label is made."""
+        if num_labels is not None:
+            num_labels = _checked_num_labels(num_labels)
+        if self.id2label is not None:
+            self.id2label = _checked_id2label(self.id2label)
+        if self.label2id is not None:
+            self.label2id = _checked_label2id(self.label2id)
+        if self.id2label is None:
+            self.num_labels = 2 if num_labels is None else num_labels
+        elif num_labels is not None and len(self.id2label) != num_labels:
+            # transformers warns, then lets num_labels win: the labels become LABEL_0 .. LABEL_{n-1}
+            warnings.warn(
+                f"MobileViTV2Config: num_labels={num_labels} does not match the {len(self.id2label)} entries "
+                f"of id2label; the labels are reset to LABEL_0..LABEL_{num_labels - 1}",
+                stacklevel=3,
+            )
+            self.id2label = None
+            self.num_labels = num_labels
+        elif self.label2id is None:
             self.label2id = {v: k for k, v in self.id2label.items()}
 
     # -- validation ---------------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field whose value we cannot build a model from."""
-
-        def bad(name, allowed):
-            raise ValueError(f"MobileViTV2Config: {name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
-
-        def positive_int(value):
-            return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-        def positive_number(value):
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-        for name in ("num_channels", "patch_size", "aspp_out_channels", "ffn_multiplier"):
-            if not positive_int(getattr(self, name)):
-                bad(name, "a positive integer")
-        if not (positive_int(self.conv_kernel_size) and self.conv_kernel_size % 2 == 1):
-            bad("conv_kernel_size", "a positive odd integer")
-        if self.output_stride not in (8, 16, 32) or isinstance(self.output_stride, bool):
-            bad("output_stride", "8, 16 or 32")
-        if self.hidden_act not in ACTIVATIONS:
-            bad("hidden_act", ", ".join(sorted(ACTIVATIONS)))
-        for name in ("expand_ratio", "width_multiplier", "layer_norm_eps"):
-            if not positive_number(getattr(self, name)):
-                bad(name, "a positive number")
-        for name, count in (("atrous_rates", 3), ("n_attn_blocks", 3), ("base_attn_unit_dims", 3)):
-            value = getattr(self, name)
-            if not (isinstance(value, (list, tuple)) and len(value) == count and all(positive_int(v) for v in value)):
-                bad(name, f"{count} positive integers")
-            setattr(self, name, list(value))
-        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
-            bad("problem_type", "None, " + ", ".join(PROBLEM_TYPES))
+        """Raise ``ConfigError`` (a ValueError) naming the first field whose value we cannot build
+        a model from, the value, and what is allowed; then refuse a config whose model would hold
+        more than ``MAX_PARAMETERS`` numbers. Lists are stored as lists."""
+        self._check_fields(FIELD_CHECKS)
+        self.id2label = _checked_id2label(self.id2label)
+        self.label2id = _checked_label2id(self.label2id)
         if self.problem_type == "single_label_classification" and self.num_labels == 1:
-            raise ValueError(
+            raise ConfigError(
                 'MobileViTV2Config: problem_type="single_label_classification" requires num_labels > 1; '
                 'use num_labels=2, or problem_type="regression" for a single output'
             )
-        if isinstance(self.semantic_loss_ignore_index, bool) or not isinstance(self.semantic_loss_ignore_index, int):
-            bad("semantic_loss_ignore_index", "an integer")
-        if self.patch_remainder not in PATCH_REMAINDERS:
-            bad("patch_remainder", ", ".join(repr(v) for v in PATCH_REMAINDERS))
+        for spec in self._stage_specs():
+            if spec.kind == "mobilevit" and spec.ffn_dim == 0:  # a layer with no inputs cannot be drawn nor run
+                raise ConfigError(
+                    f"MobileViTV2Config: stage {spec.index + 1}'s feed-forward width is 0 (ffn_multiplier="
+                    f"{self.ffn_multiplier} x attention width {spec.attn_unit_dim}, rounded down to a multiple of 16); "
+                    f"allowed: ffn_multiplier x make_divisible(base_attn_unit_dims x width_multiplier, 8) of at least 16",
+                    field="ffn_multiplier")
+        for head in ("classification", "segmentation"):
+            count = self.parameter_count(head)
+            if count > MAX_PARAMETERS:
+                sizes = ", ".join(f"{name}={show(getattr(self, name))}" for name in _SIZE_FIELDS)
+                raise ConfigError(
+                    f"MobileViTV2Config: the {head} model of this config would hold {count:,} parameters, more than "
+                    f"the {MAX_PARAMETERS:,} allowed; its size is set by {sizes}", field="parameter_count"
+                )
+
+    def _check_fields(self, names) -> None:
+        for name in names:
+            value = getattr(self, name)
+            try:
+                checked = FIELD_CHECKS[name](value)
+            except _Invalid as e:
+                raise ConfigError(f"MobileViTV2Config: {name}={show(value)} is invalid; allowed: {e.args[0]}",
+                                  field=name) from None
+            if checked is not value:
+                setattr(self, name, checked)
+
+    def parameter_count(self, head: str = "classification") -> int:
+        """How many numbers a checkpoint for ``head`` holds (batch-norm statistics included): the
+        sum of the sizes of ``weights.shapes.expected_shapes(config, head)``, counted from the widths
+        alone so that ``validate`` can bound a model before anything is built (tests pin the two
+        against each other)."""
+
+        def conv(cin, cout, kernel, groups=1, bias=False, norm=True):
+            return cout * (cin // groups) * kernel * kernel + (cout if bias else 0) + (4 * cout if norm else 0)
+
+        def inverted_residual(cin, cout):
+            hidden = expanded_channels(cin, self.expand_ratio)
+            return conv(cin, hidden, 1) + conv(hidden, hidden, 3, groups=hidden) + conv(hidden, cout, 1)
+
+        specs = self._stage_specs()
+        total = conv(self.num_channels, self.stem_channels, 3)
+        for spec in specs:
+            if spec.kind == "mobilenet":
+                total += inverted_residual(spec.in_channels, spec.out_channels)
+                total += (spec.num_blocks - 1) * inverted_residual(spec.out_channels, spec.out_channels)
+                continue
+            c, d, f = spec.out_channels, spec.attn_unit_dim, spec.ffn_dim
+            layer = (4 * d + conv(d, 1 + 2 * d, 1, bias=True, norm=False) + conv(d, d, 1, bias=True, norm=False)
+                     + conv(d, f, 1, bias=True, norm=False) + conv(f, d, 1, bias=True, norm=False))
+            total += (inverted_residual(spec.in_channels, c) + conv(c, c, self.conv_kernel_size, groups=c)
+                      + conv(c, d, 1, norm=False) + spec.n_attn_blocks * layer + 2 * d + conv(d, c, 1))
+        width, labels, a = specs[-1].out_channels, self.num_labels, self.aspp_out_channels
+        if head == "classification" and labels > 0:
+            total += labels * width + labels
+        elif head == "segmentation":
+            total += (2 * conv(width, a, 1) + 3 * conv(width, a, 3) + conv(5 * a, a, 1)
+                      + conv(a, labels, 1, bias=True, norm=False))
+        elif head not in ("base", "classification"):
+            raise ValueError(f"head must be one of ('base', 'classification', 'segmentation'), got {head!r}")
+        return total
 
     # -- derived widths: computed here and nowhere else ---------------------------------------
 
     @property
     def stem_channels(self) -> int:
         """Output width of ``conv_stem``: 32 * width, clipped to [16, 64], rounded to 8."""
+        self._check_fields(("width_multiplier",))
         return make_divisible(min(max(32 * self.width_multiplier, 16), 64), divisor=8, min_value=16)
 
     @property
     def stages(self) -> list[StageSpec]:
-        """The five encoder stages with every width, stride and dilation resolved."""
+        """The five encoder stages with every width, stride and dilation resolved (the fields they
+        read are checked again first: an attribute set after construction is not)."""
+        self._check_fields(_STAGE_FIELDS)
+        return self._stage_specs()
+
+    def _stage_specs(self) -> list[StageSpec]:
         w = self.width_multiplier
         widths = [
             self.stem_channels,
@@ -249,6 +552,7 @@ class MobileViTV2Config:
     def feature_map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Spatial size of the stem's output and of each stage's output for an input of
         ``height x width``: every stride-2 step (3x3 kernel, padding 1) maps n to ``(n - 1) // 2 + 1``."""
+        self._check_fields(("patch_size", "patch_remainder"))
         sizes = [((height - 1) // 2 + 1, (width - 1) // 2 + 1)]
         p = self.patch_size
         for spec in self.stages:
@@ -286,7 +590,12 @@ class MobileViTV2Config:
 
     @classmethod
     def from_dict(cls, config_dict: dict, **overrides) -> "MobileViTV2Config":
-        return cls(**{**copy.deepcopy(config_dict), **overrides})
+        if not isinstance(config_dict, dict) or not all(isinstance(k, str) for k in config_dict):
+            raise ConfigError(f"MobileViTV2Config.from_dict: expected a dict with string keys, got {show(config_dict)}")
+        merged = {**config_dict, **overrides}
+        if not nested_at_most(merged, MAX_JSON_DEPTH + 1):  # before deepcopy, which recurses
+            raise ConfigError(f"MobileViTV2Config: a value is nested more than {MAX_JSON_DEPTH} levels deep")
+        return cls(**copy.deepcopy(merged))
 
     @classmethod
     def from_timm_dict(cls, data: dict, **overrides) -> "MobileViTV2Config":
@@ -295,12 +604,18 @@ class MobileViTV2Config:
         architecture's name (``_050`` -> 0.5, ..., ``_200`` -> 2.0); the rest are MobileViTV2's
         defaults, as timm builds them. timm's ``pretrained_cfg`` (its preprocessing) is kept in
         ``config.extra["timm_pretrained_cfg"]``."""
-        arch = str(data.get("architecture", ""))
-        match = re.fullmatch(r"mobilevitv2_(\d{3})(?:\..*)?", arch)
+        if not isinstance(data, dict) or not nested_at_most(data, MAX_JSON_DEPTH + 1):
+            raise ConfigError(f"timm config: expected a dict nested at most {MAX_JSON_DEPTH} deep, got {show(data)}")
+        arch = data.get("architecture", "")
+        match = re.fullmatch(r"mobilevitv2_(\d{3})(?:\..*)?", arch, flags=re.DOTALL) if isinstance(arch, str) else None
         if not match:
-            raise ValueError(f"timm architecture {arch!r} is not a MobileViTV2 (expected mobilevitv2_050 ... mobilevitv2_200)")
+            raise ConfigError(f"timm architecture {show(arch)} is not a MobileViTV2 (expected mobilevitv2_050 ... mobilevitv2_200)",
+                              field="architecture")
         kwargs: dict = {"width_multiplier": int(match[1]) / 100}
         num_classes = data.get("num_classes", 1000)
+        if not (is_integer(num_classes) and 0 <= num_classes <= MAX_LABELS):
+            raise ConfigError(f"timm config: num_classes={show(num_classes)} is invalid; allowed: an integer from 0 to {MAX_LABELS}",
+                              field="num_classes")
         names = data.get("label_names")
         if isinstance(names, list) and len(names) == num_classes:
             kwargs["id2label"] = {i: str(n) for i, n in enumerate(names)}
@@ -313,29 +628,28 @@ class MobileViTV2Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "MobileViTV2Config":
+        """A config from a ``config.json`` (transformers' or timm's). A missing file raises
+        ``CheckpointNotFoundError`` (an OSError); anything else wrong with it, ``ConfigError``
+        naming the file: not a regular file, over ``safeio.MAX_JSON_BYTES``, not UTF-8, not JSON,
+        nested deeper than ``safeio.MAX_JSON_DEPTH``, NaN or infinite numbers, or a field's value."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise OSError(f"cannot read config file {path}: {e.strerror or e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not path.exists():
+            raise CheckpointNotFoundError(f"{path}: no such config file")
+        data = read_json(path, error=ConfigError, what="config file")
         if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+            raise ConfigError(f"{path} must hold a JSON object, found {type(data).__name__}")
         model_type = data.get("model_type")
         if "architecture" in data and model_type is None:  # timm's config.json
             try:
                 return cls.from_timm_dict(data)
-            except ValueError as e:
-                raise ValueError(f"{path}: {e}") from None
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}", field=e.field) from None
         if model_type not in (None, cls.model_type):
-            raise ValueError(f"{path}: model_type is {model_type!r}, expected {cls.model_type!r}")
+            raise ConfigError(f"{path}: model_type is {show(model_type)}, expected {cls.model_type!r}", field="model_type")
         try:
             return cls.from_dict(data)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}", field=e.field) from None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,

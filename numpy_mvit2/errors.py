@@ -9,3 +9,14 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A file or repository that is not there (also an ``OSError``, as transformers raises for it)."""
+
+
+class ConfigError(ValueError):
+    """A model or image-processor configuration we cannot build from (a ``config.json``, a
+    ``preprocessor_config.json``, or keyword arguments): the message names the field, the value
+    given and what is allowed, and the file when it was read from one. ``error.field`` is the
+    field's name (``"parameter_count"`` for a model too large as a whole), or None."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field

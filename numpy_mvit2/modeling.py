@@ -148,6 +148,7 @@ class MobileViTV2PreTrainedModel:
                  fold_batch_norm: bool = True, fast: bool = True, _source: str = "state_dict"):
         if not isinstance(config, MobileViTV2Config):
             raise TypeError(f"config must be a MobileViTV2Config, got {type(config).__name__}")
+        config.validate()  # again: a field set after the config was made is checked only here
         self.config = config
         self.dtype = _resolve_dtype(dtype)
         if state_dict is None:
@@ -155,7 +156,9 @@ class MobileViTV2PreTrainedModel:
         state_dict = align_prefix(dict(state_dict), self.head)
         check_state_dict(state_dict, config, self.head, _source)
         self.batch_norm_folded = fold_batch_norm or is_folded(state_dict)
-        self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm)
+        # state_dict is our own dict (align_prefix made it): emptied layer by layer as it is cast,
+        # which frees seeded random weights (drawn in float64) before the fast plan's copy is made
+        self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm, consume=True)
         self._plan = self._head_plan = None
         self.fast = fast
         if fast:

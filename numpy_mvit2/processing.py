@@ -35,6 +35,7 @@ each target size, then the arg-max class per pixel, as transformers) and
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -45,10 +46,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import is_finite_number, show
+from .errors import ConfigError
 from .hub import resolve_file
 from .ops import interpolate_bilinear
+from .safeio import read_json
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+# The largest side a size or crop_size of the settings may give (the published checkpoints use 288
+# and 544; 256 and 512 for the crop). A 4096 x 4096 RGB image prepared in float32 takes 200 MB; the
+# command line bounds the images themselves.
+MAX_IMAGE_SIDE = 4096
 
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -227,7 +236,9 @@ def resize(image: np.ndarray, size: tuple[int, int], resample) -> np.ndarray:  #
 
 def rescale(image: np.ndarray, factor: float) -> np.ndarray:  # [...] -> [...] float32
     """``image * factor``, computed in float64, returned as float32."""
-    return (image.astype(np.float64) * factor).astype(np.float32)
+    scaled = image.astype(np.float64)
+    scaled *= factor  # in place: one float64 copy of the image at a time, not two
+    return scaled.astype(np.float32)
 
 
 def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # [C, H, W] -> [C, h, w]
@@ -302,16 +313,18 @@ def _positive_int(value) -> bool:
 
 def size_dict(size, *, default_to_square: bool, name: str = "size") -> dict[str, int]:
     """transformers' size forms -> a dict: an int is ``{"shortest_edge": n}`` (or a square for
-    ``default_to_square``), a pair is ``(height, width)``; dicts are checked."""
+    ``default_to_square``), a pair is ``(height, width)``; dicts are checked. Every side is a
+    positive integer of at most ``MAX_IMAGE_SIDE``; a bad one raises ``ConfigError``."""
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = {"height": int(size), "width": int(size)} if default_to_square else {"shortest_edge": int(size)}
     elif isinstance(size, (list, tuple)) and len(size) == 2:
         size = {"height": size[0], "width": size[1]}
     if not isinstance(size, dict) or set(size) not in SIZE_KEYS:
         allowed = ", ".join("{" + ", ".join(sorted(k)) + "}" for k in SIZE_KEYS)
-        raise ValueError(f"{name} must be an int, a (height, width) pair or a dict with keys {allowed}; got {size!r}")
-    if not all(_positive_int(v) for v in size.values()):
-        raise ValueError(f"{name} must hold positive integers, got {size!r}")
+        raise ConfigError(f"{name} must be an int, a (height, width) pair or a dict with keys {allowed}; got {show(size)}",
+                          field=name)
+    if not all(_positive_int(v) and v <= MAX_IMAGE_SIDE for v in size.values()):
+        raise ConfigError(f"{name} must hold positive integers of at most {MAX_IMAGE_SIDE}, got {show(size)}", field=name)
     return {k: int(v) for k, v in size.items()}
 
 
@@ -319,12 +332,55 @@ def resampling(value) -> Image.Resampling:
     """A Pillow filter from its number (as ``preprocessor_config.json`` stores it) or its name."""
     if isinstance(value, str) and value.lower() in RESAMPLING:
         return RESAMPLING[value.lower()]
-    try:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value <= 5:
         return Image.Resampling(int(value))
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"resample must be a Pillow filter (0-5, or one of {', '.join(RESAMPLING)}), got {value!r}"
-        ) from None
+    raise ConfigError(f"resample must be a Pillow filter (0-5, or one of {', '.join(RESAMPLING)}), got {show(value)}",
+                      field="resample")
+
+
+def _flag(name: str, value, default):
+    """A do_* setting: true or false (None, as transformers reads it, is the default)."""
+    if value is None:
+        return default
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be true or false, got {show(value)}", field=name)
+    return bool(value)
+
+
+def _rescale_factor(value) -> float:
+    if not is_finite_number(value):
+        raise ConfigError(f"rescale_factor must be a finite number, got {show(value)}", field="rescale_factor")
+    return float(value)
+
+
+DEFAULTS = {"do_resize": True, "size": {"shortest_edge": 224}, "resample": Image.Resampling.BICUBIC, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_center_crop": True, "crop_size": {"height": 256, "width": 256},
+            "do_flip_channel_order": True, "do_reduce_labels": False}
+
+
+def _checked_settings(values: dict) -> dict:
+    """All of ``OPTIONS``, each checked (``ConfigError`` naming the first bad one) and in its
+    stored form; None is the default (transformers' reading of null), except for do_convert_rgb."""
+    out = {}
+    for name in OPTIONS:
+        value = values.get(name)
+        if name == "do_convert_rgb":
+            out[name] = _flag(name, value, None)
+        elif name.startswith("do_"):
+            out[name] = _flag(name, value, DEFAULTS[name])
+        elif value is None:
+            out[name] = copy.deepcopy(DEFAULTS[name])
+        elif name == "size":
+            out[name] = size_dict(value, default_to_square=False)
+        elif name == "crop_size":
+            out[name] = size_dict(value, default_to_square=True, name="crop_size")
+            if set(out[name]) != {"height", "width"}:
+                raise ConfigError(f"crop_size must give a height and a width, got {show(out[name])}", field="crop_size")
+        elif name == "resample":
+            out[name] = resampling(value)
+        elif name == "rescale_factor":
+            out[name] = _rescale_factor(value)
+    return out
 
 
 class BatchFeature(dict):
@@ -359,25 +415,18 @@ class MobileViTImageProcessor:
 
     model_input_names = ("pixel_values",)
 
-    def __init__(self, do_resize: bool = True, size=None, resample=Image.Resampling.BICUBIC, do_rescale: bool = True,
+    def __init__(self, /, do_resize: bool = True, size=None, resample=Image.Resampling.BICUBIC, do_rescale: bool = True,
                  rescale_factor: float = 1 / 255, do_center_crop: bool = True, crop_size=None,
                  do_flip_channel_order: bool = True, do_reduce_labels: bool = False, do_convert_rgb: bool | None = None,
                  **kwargs):
-        self.do_resize = bool(do_resize)
-        self.size = size_dict({"shortest_edge": 224} if size is None else size, default_to_square=False)
-        self.resample = resampling(resample)
-        self.do_rescale = bool(do_rescale)
-        if not isinstance(rescale_factor, (int, float)) or isinstance(rescale_factor, bool):
-            raise TypeError(f"rescale_factor must be a number, got {rescale_factor!r}")
-        self.rescale_factor = float(rescale_factor)
-        self.do_center_crop = bool(do_center_crop)
-        self.crop_size = size_dict({"height": 256, "width": 256} if crop_size is None else crop_size,
-                                   default_to_square=True, name="crop_size")
-        if set(self.crop_size) != {"height", "width"}:
-            raise ValueError(f"crop_size must give a height and a width, got {self.crop_size!r}")
-        self.do_flip_channel_order = bool(do_flip_channel_order)
-        self.do_reduce_labels = bool(do_reduce_labels)
-        self.do_convert_rgb = None if do_convert_rgb is None else bool(do_convert_rgb)
+        # every setting is checked here (ConfigError naming it), and again when a call overrides it
+        settings = _checked_settings({
+            "do_resize": do_resize, "size": size, "resample": resample, "do_rescale": do_rescale,
+            "rescale_factor": rescale_factor, "do_center_crop": do_center_crop, "crop_size": crop_size,
+            "do_flip_channel_order": do_flip_channel_order, "do_reduce_labels": do_reduce_labels,
+            "do_convert_rgb": do_convert_rgb})
+        for name, value in settings.items():
+            setattr(self, name, value)
         # keys of preprocessor_config.json that MobileViT's processor does not use (image_mean,
         # image_std, do_normalize: transformers' MobileViT processor never normalises), kept for to_dict
         self.extra = {k: v for k, v in kwargs.items() if k not in ("image_processor_type", "feature_extractor_type", "processor_class")}
@@ -386,31 +435,35 @@ class MobileViTImageProcessor:
 
     @classmethod
     def from_dict(cls, config: dict, **overrides) -> MobileViTImageProcessor:
+        if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+            raise ConfigError(f"an image processor config must be a dict with string keys, got {show(config)}")
         config = {**config, **overrides}
         if "reduce_labels" in config and "do_reduce_labels" not in config:  # the old name
             config["do_reduce_labels"] = config.pop("reduce_labels")
-        return cls(**config)
+        # the settings by name; every other key (even one named like a method, or "self") is
+        # kept apart in ``extra``
+        processor = cls(**{k: v for k, v in config.items() if k in OPTIONS})
+        processor.extra = {k: v for k, v in config.items()
+                           if k not in OPTIONS and k not in ("image_processor_type", "feature_extractor_type", "processor_class")}
+        return processor
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
                         **overrides) -> MobileViTImageProcessor:
         """Read ``preprocessor_config.json`` from a checkpoint folder or a Hugging Face repo id (or a
-        path to the JSON file itself). Keyword arguments override the file's values."""
+        path to the JSON file itself). Keyword arguments override the file's values. A file we
+        cannot use (not a regular file, too large, not UTF-8 JSON, nested over
+        ``safeio.MAX_JSON_DEPTH``, or a bad setting) raises ``ConfigError`` naming it."""
         path = Path(pretrained_model_name_or_path)
         if not path.is_file():
             path = resolve_file(pretrained_model_name_or_path, PREPROCESSOR_CONFIG, revision=revision)
-        try:
-            config = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise OSError(f"cannot read {path}: {e.strerror or e}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        config = read_json(path, error=ConfigError, what="preprocessor config")
         if not isinstance(config, dict):
-            raise TypeError(f"{path} must hold a JSON object, found {type(config).__name__}")
+            raise ConfigError(f"{path} must hold a JSON object, found {type(config).__name__}")
         try:
             return cls.from_dict(config, **overrides)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}", field=e.field) from None
 
     @classmethod
     def for_model_config(cls, config, **overrides) -> MobileViTImageProcessor:
@@ -457,10 +510,7 @@ class MobileViTImageProcessor:
             raise ValueError(f"return_tensors must be None or 'np' (NumPy arrays), got {return_tensors!r}")
         settings = {name: getattr(self, name) for name in OPTIONS}
         if overrides:
-            settings.update(overrides)
-            settings["size"] = size_dict(settings["size"], default_to_square=False)
-            settings["crop_size"] = size_dict(settings["crop_size"], default_to_square=True, name="crop_size")
-            settings["resample"] = resampling(settings["resample"])
+            settings = _checked_settings({**settings, **overrides})
         pixel_values = [
             self._steps(self._to_chw(image, settings["do_convert_rgb"], input_data_format), settings, do_reduce_labels=False)
             for image in flatten_images(images, expected_ndim=3)

@@ -115,8 +115,27 @@ def flatten(params, prefix: str = "") -> dict:
     return out
 
 
-def to_params(state: dict, dtype, fold: bool = True) -> dict:
-    """A checked state dict -> nested params in ``dtype`` (BN folded unless ``fold=False``)."""
-    if fold:
-        state = fold_all_batch_norms(state)
-    return nest({k: np.ascontiguousarray(v, dtype=dtype) for k, v in state.items()})
+def to_params(state: dict, dtype, fold: bool = True, *, consume: bool = False) -> dict:
+    """A checked state dict -> nested params in ``dtype`` (BN folded unless ``fold=False``), the
+    same numbers as ``fold_all_batch_norms`` then a cast. Done one layer at a time; with
+    ``consume`` the dict is emptied as it goes, so that tensors no one else holds (seeded random
+    weights, drawn in float64) are freed layer by layer: the peak is about one copy of the model,
+    not three."""
+    if not consume:
+        state = dict(state)
+    out = {}
+    for key in list(state):
+        if key not in state:  # a batch norm or bias already folded into its layer
+            continue
+        if fold and ".normalization." in key and f"{key.split('.normalization.')[0]}.convolution.weight" in state:
+            continue  # folded when its convolution's weight comes (it may come later in the file)
+        layer = key[: -len(".convolution.weight")] if key.endswith(".convolution.weight") else None
+        if fold and layer is not None and f"{layer}.normalization.weight" in state:
+            bn = {name: state.pop(f"{layer}.normalization.{name}") for name in ("weight", "bias", "running_mean", "running_var")}
+            weight, bias = fold_batch_norm(state.pop(key), state.pop(f"{layer}.convolution.bias", None), eps=1e-5, **bn)
+            del bn
+            out[key] = np.ascontiguousarray(weight, dtype=dtype)
+            out[f"{layer}.convolution.bias"] = np.ascontiguousarray(bias, dtype=dtype)
+        else:
+            out[key] = np.ascontiguousarray(state.pop(key), dtype=dtype)
+    return nest(out)

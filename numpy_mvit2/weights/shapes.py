@@ -8,6 +8,7 @@ initialisation read from.
 from __future__ import annotations
 
 from ..config import MobileViTV2Config, expanded_channels
+from ..errors import ConfigError
 
 HEADS = ("base", "classification", "segmentation")
 BASE_PREFIX = "mobilevitv2."
@@ -137,11 +138,18 @@ def infer_config(state: dict, head: str, *, source: str = "checkpoint", **overri
             kwargs["aspp_out_channels"] = int(names["segmentation_head.aspp.project.convolution.weight"].shape[0])
     kwargs.update(overrides)
     wanted = {k: tuple(v.shape) for k, v in names.items() if k.endswith(".weight") and not k.startswith(("classifier.", "segmentation_head."))}
-    for width in ([kwargs.pop("width_multiplier")] if "width_multiplier" in kwargs else _WIDTHS):
+    given = "width_multiplier" in kwargs
+    too_large = None
+    for width in ([kwargs.pop("width_multiplier")] if given else _WIDTHS):
         try:
+            # the values read off the shapes (a hostile file's shapes too) are checked like any
+            # config's; a width whose model would exceed the parameter cap is skipped, not fatal
             config = MobileViTV2Config(width_multiplier=width, **kwargs)
-        except ValueError as e:
-            raise CheckpointError(f"{source}: cannot build a config from its shapes: {e}") from None
+        except ConfigError as e:
+            if given or e.field != "parameter_count":
+                raise CheckpointError(f"{source}: cannot build a config from its shapes: {e}") from None
+            too_large = too_large or e
+            continue
         shapes = backbone_shapes(config)
         if wanted and all(shapes.get(k) == s for k, s in wanted.items()):
             return config
@@ -149,4 +157,5 @@ def infer_config(state: dict, head: str, *, source: str = "checkpoint", **overri
     raise CheckpointError(
         f"{source}: no config.json, and no MobileViTV2 width multiplier matches its tensor shapes "
         f"(stem {tuple(stem.shape) if stem is not None else 'missing'}); pass config=MobileViTV2Config(...)"
+        + (f" (the widest were not tried: {too_large})" if too_large else "")
     )
