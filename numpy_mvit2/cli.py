@@ -66,10 +66,10 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".
 # commit that set them). Pixels of the decoded photo: classify holds it decoded and once converted
 # to RGB (up to 8 bytes a pixel); segment also upsamples the label scores to it, writes two PNGs of
 # its size and holds the class map (about 13 bytes a pixel at the peak, and the time grows with it).
-DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 16_000_000}
+DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 12_500_000}
 # Pixels after the checkpoint's resize (before classify's center crop): the resize turns a 1x20000
 # strip into 288x5,760,000, and segment runs the network on the whole resized photo.
-DEFAULT_MAX_PREPARED_PIXELS = {"classify": 4_000_000, "segment": 1_000_000}
+DEFAULT_MAX_PREPARED_PIXELS = {"classify": 4_000_000, "segment": 800_000}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 LIMITS_HELP = """\
@@ -80,9 +80,12 @@ is named and skipped. Formats: JPEG, PNG, GIF, BMP, TIFF, WebP, PNM (not ICO/ICN
 may hide a larger image)."""
 
 JSON_TEXT = """\
+
 The JSON is UTF-8. Characters of a file name that are not valid UTF-8 (bytes Python holds as lone
 surrogates, os.fsdecode) are written as \\udcXX escapes: json.loads then gives back the name
-os.fsencode turns into the original bytes; control characters are escaped as \\uXXXX."""
+os.fsencode turns into the original bytes; control characters are escaped as \\uXXXX. In text
+output (and on stderr) control characters of file names and labels are shown as \\n, \\x1b, ...,
+and undecodable bytes as \\xNN."""
 
 CLASSIFY_JSON = LIMITS_HELP + """
 
@@ -104,6 +107,7 @@ result of the same run is never replaced. An existing file is replaced only with
 (atomically: a symbolic link there is replaced, never followed); without it the image is named
 on stderr and skipped. Files are written through temporary files in DIR (.NAME.XXXXXXXX.tmp),
 removed if the run fails or is interrupted.
+
 --json prints one JSON array to stdout, one object per input image, in input order:
   {"file": "cat.jpg", "labels": "out/cat_labels.png", "overlay": "out/cat_overlay.png",
    "size": [width, height], "classes": [{"label": "cat", "index": 8, "fraction": 0.41}, ...]}
@@ -312,8 +316,15 @@ def load_processor(name: str, config: MobileViTV2Config, quiet: bool) -> MobileV
 # --------------------------------------------------------------------------------------------
 
 
+# The flag that raises each of open_image's limits, named after its message.
+_LIMIT_FLAGS = (("prepared pixels", "--max-prepared-pixels"), ("is over the limit of", "--max-pixels"))
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ImageLoadError):
+        for words, flag in _LIMIT_FLAGS:
+            if words in e.reason:
+                return f"{e.reason} ({flag})"
         return e.reason
     text = str(e)
     if isinstance(e, (ValueError, OSError)) and text:
