@@ -51,7 +51,7 @@ from .processing import (
     post_process_semantic_segmentation,
     voc_palette,
 )
-from .safeio import open_regular_file
+from .safeio import read_json
 from .summary import format_summary, summarize
 from .weights import CheckpointError
 
@@ -295,17 +295,37 @@ def load_model(cls, name: str, command: str, default: str):
         raise ModelError(f"cannot load model {name}: {_reason(name, e)}") from None
 
 
-def load_processor(name: str, config: MobileViTV2Config, quiet: bool) -> MobileViTImageProcessor:
+def check_crop(processor: MobileViTImageProcessor, name: str, max_prepared_pixels: int | None) -> None:
+    """Every image becomes a crop_size model input: a crop over the prepared-pixel limit is the
+    checkpoint's error, reported once."""
+    height, width = processor.crop_size["height"], processor.crop_size["width"]
+    if processor.do_center_crop and max_prepared_pixels is not None and height * width > max_prepared_pixels:
+        raise ModelError(f"cannot use the image processor settings of {name}: crop_size {height}x{width} = "
+                         f"{height * width:,} pixels is over the limit of {max_prepared_pixels:,} prepared pixels "
+                         "(--max-prepared-pixels)")
+
+
+def load_processor(name: str, config: MobileViTV2Config, quiet: bool,
+                   max_prepared_pixels: int | None = None) -> MobileViTImageProcessor:
     """The checkpoint's preprocessor_config.json; without one, the settings the apple checkpoints
     use, derived from the model's image_size (with a note)."""
     try:
         path = resolve_file(name, PREPROCESSOR_CONFIG, required=False)
         if path is not None:
-            open_regular_file(path, error=ValueError, what="file").close()  # a FIFO would block the read
-            return MobileViTImageProcessor.from_pretrained(path)
+            # read as a file from a stranger: regular, bounded in size and nesting (safeio)
+            settings = read_json(path, error=ValueError, what=PREPROCESSOR_CONFIG)
+            if not isinstance(settings, dict):
+                raise ValueError(f"{path} must hold a JSON object, found {type(settings).__name__}")
+            try:
+                processor = MobileViTImageProcessor.from_dict(settings)
+            except LOAD_ERRORS as e:
+                raise ValueError(f"{path}: {_reason(str(path), e)}") from None
+            check_crop(processor, name, max_prepared_pixels)
+            return processor
     except LOAD_ERRORS as e:
         raise ModelError(f"cannot load the image processor settings of {name}: {_reason(name, e)}") from None
     processor = MobileViTImageProcessor.for_model_config(config)
+    check_crop(processor, name, max_prepared_pixels)
     note(f"{name} has no {PREPROCESSOR_CONFIG}; preparing images as the apple/mobilevitv2 checkpoints expect: "
          f"shortest edge {processor.size['shortest_edge']}, center crop {config.image_size}, BGR, values in [0, 1]", quiet)
     return processor
@@ -463,7 +483,7 @@ def _finish_run(args, items: list[Item], reporter: Reporter) -> int:
 def cmd_classify(args) -> int:
     items = expand_inputs(args.inputs)
     model = load_model(MobileViTV2ForImageClassification, args.model, "classify", DEFAULT_CLASSIFIER)
-    processor = load_processor(args.model, model.config, args.quiet)
+    processor = load_processor(args.model, model.config, args.quiet, args.max_prepared_pixels)
     function = "sigmoid" if model.config.problem_type == "multi_label_classification" else "softmax"
     reporter = _start(args, items, "classify")
 

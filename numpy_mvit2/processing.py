@@ -107,17 +107,22 @@ def prepared_size(width: int, height: int, size: dict | None) -> tuple[int, int]
 def check_image_size(width: int, height: int, *, max_pixels: int | None = None, size: dict | None = None,
                      max_prepared_pixels: int | None = None) -> str | None:
     """Why an image of this stored size is refused (a reason), or None: ``max_pixels`` bounds the
-    decoded image, ``max_prepared_pixels`` the image after the resize to ``size`` (from the header,
-    before decoding: a 1x20000 strip is small stored but becomes 288x5,760,000 at shortest edge 288)."""
+    decoded image, ``max_prepared_pixels`` the image after the resize to ``size`` (``None``: not
+    resized, the image itself), known from the header before decoding: a 1x20000 strip is small
+    stored but becomes 288x5,760,000 at shortest edge 288."""
     if width < 1 or height < 1:
         return f"refused, an empty image ({width}x{height})"
     if max_pixels is not None and width * height > max_pixels:
         return f"refused, {width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}"
-    if max_prepared_pixels is not None and size is not None:
+    if max_prepared_pixels is not None:
         new_width, new_height = prepared_size(width, height, size)
-        if new_width * new_height > max_prepared_pixels:
-            return (f"refused, {width}x{height} becomes {new_width:,}x{new_height:,} = {new_width * new_height:,} pixels "
-                    f"when resized to {_describe_size(size)}, over the limit of {max_prepared_pixels:,} prepared pixels")
+        if new_width * new_height <= max_prepared_pixels:
+            return None
+        if size is None:
+            return (f"refused, {width}x{height} = {width * height:,} pixels (not resized) is over the limit of "
+                    f"{max_prepared_pixels:,} prepared pixels")
+        return (f"refused, {width}x{height} becomes {new_width:,}x{new_height:,} = {new_width * new_height:,} pixels "
+                f"when resized to {_describe_size(size)}, over the limit of {max_prepared_pixels:,} prepared pixels")
     return None
 
 

@@ -327,3 +327,22 @@ def test_open_image_refuses_before_decoding(tmp_path):
     (tmp_path / "frame.gif").write_bytes(gif_frame_larger_than_screen())
     with pytest.raises(ImageLoadError, match="20000x1"):
         open_image(tmp_path / "frame.gif", max_pixels=10_000)
+
+
+def test_hostile_processor_settings(classifier, hostile, tmp_path):
+    """preprocessor_config.json from a stranger: nested too deep, or a crop or resize far too
+    large for memory; each a one-line error (or the image's refusal), never a traceback."""
+    folder, _ = hostile
+    cases = {"deep": ('{"size": ' + "[" * 5000 + "]" * 5000 + "}", "nested"),
+             "crop": ('{"crop_size": {"height": 30000, "width": 30000}}', "crop_size 30000x30000"),
+             "resize": ('{"size": {"shortest_edge": 1000000}, "do_center_crop": false}', "prepared pixels")}
+    for name, (settings, words) in cases.items():
+        checkpoint = tmp_path / name
+        checkpoint.mkdir()
+        for file in ("config.json", "model.safetensors"):
+            (checkpoint / file).symlink_to(classifier / file)
+        (checkpoint / "preprocessor_config.json").write_text(settings)
+        result = run_bounded(["-m", "numpy_mvit2", "classify", str(folder / "a_good.jpg"), "--model", str(checkpoint)])
+        assert_clean(result)
+        assert result.returncode == 1 and words in result.stderr, (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
