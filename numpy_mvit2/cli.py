@@ -61,14 +61,21 @@ DEFAULT_SEGMENTER = "apple/mobilevitv2-1.0-voc-deeplabv3"
 # What a folder expands to (case-insensitive); a file named on the command line is always tried.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".pbm", ".pgm", ".ppm", ".pnm",
                     ".tif", ".tiff", ".webp")
-# The limits on one image, per command, chosen so that the largest image they admit stays well under
-# 1 GB of memory and a few CPU seconds with a width-2.0 model (measured: see the report in the
-# commit that set them). Pixels of the decoded photo: classify holds it decoded and once converted
-# to RGB (up to 8 bytes a pixel); segment also upsamples the label scores to it, writes two PNGs of
-# its size and holds the class map (about 13 bytes a pixel at the peak, and the time grows with it).
-DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 12_500_000}
-# Pixels after the checkpoint's resize (before classify's center crop): the resize turns a 1x20000
-# strip into 288x5,760,000, and segment runs the network on the whole resized photo.
+# The limits on one image, per command: the largest image they admit must stay under 1 GB of memory
+# and 10 CPU seconds (the hostile-input bar), measured with one BLAS thread on noisy photos, the
+# worst aspect ratio the prepared limit admits, JPEG and RGBA PNG:
+# - decoded pixels. classify holds the photo decoded and converted to RGB (up to 8 bytes a pixel):
+#   at 40 MP, 0.50 GB and 2.8 CPU s with a width-2.0 model. segment also upsamples the label scores
+#   to the photo's size, holds its class map and writes two PNGs that size (about 0.35 CPU
+#   microseconds a pixel): at 12.5 MP 0.35 GB / 7 s with a small model and 0.63 GB / 11-14 s with
+#   width 2.0, too close to the bar; at 8.5 MP (a 4K frame) 0.27 GB / 5.5 s small, 0.61 GB / 10 s
+#   width 2.0, most of it the network on 800,000 prepared pixels. Pillow's own limit (89,478,485)
+#   would need about 1.2 GB for segment.
+DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 8_500_000}
+# - pixels after the checkpoint's resize (before classify's center crop): the resize turns a 1x20000
+#   strip into 288x5,760,000. classify only resizes and rescales them (4 MP: 0.49 GB); segment runs
+#   the network on all of them (width 2.0: about 6 CPU microseconds a pixel; 800,000 = a 2.7:1
+#   panorama at shortest edge 544: 0.57 GB, 8 s).
 DEFAULT_MAX_PREPARED_PIXELS = {"classify": 4_000_000, "segment": 800_000}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -102,8 +109,8 @@ SEGMENT_JSON = LIMITS_HELP + """
 Writes, per image, <stem>_labels.png (a palette PNG whose pixel values are the class ids, PASCAL
 VOC colours) and <stem>_overlay.png (the photo with the class colours blended over it), both at
 the photo's own size (after EXIF rotation). Names are given in input order: a stem whose names are
-already taken in this run gets -2, -3, ... appended (x-2.jpg, x.jpg, x.png -> x-2, x, x-3); a
-result of the same run is never replaced. An existing file is replaced only with --overwrite
+already taken in this run (compared without case, as on a case-insensitive disk) gets -2, -3, ...
+appended (x-2.jpg, x.jpg, x.png -> x-2, x, x-3); a result of the same run is never replaced. An existing file is replaced only with --overwrite
 (atomically: a symbolic link there is replaced, never followed); without it the image is named
 on stderr and skipped. Files are written through temporary files in DIR (.NAME.XXXXXXXX.tmp),
 removed if the run fails or is interrupted.
@@ -520,7 +527,9 @@ class Outputs:
     def __init__(self, folder: Path, overwrite: bool):
         self.folder, self.overwrite = folder, overwrite
         self.claimed: set[str] = set()  # this run's file names, casefolded (a case-insensitive disk)
-        umask = os.umask(0)  # mkstemp makes 0600 files; results get the usual 0666 & ~umask
+        # mkstemp makes 0600 files; results get the usual 0666 & ~umask. Reading the umask means
+        # setting it: put back at once, before any file is created.
+        umask = os.umask(0o077)
         os.umask(umask)
         self.mode = 0o666 & ~umask
 
@@ -548,15 +557,18 @@ class Outputs:
         mkstemp in the same folder (a fresh random name, O_CREAT | O_EXCL: a file or link planted
         there is never opened) and renamed or linked into place; a rename replaces a link at
         ``path`` itself, never its target."""
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # no signal between create and record
+        mask = getattr(signal, "pthread_sigmask", None)  # POSIX: no signal between create and record
+        blocked = mask(signal.SIG_BLOCK, _SIGNALS) if mask else None
         try:
             fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
             _TEMPORARY.add(tmp)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            if mask:
+                mask(signal.SIG_SETMASK, blocked)
         try:
             with os.fdopen(fd, "wb") as file:
-                os.fchmod(file.fileno(), self.mode)
+                if hasattr(os, "fchmod"):
+                    os.fchmod(file.fileno(), self.mode)
                 # zlib level 1: a fifth of the default level's time on a photo, for a larger file
                 image.save(file, format="PNG", compress_level=1)
             self._move(tmp, path)
