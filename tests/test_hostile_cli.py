@@ -346,3 +346,41 @@ def test_hostile_processor_settings(classifier, hostile, tmp_path):
         assert_clean(result)
         assert result.returncode == 1 and words in result.stderr, (name, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_printable_and_to_json():
+    from numpy_mvit2.cli import printable, to_json
+
+    name = os.fsdecode(b"caf\xe9\n\x1b[2J.png")  # not UTF-8, a newline, an escape sequence
+    assert printable(name) == "caf\\xe9\\n\\x1b[2J.png"
+    assert printable("a\tb\rc\x7fd\x85e\u2066f") == "a\\tb\\rc\\x7fd\\x85e\\u2066f"
+    assert printable("C:\\photos\\é.jpg") == "C:\\photos\\é.jpg"  # backslashes and printable text kept
+    text = to_json({"file": name, "label": "sur\udcffrogate \x9b é \u202e"})
+    data = text.encode("utf-8")  # a lone surrogate would make this raise
+    record = json.loads(data.decode("utf-8"))
+    assert os.fsencode(record["file"]) == b"caf\xe9\n\x1b[2J.png" and "é" in text
+    assert "\x9b" not in text and "\u202e" not in text and "\x1b" not in text
+
+
+def test_fast_resize_matches_the_processor(tmp_path):
+    """The CLI resizes the photo itself (saving the processor's array round trip): the same pixels
+    as the processor, also for the images it hands back to the processor (a transparent colour)."""
+    from argparse import Namespace
+
+    from numpy_mvit2.cli import Item, prepare
+    from numpy_mvit2.processing import load_image
+
+    photo(4, 97, 61).save(tmp_path / "rgb.png")
+    rgb_with_transparency = photo(5, 61, 97)
+    rgb_with_transparency.info["transparency"] = (0, 0, 0)
+    rgb_with_transparency.save(tmp_path / "trns.png", transparency=(0, 0, 0))
+    photo(6, 80, 50).convert("P").save(tmp_path / "palette.gif", transparency=3)
+    args = Namespace(max_pixels=10**6, max_prepared_pixels=10**6)
+    for do_convert_rgb in (None, True, False):
+        processor = MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size=64, resample="bicubic",
+                                            do_convert_rgb=do_convert_rgb)
+        for name in ("rgb.png", "trns.png", "palette.gif"):
+            item = Item(str(tmp_path / name))
+            prepare(item, args, processor, keep_photo=False)
+            expected = processor(load_image(tmp_path / name), return_tensors="np")["pixel_values"]
+            assert np.array_equal(item.pixels, expected), (name, do_convert_rgb)
