@@ -562,6 +562,8 @@ class Outputs:
         try:
             fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
             _TEMPORARY.add(tmp)
+        except OSError as e:  # a name too long, a folder not writable
+            raise OutputError(f"cannot write {path} ({e.strerror or e})") from None
         finally:
             if mask:
                 mask(signal.SIG_SETMASK, blocked)
