@@ -82,6 +82,47 @@ IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 _REFUSED_MAGIC = {b"\x00\x00\x01\x00": "an ICO file", b"\x00\x00\x02\x00": "a CUR file", b"icns": "an ICNS file"}
 
 
+# Scans (SOS markers) a JPEG may hold. A progressive JPEG comes in about ten; each scan costs a pass
+# over the whole image however few bytes it holds, so a 200 kB file of 5,000 tiny scans over a
+# 12 MP image takes a minute of CPU to decode.
+MAX_JPEG_SCANS = 40
+
+
+def _jpeg_scans(file, limit: int) -> int:
+    """How many scans the JPEG in ``file`` holds, counted up to ``limit + 1`` (the file read once,
+    in blocks). The segments before the first scan are walked by their lengths, so that an EXIF
+    thumbnail's scan is not counted; after it, a marker can only be a real one (the entropy-coded
+    data escapes 0xFF as 0xFF 0x00)."""
+    position = file.tell()
+    try:
+        file.seek(2)  # after SOI
+        while True:
+            marker = file.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return 0  # Pillow opened it, so let its decoder say what is wrong
+            if marker[1] == 0xFF:  # fill byte
+                file.seek(-1, os.SEEK_CUR)
+                continue
+            if marker[1] == 0xDA:
+                break
+            if marker[1] in (0x01, *range(0xD0, 0xD9)):
+                continue
+            length = file.read(2)
+            if len(length) < 2:
+                return 0
+            file.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+        scans, tail = 1, b""
+        while scans <= limit:
+            block = file.read(2**20)
+            if not block:
+                break
+            scans += (tail + block).count(b"\xff\xda")
+            tail = block[-1:]
+        return scans
+    finally:
+        file.seek(position)
+
+
 class _OpenError(Exception):
     """safeio's message ("<path>: <reason>"), carried to ``open_image`` to become an ImageLoadError."""
 
@@ -136,7 +177,8 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: 
 
     Only regular files are read (a FIFO or a device named ``x.jpg`` is refused, never waited on),
     only in ``formats`` (see ``IMAGE_FORMATS``; ``None``: every format Pillow reads). The limits
-    (see ``check_image_size``) are checked from the header, before decoding. Without ``max_pixels``,
+    (see ``check_image_size``) are checked from the header, before decoding, and a JPEG of more
+    than ``MAX_JPEG_SCANS`` scans is refused. Without ``max_pixels``,
     Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) applies and is reported the
     same way. The image is returned as stored: no EXIF rotation, no mode conversion."""
     from .safeio import open_regular_file
@@ -166,6 +208,11 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: 
             raise ImageLoadError(name, f"cannot open image ({_pillow_reason(e)})") from None
         width, height = image.size
         reason = check_image_size(width, height, max_pixels=max_pixels, size=size, max_prepared_pixels=max_prepared_pixels)
+        if reason is None and image.format in ("JPEG", "MPO"):
+            scans = _jpeg_scans(file, MAX_JPEG_SCANS)
+            if scans > MAX_JPEG_SCANS:
+                reason = (f"refused, a JPEG of more than {MAX_JPEG_SCANS} scans (each a pass over the whole "
+                          "image: a decompression bomb in time)")
         if reason is not None:
             image.close()
             raise ImageLoadError(name, reason)

@@ -9,6 +9,7 @@ memory checked; cases are grouped into few runs, as each run costs a model load.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -118,6 +119,19 @@ def gif_frame_larger_than_screen() -> bytes:
     return screen + frame + b";"
 
 
+def scan_bomb() -> bytes:
+    """A progressive JPEG of 2000x1500 whose smallest scan is repeated 3,000 times: 100 kB that
+    take a minute of CPU to decode (each scan is a pass over the whole image)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1500), (120, 80, 40)).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    starts = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"] + [len(data) - 2]
+    smallest = min((data[a:b] for a, b in itertools.pairwise(starts[1:])), key=len)  # not the first (DC) scan
+    return data[:-2] + smallest * 3000 + b"\xff\xd9"
+
+
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """A folder of hostile files beside one good photo, and the files named on the command line."""
@@ -133,6 +147,7 @@ def hostile(tmp_path_factory):
     photo(1, 80, 60).save(folder / os.fsdecode(b"i_caf\xe9.png"))  # not valid UTF-8
     photo(2, 60, 80).save(folder / "j_evil\nforged.png")  # a newline in the name
     photo(3, 70, 70).save(folder / "k_\x1b[2Jclear.png")  # an escape sequence in the name
+    (folder / "l_scans.jpg").write_bytes(scan_bomb())
     named = [folder / "h_fifo.jpg", Path("/dev/zero"), folder / "d_lying.ico.png"]
     return folder, named
 
@@ -146,6 +161,7 @@ EXPECTED_REFUSALS = {  # file name -> words its message holds
     "g_truncated.png": ["truncated"],
     "h_fifo.jpg": ["not a regular file", "FIFO"],
     "zero": ["not a regular file", "character device"],
+    "l_scans.jpg": ["more than 40 scans"],
 }
 
 
@@ -174,7 +190,7 @@ def test_hostile_images_classify(classifier, hostile):
     assert result.returncode == 1
     assert "\ufffd" not in result.stdout  # run_bounded decodes with "replace": no invalid UTF-8 came out
     records = json.loads(result.stdout)
-    assert len(records) == 11 + len(named)  # every file, the FIFO and the device included, has its record
+    assert len(records) == 12 + len(named)  # every file, the FIFO and the device included, has its record
     check_refusals(records, result.stderr)
     good = [r for r in records if "predictions" in r]
     assert {Path(r["file"]).name for r in good} == {"a_good.jpg", os.fsdecode(b"i_caf\xe9.png"), "j_evil\nforged.png",
