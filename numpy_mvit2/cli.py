@@ -6,16 +6,27 @@
 
 (also ``python -m numpy_mvit2 ...``). Results go to stdout; errors, notes and the progress bar to
 stderr. A bad image is named on stderr with the reason and the others are still processed. Exit
-status: 0 all done, 1 some input (or the model) failed, 2 usage error, 130 interrupted.
+status: 0 all done, 1 some input (or the model) failed, 2 usage error, 130 interrupted (SIGINT,
+Ctrl-C), 143 terminated (SIGTERM): 128 + the signal's number, as a shell reports a process the
+signal killed; temporary files are removed first.
+
+File names and labels come from strangers: in text output (and on stderr) control characters are
+shown escaped (``\\n``, ``\\x1b``) so that a name cannot forge a line or drive the terminal, and
+``--json`` is always valid UTF-8 (see ``to_json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
+import re
+import signal
 import sys
+import tempfile
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +46,12 @@ from .processing import (
     ImageLoadError,
     MobileViTImageProcessor,
     load_image,
+    output_size,
     post_process_image_classification,
     post_process_semantic_segmentation,
     voc_palette,
 )
+from .safeio import read_json
 from .summary import format_summary, summarize
 from .weights import CheckpointError
 
@@ -48,25 +61,65 @@ DEFAULT_SEGMENTER = "apple/mobilevitv2-1.0-voc-deeplabv3"
 # What a folder expands to (case-insensitive); a file named on the command line is always tried.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".pbm", ".pgm", ".ppm", ".pnm",
                     ".tif", ".tiff", ".webp")
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
+# The limits on one image, per command: the largest image they admit must stay under 1 GB of memory
+# and 10 CPU seconds (the hostile-input bar), measured with one BLAS thread on noisy photos, the
+# worst aspect ratio the prepared limit admits, JPEG and RGBA PNG:
+# - decoded pixels. classify holds the photo decoded and converted to RGB (up to 8 bytes a pixel):
+#   at 40 MP, 0.50 GB and 2.8 CPU s with a width-2.0 model. segment also upsamples the label scores
+#   to the photo's size, holds its class map and writes two PNGs that size (about 0.35 CPU
+#   microseconds a pixel): at 12.5 MP 0.35 GB / 7 s with a small model and 0.63 GB / 11-14 s with
+#   width 2.0, too close to the bar; at 8.5 MP (a 4K frame) 0.27 GB / 5.5 s small, 0.61 GB / 10 s
+#   width 2.0, most of it the network on 800,000 prepared pixels. Pillow's own limit (89,478,485)
+#   would need about 1.2 GB for segment.
+DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 8_500_000}
+# - pixels after the checkpoint's resize (before classify's center crop): the resize turns a 1x20000
+#   strip into 288x5,760,000. classify only resizes and rescales them (4 MP: 0.49 GB); segment runs
+#   the network on all of them (width 2.0: about 6 CPU microseconds a pixel; 800,000 = a 2.7:1
+#   panorama at shortest edge 544: 0.57 GB, 8 s).
+DEFAULT_MAX_PREPARED_PIXELS = {"classify": 4_000_000, "segment": 800_000}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-CLASSIFY_JSON = """\
+LIMITS_HELP = """\
+An image is refused, from its header before it is decoded, when it has more pixels than
+--max-pixels, or more than --max-prepared-pixels once resized as the checkpoint says (a 1x20000
+strip becomes 288x5,760,000 at shortest edge 288). Only regular files are read: a FIFO or a device
+is named and skipped. Formats: JPEG, PNG, GIF, BMP, TIFF, WebP, PNM (not ICO/ICNS, whose header
+may hide a larger image)."""
+
+JSON_TEXT = """\
+
+The JSON is UTF-8. Characters of a file name that are not valid UTF-8 (bytes Python holds as lone
+surrogates, os.fsdecode) are written as \\udcXX escapes: json.loads then gives back the name
+os.fsencode turns into the original bytes; control characters are escaped as \\uXXXX. In text
+output (and on stderr) control characters of file names and labels are shown as \\n, \\x1b, ...,
+and undecodable bytes as \\xNN."""
+
+CLASSIFY_JSON = LIMITS_HELP + """
+
 --json prints one JSON array to stdout, one object per input image, in input order:
   {"file": "cat.jpg", "predictions": [{"label": "tabby, tabby cat", "index": 281, "score": 0.61}, ...]}
   (predictions best first, top-k of them; score: softmax probability, or sigmoid for a
   multi-label model) or, for an input that failed,
   {"file": "broken.jpg", "error": "truncated or corrupt image data (...)"}
-Errors are also named on stderr, and the exit status is 1 if any input failed."""
+Errors are also named on stderr, and the exit status is 1 if any input failed.
+""" + JSON_TEXT
 
-SEGMENT_JSON = """\
+SEGMENT_JSON = LIMITS_HELP + """
+
 Writes, per image, <stem>_labels.png (a palette PNG whose pixel values are the class ids, PASCAL
 VOC colours) and <stem>_overlay.png (the photo with the class colours blended over it), both at
-the photo's own size (after EXIF rotation). A stem used twice in one run gets -2, -3, ... appended.
+the photo's own size (after EXIF rotation). Names are given in input order: a stem whose names are
+already taken in this run (compared without case, as on a case-insensitive disk) gets -2, -3, ...
+appended (x-2.jpg, x.jpg, x.png -> x-2, x, x-3); a result of the same run is never replaced. An existing file is replaced only with --overwrite
+(atomically: a symbolic link there is replaced, never followed); without it the image is named
+on stderr and skipped. Files are written through temporary files in DIR (.NAME.XXXXXXXX.tmp),
+removed if the run fails or is interrupted.
+
 --json prints one JSON array to stdout, one object per input image, in input order:
   {"file": "cat.jpg", "labels": "out/cat_labels.png", "overlay": "out/cat_overlay.png",
    "size": [width, height], "classes": [{"label": "cat", "index": 8, "fraction": 0.41}, ...]}
-  (classes present, largest area first) or {"file": "broken.jpg", "error": "..."}."""
+  (classes present, largest area first) or {"file": "broken.jpg", "error": "..."}.
+""" + JSON_TEXT
 
 
 class UsageError(Exception):
@@ -90,6 +143,7 @@ class Item:
     error: str | None = None
     image: Image.Image | None = None  # the upright RGB photo, while it is being processed
     pixels: np.ndarray | None = None  # its [1, 3, h, w] model input
+    outputs: tuple | None = None  # segment: the (labels, overlay) paths claimed for it
     result: dict = field(default_factory=dict)
 
 
@@ -120,6 +174,54 @@ def expand_inputs(inputs: list[str]) -> list[Item]:
 # Reporting
 # --------------------------------------------------------------------------------------------
 
+# Characters a terminal acts on instead of showing: C0 controls (newline, carriage return, escape),
+# DEL, C1 controls (U+0080..U+009F, a one-character CSI among them), and the bidirectional overrides
+# and isolates that reorder a line; and lone surrogates, which is how Python holds the bytes of a
+# file name that are not valid UTF-8 (os.fsdecode) and which no encoder writes.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name: shown as that byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text) -> str:
+    """``text`` with its control characters and undecodable bytes shown as Python-style escapes
+    (``\\n``, ``\\x1b``, ``\\xff``): one line, shown as it is, whatever a file name or label holds.
+    Backslashes are left alone (Windows paths stay readable)."""
+    return _UNPRINTABLE.sub(_escape, str(text))
+
+
+# In JSON, C0 controls are escaped by json.dumps itself; these are valid JSON raw but not as UTF-8
+# (lone surrogates) or not safe on a terminal (C1, bidi controls): written as \uXXXX escapes.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def to_json(value, **kwargs) -> str:
+    """``json.dumps(value)`` that always encodes as UTF-8: non-ASCII text as it is, lone surrogates
+    (a file name's undecodable bytes) as ``\\udcXX`` escapes, which ``json.loads`` turns back into
+    the same surrogates (and ``os.fsencode`` into the original bytes)."""
+    text = json.dumps(value, ensure_ascii=False, **kwargs)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def write_json(text: str) -> None:
+    """JSON to stdout as UTF-8 bytes, whatever the locale's encoding."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a replaced sys.stdout (tests, notebooks): it takes text
+        print(text, flush=True)
+        return
+    buffer.write(text.encode("utf-8") + b"\n")
+    buffer.flush()
+
 
 class Reporter:
     """stdout for results, stderr for errors, and a tqdm progress bar on stderr that is shown only
@@ -146,7 +248,7 @@ class Reporter:
 
     def error(self, item: Item) -> None:
         self.failed += 1
-        self._write(f"{PROG}: error: {item.file}: {item.error}", sys.stderr)
+        self._write(f"{PROG}: error: {printable(item.file)}: {printable(item.error)}", sys.stderr)
 
     def step(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -159,19 +261,24 @@ class Reporter:
 
 def note(text: str, quiet: bool) -> None:
     if not quiet:
-        print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {printable(text)}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
 # Loading the model
 # --------------------------------------------------------------------------------------------
 
-LOAD_ERRORS = (CheckpointError, OSError, ValueError, TypeError, KeyError)
+# What loading a hostile checkpoint may raise: the library's errors (ValueError and OSError
+# subclasses) and, as a last resort, what a crafted file can still provoke deeper down.
+LOAD_ERRORS = (CheckpointError, OSError, ValueError, TypeError, LookupError, ArithmeticError, MemoryError,
+               RecursionError)
 
 
 def _reason(name: str, e: BaseException) -> str:
     """The error's message without a leading repetition of the model's name."""
     text = str(e)
+    if not isinstance(e, (ValueError, OSError)) or not text:
+        return f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text[len(name) + 2 :] if text.startswith(f"{name}: ") else text
 
 
@@ -195,16 +302,37 @@ def load_model(cls, name: str, command: str, default: str):
         raise ModelError(f"cannot load model {name}: {_reason(name, e)}") from None
 
 
-def load_processor(name: str, config: MobileViTV2Config, quiet: bool) -> MobileViTImageProcessor:
+def check_crop(processor: MobileViTImageProcessor, name: str, max_prepared_pixels: int | None) -> None:
+    """Every image becomes a crop_size model input: a crop over the prepared-pixel limit is the
+    checkpoint's error, reported once."""
+    height, width = processor.crop_size["height"], processor.crop_size["width"]
+    if processor.do_center_crop and max_prepared_pixels is not None and height * width > max_prepared_pixels:
+        raise ModelError(f"cannot use the image processor settings of {name}: crop_size {height}x{width} = "
+                         f"{height * width:,} pixels is over the limit of {max_prepared_pixels:,} prepared pixels "
+                         "(--max-prepared-pixels)")
+
+
+def load_processor(name: str, config: MobileViTV2Config, quiet: bool,
+                   max_prepared_pixels: int | None = None) -> MobileViTImageProcessor:
     """The checkpoint's preprocessor_config.json; without one, the settings the apple checkpoints
     use, derived from the model's image_size (with a note)."""
     try:
         path = resolve_file(name, PREPROCESSOR_CONFIG, required=False)
         if path is not None:
-            return MobileViTImageProcessor.from_pretrained(path)
+            # read as a file from a stranger: regular, bounded in size and nesting (safeio)
+            settings = read_json(path, error=ValueError, what=PREPROCESSOR_CONFIG)
+            if not isinstance(settings, dict):
+                raise ValueError(f"{path} must hold a JSON object, found {type(settings).__name__}")
+            try:
+                processor = MobileViTImageProcessor.from_dict(settings)
+            except LOAD_ERRORS as e:
+                raise ValueError(f"{path}: {_reason(str(path), e)}") from None
+            check_crop(processor, name, max_prepared_pixels)
+            return processor
     except LOAD_ERRORS as e:
         raise ModelError(f"cannot load the image processor settings of {name}: {_reason(name, e)}") from None
     processor = MobileViTImageProcessor.for_model_config(config)
+    check_crop(processor, name, max_prepared_pixels)
     note(f"{name} has no {PREPROCESSOR_CONFIG}; preparing images as the apple/mobilevitv2 checkpoints expect: "
          f"shortest edge {processor.size['shortest_edge']}, center crop {config.image_size}, BGR, values in [0, 1]", quiet)
     return processor
@@ -215,45 +343,102 @@ def load_processor(name: str, config: MobileViTV2Config, quiet: bool) -> MobileV
 # --------------------------------------------------------------------------------------------
 
 
+# The flag that raises each of open_image's limits, named after its message.
+_LIMIT_FLAGS = (("prepared pixels", "--max-prepared-pixels"), ("is over the limit of", "--max-pixels"))
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ImageLoadError):
+        for words, flag in _LIMIT_FLAGS:
+            if words in e.reason:
+                return f"{e.reason} ({flag})"
         return e.reason
-    return str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+    text = str(e)
+    if isinstance(e, (ValueError, OSError)) and text:
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def run_batches(items: list[Item], args, model, processor, reporter: Reporter, finish) -> None:
-    """Open, preprocess and run the good items, ``args.batch_size`` at a time; ``finish(item,
-    logits)`` turns one image's logits into its result. A failure is pinned on its own image: a
-    batch whose forward pass fails is rerun one image at a time."""
-    pending = [item for item in items if item.error is None]
-    for start in range(0, len(pending), args.batch_size):
-        batch = []
-        for item in pending[start : start + args.batch_size]:
-            try:
-                item.image = load_image(item.file, max_pixels=args.max_pixels)
-                item.pixels = processor(item.image, return_tensors="np")["pixel_values"]
-                batch.append(item)
-            except Exception as e:  # noqa: BLE001 - any failure is this file's, reported, never a traceback
-                _fail(item, e, reporter)
-        for group in _same_shape_groups(batch):
-            try:
-                logits = model(np.concatenate([item.pixels for item in group])).logits
-                outputs = list(zip(group, logits))
-            except Exception:  # noqa: BLE001
-                outputs = []
-                for item in group:
-                    try:
-                        outputs.append((item, model(item.pixels).logits[0]))
-                    except Exception as e:  # noqa: BLE001
-                        _fail(item, e, reporter)
-            for item, item_logits in outputs:
+def resized_photo(photo: Image.Image, processor: MobileViTImageProcessor) -> Image.Image | None:
+    """The photo resized as the processor's resize step does it: the same Pillow call on the same
+    pixels, so the same result, without the processor's round trip through arrays (about ten bytes
+    a pixel of the full photo). None where the processor would first composite a transparent colour
+    onto white (then it must do the whole job itself)."""
+    if not processor.do_resize:
+        return photo
+    if processor.do_convert_rgb and photo.info.get("transparency") is not None:
+        return None
+    height, width = output_size(photo.height, photo.width, processor.size)
+    return photo.resize((width, height), resample=processor.resample)
+
+
+def prepare(item: Item, args, processor: MobileViTImageProcessor, keep_photo: bool) -> None:
+    """Open the item's file within the limits and compute its model input (and keep the photo,
+    for segment)."""
+    photo = load_image(item.file, max_pixels=args.max_pixels, size=processor.size if processor.do_resize else None,
+                       max_prepared_pixels=args.max_prepared_pixels)
+    resized = resized_photo(photo, processor)
+    if resized is None:
+        item.pixels = processor(photo, return_tensors="np")["pixel_values"]
+    else:
+        item.pixels = processor(resized, return_tensors="np", do_resize=False)["pixel_values"]
+    del resized
+    item.image = photo if keep_photo else None
+
+
+def run_batches(items: list[Item], args, model, processor, reporter: Reporter, finish, keep_photo: bool = False) -> None:
+    """Open, preprocess and run the good items, in input order; ``finish(item, logits)`` turns one
+    image's logits into its result. A failure is pinned on its own image: a batch whose forward pass
+    fails is rerun one image at a time.
+
+    A batch holds at most ``args.batch_size`` images, at most ``args.max_prepared_pixels`` pixels
+    of model input in all, and (with ``keep_photo``) at most ``args.max_pixels`` pixels of photos:
+    the memory of a batch is then that of one image at the limits, whatever the batch size."""
+    batch: list[Item] = []
+    input_pixels = photo_pixels = 0
+    for item in items:
+        if item.error is not None:
+            continue
+        try:
+            prepare(item, args, processor, keep_photo)
+        except Exception as e:  # noqa: BLE001 - any failure is this file's, reported, never a traceback
+            _fail(item, e, reporter)
+            continue
+        item_input = item.pixels.shape[-2] * item.pixels.shape[-1]
+        item_photo = item.image.width * item.image.height if item.image is not None else 0
+        if batch and (input_pixels + item_input > args.max_prepared_pixels or photo_pixels + item_photo > args.max_pixels):
+            _run_batch(batch, model, reporter, finish)
+            batch, input_pixels, photo_pixels = [], 0, 0
+        batch.append(item)
+        input_pixels, photo_pixels = input_pixels + item_input, photo_pixels + item_photo
+        if len(batch) == args.batch_size:
+            _run_batch(batch, model, reporter, finish)
+            batch, input_pixels, photo_pixels = [], 0, 0
+    if batch:
+        _run_batch(batch, model, reporter, finish)
+
+
+def _run_batch(batch: list[Item], model, reporter: Reporter, finish) -> None:
+    for group in _same_shape_groups(batch):
+        try:
+            logits = model(np.concatenate([item.pixels for item in group])).logits
+            outputs = list(zip(group, logits))
+        except Exception:  # noqa: BLE001
+            outputs = []
+            for item in group:
                 try:
-                    finish(item, item_logits)
+                    outputs.append((item, model(item.pixels).logits[0]))
                 except Exception as e:  # noqa: BLE001
                     _fail(item, e, reporter)
-                else:
-                    item.image = item.pixels = None  # free the memory as we go
-                    reporter.step()
+        del group
+        for item, item_logits in outputs:
+            try:
+                finish(item, item_logits)
+            except Exception as e:  # noqa: BLE001
+                _fail(item, e, reporter)
+            else:
+                item.image = item.pixels = None  # free the memory as we go
+                reporter.step()
 
 
 def _fail(item: Item, e: BaseException, reporter: Reporter) -> None:
@@ -285,7 +470,7 @@ def json_lines(records: list[dict]) -> str:
     """A JSON array with one record per line: valid JSON, and readable with grep and head."""
     if not records:
         return "[]"
-    return "[\n" + ",\n".join("  " + json.dumps(r, ensure_ascii=False) for r in records) + "\n]"
+    return "[\n" + ",\n".join("  " + to_json(r) for r in records) + "\n]"
 
 
 def _finish_run(args, items: list[Item], reporter: Reporter) -> int:
@@ -293,7 +478,7 @@ def _finish_run(args, items: list[Item], reporter: Reporter) -> int:
     if args.json:
         records = [{"file": item.file, "error": item.error} if item.error is not None else {"file": item.file, **item.result}
                    for item in items]
-        print(json_lines(records))
+        write_json(json_lines(records))
     return EXIT_FAILED if any(item.error is not None for item in items) else EXIT_OK
 
 
@@ -305,7 +490,7 @@ def _finish_run(args, items: list[Item], reporter: Reporter) -> int:
 def cmd_classify(args) -> int:
     items = expand_inputs(args.inputs)
     model = load_model(MobileViTV2ForImageClassification, args.model, "classify", DEFAULT_CLASSIFIER)
-    processor = load_processor(args.model, model.config, args.quiet)
+    processor = load_processor(args.model, model.config, args.quiet, args.max_prepared_pixels)
     function = "sigmoid" if model.config.problem_type == "multi_label_classification" else "softmax"
     reporter = _start(args, items, "classify")
 
@@ -313,7 +498,8 @@ def cmd_classify(args) -> int:
         predictions = post_process_image_classification(logits[None], args.top_k, model.config.id2label, function)[0]
         item.result = {"predictions": predictions}
         if not args.json:
-            lines = [f"{item.file}:"] + [f"  {p['score']:7.4f}  {p['label']}  [{p['index']}]" for p in predictions]
+            lines = [f"{printable(item.file)}:"] + [f"  {p['score']:7.4f}  {printable(p['label'])}  [{p['index']}]"
+                                                     for p in predictions]
             reporter.out("\n".join(lines))
 
     run_batches(items, args, model, processor, reporter, finish)
@@ -325,31 +511,144 @@ def cmd_classify(args) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    """Write through a temporary file in the same folder, renamed into place: never half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+# Temporary files being written, removed on the way out of an interrupted run (see main).
+_TEMPORARY: set[str] = set()
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class OutputError(OSError):
+    """A result file that cannot be written (it exists, or the write failed): this image's error."""
+
+
+class Outputs:
+    """Where ``segment`` writes: names unique within the run, existing files replaced only with
+    ``overwrite``, every file written whole through a temporary file and moved into place."""
+
+    def __init__(self, folder: Path, overwrite: bool):
+        self.folder, self.overwrite = folder, overwrite
+        self.claimed: set[str] = set()  # this run's file names, casefolded (a case-insensitive disk)
+        # mkstemp makes 0600 files; results get the usual 0666 & ~umask. Reading the umask means
+        # setting it: put back at once, before any file is created.
+        umask = os.umask(0o077)
+        os.umask(umask)
+        self.mode = 0o666 & ~umask
+
+    def claim(self, stem: str) -> tuple[Path, Path]:
+        """The (labels, overlay) paths for ``stem``: the first of stem, stem-2, stem-3, ... whose
+        files no earlier image of this run has claimed."""
+        for n in itertools.count(1):
+            name = stem if n == 1 else f"{stem}-{n}"
+            paths = (self.folder / f"{name}_labels.png", self.folder / f"{name}_overlay.png")
+            keys = {path.name.casefold() for path in paths}
+            if not keys & self.claimed:
+                self.claimed |= keys
+                return paths
+        raise AssertionError("unreachable")
+
+    def refuse_existing(self, paths) -> None:
+        if self.overwrite:
+            return
+        for path in paths:
+            if os.path.lexists(path):  # a link counts, dangling or not: it is never written through
+                raise OutputError(f"{path} exists; not replaced without --overwrite")
+
+    def save(self, image: Image.Image, path: Path) -> None:
+        """Write ``image`` as a PNG at ``path``, whole or not at all. The temporary file is made by
+        mkstemp in the same folder (a fresh random name, O_CREAT | O_EXCL: a file or link planted
+        there is never opened) and renamed or linked into place; a rename replaces a link at
+        ``path`` itself, never its target."""
+        mask = getattr(signal, "pthread_sigmask", None)  # POSIX: no signal between create and record
+        blocked = mask(signal.SIG_BLOCK, _SIGNALS) if mask else None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
+            _TEMPORARY.add(tmp)
+        except OSError as e:  # a name too long, a folder not writable
+            raise OutputError(f"cannot write {path} ({e.strerror or e})") from None
+        finally:
+            if mask:
+                mask(signal.SIG_SETMASK, blocked)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(file.fileno(), self.mode)
+                # zlib level 1: a fifth of the default level's time on a photo, for a larger file
+                image.save(file, format="PNG", compress_level=1)
+            self._move(tmp, path)
+        except OSError as e:
+            if isinstance(e, OutputError):
+                raise
+            raise OutputError(f"cannot write {path} ({e.strerror or e})") from None
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            _TEMPORARY.discard(tmp)
+
+    def _move(self, tmp: str, path: Path) -> None:
+        if self.overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # fails if anything is at path (created since the check): never replaced
+        except FileExistsError:
+            raise OutputError(f"{path} exists; not replaced without --overwrite") from None
+        except OSError:  # a file system without hard links
+            if os.path.lexists(path):
+                raise OutputError(f"{path} exists; not replaced without --overwrite") from None
+            os.replace(tmp, path)
+
+
+def remove_temporary_files() -> None:
+    for tmp in list(_TEMPORARY):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        _TEMPORARY.discard(tmp)
 
 
 def label_image(classes: np.ndarray, palette: np.ndarray) -> Image.Image:
     """[H, W] class ids -> a palette PNG image ("P", VOC colours) or, past 256 classes, 16-bit grey."""
     if classes.max(initial=0) < 256:
-        image = Image.fromarray(classes.astype(np.uint8), mode="P")
+        image = Image.fromarray(classes.astype(np.uint8, copy=False), mode="P")
         image.putpalette(palette[:256].reshape(-1).tolist())
         return image
     return Image.fromarray(classes.astype(np.uint16))
 
 
+# Values per block of the full-size work (label scores upsampled, colours): a few MB, in cache.
+BLOCK_VALUES = 2**19
+
+
 def overlay_image(photo: Image.Image, classes: np.ndarray, palette: np.ndarray, alpha: float) -> Image.Image:
     """The photo with each pixel's class colour blended over it: ``(1 - alpha) * photo + alpha * colour``
-    (Pillow's ``Image.blend``, in 8 bits: light on memory for large photos)."""
-    colours = Image.fromarray(palette[classes % len(palette)], mode="RGB")
-    return Image.blend(photo.convert("RGB"), colours, alpha)
+    (Pillow's ``Image.blend``, in 8 bits), a band of rows at a time: only the result is full size."""
+    width, height = photo.size
+    out = Image.new("RGB", photo.size)
+    rows = max(1, BLOCK_VALUES // width)
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
+        colours = Image.fromarray(palette[classes[top : top + rows].astype(np.intp) % len(palette)])
+        out.paste(Image.blend(photo.crop(box).convert("RGB"), colours, alpha), box)
+    return out
+
+
+# The most label scores upsampled to a photo's height at once (float32 values): past it, a model
+# with very many labels is refused for that photo rather than exhausting memory.
+MAX_SCORE_VALUES = 2**26
+
+
+def photo_classes(logits: np.ndarray, height: int, width: int) -> np.ndarray:  # [L, h, w] -> [H, W]
+    """The class of each photo pixel (the smallest integer type that holds them): the logits
+    upsampled to the photo's size as ``post_process_semantic_segmentation`` does, in blocks of rows
+    small enough to stay in cache."""
+    num_labels, _, logits_width = logits.shape
+    if num_labels * height * logits_width > MAX_SCORE_VALUES:
+        raise ValueError(f"{num_labels} label scores upsampled to the photo's height {height} need "
+                         f"{4 * num_labels * height * logits_width:,} bytes, more than the "
+                         f"{4 * MAX_SCORE_VALUES:,} allowed")
+    rows = max(1, BLOCK_VALUES // (num_labels * width))
+    classes = post_process_semantic_segmentation(logits[None], target_sizes=[(height, width)], rows_per_chunk=rows)[0]
+    return classes.astype(np.uint8 if num_labels <= 256 else np.min_scalar_type(num_labels - 1))
 
 
 def cmd_segment(args) -> int:
@@ -369,30 +668,36 @@ def cmd_segment(args) -> int:
         raise UsageError(f"--out-dir {args.out_dir}: cannot create the folder ({e.strerror or e})") from None
     palette = voc_palette(256)
     id2label = model.config.id2label
-    used_stems: dict[str, int] = {}
+    outputs = Outputs(out_dir, args.overwrite)
+    # Names are claimed in input order, before anything runs: the same command line always gives
+    # the same names, and an image whose files exist is skipped before it is decoded.
+    for item in items:
+        if item.error is None:
+            item.outputs = outputs.claim(Path(item.file).stem)
+            try:
+                outputs.refuse_existing(item.outputs)
+            except OutputError as e:
+                item.error = str(e)
     reporter = _start(args, items, "segment")
 
     def finish(item: Item, logits: np.ndarray) -> None:
         width, height = item.image.size
-        classes = post_process_semantic_segmentation(logits[None], target_sizes=[(height, width)])[0]
-        stem = Path(item.file).stem
-        used_stems[stem] = used_stems.get(stem, 0) + 1
-        if used_stems[stem] > 1:
-            stem = f"{stem}-{used_stems[stem]}"
-        labels_path, overlay_path = out_dir / f"{stem}_labels.png", out_dir / f"{stem}_overlay.png"
-        _save_png(label_image(classes, palette), labels_path)
-        _save_png(overlay_image(item.image, classes, palette, args.alpha), overlay_path)
-        ids, counts = np.unique(classes, return_counts=True)
-        order = np.argsort(-counts, kind="stable")
+        classes = photo_classes(logits, height, width)
+        labels_path, overlay_path = item.outputs
+        outputs.save(label_image(classes, palette), labels_path)
+        outputs.save(overlay_image(item.image, classes, palette, args.alpha), overlay_path)
+        counts = np.bincount(classes.reshape(-1))
+        ids = np.flatnonzero(counts)
+        order = np.argsort(-counts[ids], kind="stable")
         present = [{"label": id2label.get(int(ids[i]), f"LABEL_{int(ids[i])}"), "index": int(ids[i]),
-                    "fraction": round(float(counts[i]) / classes.size, 6)} for i in order]
+                    "fraction": round(float(counts[ids[i]]) / classes.size, 6)} for i in order]
         item.result = {"labels": str(labels_path), "overlay": str(overlay_path), "size": [width, height], "classes": present}
         if not args.json:
-            summary = ", ".join(f"{c['label']} {100 * c['fraction']:.1f}%" for c in present[:5])
+            summary = ", ".join(f"{printable(c['label'])} {100 * c['fraction']:.1f}%" for c in present[:5])
             summary += f", and {len(present) - 5} more" if len(present) > 5 else ""
-            reporter.out(f"{item.file}: {labels_path}, {overlay_path} ({summary})")
+            reporter.out(f"{printable(item.file)}: {printable(labels_path)}, {printable(overlay_path)} ({summary})")
 
-    run_batches(items, args, model, processor, reporter, finish)
+    run_batches(items, args, model, processor, reporter, finish, keep_photo=True)
     return _finish_run(args, items, reporter)
 
 
@@ -466,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="MobileViTV2 in plain NumPy: classify and segment images on the CPU, describe a model.",
-        epilog="Exit status: 0 all done, 1 some input or the model failed, 2 usage error. "
+        epilog="Exit status: 0 all done, 1 some input or the model failed, 2 usage error, 130 interrupted "
+               "(SIGINT), 143 terminated (SIGTERM). "
                "MODEL is a folder (config.json, model.safetensors, preprocessor_config.json) or a Hugging Face "
                "repo id (read from the Hugging Face cache, downloaded if missing unless HF_HUB_OFFLINE=1).",
     )
@@ -482,11 +788,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", "-m", default=default_model, metavar="ID_OR_FOLDER",
                          help=f"checkpoint folder or Hugging Face repo id (default: {default_model})")
         sub.add_argument("--batch-size", "-b", type=_positive_int, default=8, metavar="N",
-                         help="images per forward pass (default: 8)")
+                         help="images per forward pass, at most (default: 8; a batch also holds at most "
+                              "--max-prepared-pixels of model input)")
         sub.add_argument("--json", action="store_true", help="print the results as JSON (shape below)")
-        sub.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                         help=f"refuse images with more pixels than this (default: {DEFAULT_MAX_PIXELS:,}, "
-                              "Pillow's decompression-bomb limit)")
+        sub.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS[name], metavar="N",
+                         help=f"refuse images with more pixels than this, from their header, before decoding "
+                              f"(default: {DEFAULT_MAX_PIXELS[name]:,})")
+        sub.add_argument("--max-prepared-pixels", type=_positive_int, default=DEFAULT_MAX_PREPARED_PIXELS[name],
+                         metavar="N", help="refuse images with more pixels than this once resized as the checkpoint "
+                                           f"says (default: {DEFAULT_MAX_PREPARED_PIXELS[name]:,})")
         sub.add_argument("--quiet", "-q", action="store_true",
                          help="no progress bar and no notes (errors are still printed)")
         return sub
@@ -502,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "without its center crop, so every pixel gets a label.",
                              DEFAULT_SEGMENTER, SEGMENT_JSON)
     segment.add_argument("--out-dir", "-o", required=True, metavar="DIR", help="folder for the PNG files (created if needed)")
+    segment.add_argument("--overwrite", action="store_true",
+                         help="replace files that exist in DIR (from an earlier run); never a result of this run")
     segment.add_argument("--alpha", type=_fraction, default=0.5,
                          help="opacity of the class colours in the overlay, 0 to 1 (default: 0.5)")
     segment.set_defaults(func=cmd_segment)
@@ -533,6 +845,29 @@ def quiet_hub_logging() -> None:
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. Raised in the main thread and, like KeyboardInterrupt, not an
+    Exception: it unwinds past the per-image handlers, through the clean-up of temporary files."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    # One clean-up: a second signal while unwinding is ignored rather than cutting it short.
+    for other in _SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _catch_signals():
+    """Route SIGINT and SIGTERM to ``Interrupted`` (main thread only); returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _on_signal) for signum in _SIGNALS}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -540,16 +875,24 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "max_pixels", None) is not None:
         # --max-pixels replaces Pillow's decompression-bomb limit for this process
         Image.MAX_IMAGE_PIXELS = None
+    for stream in (sys.stdout, sys.stderr):  # a label the locale cannot encode is shown escaped, not an error
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+    old_handlers = _catch_signals()
     try:
         return args.func(args)
     except UsageError as e:
-        parser.exit(EXIT_USAGE, f"{PROG} {args.command}: error: {e}\n")
+        parser.exit(EXIT_USAGE, f"{PROG} {args.command}: error: {printable(e)}\n")
     except ModelError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, Interrupted) as e:
+        remove_temporary_files()
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{PROG}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+        return 128 + signum  # 130 for SIGINT, 143 for SIGTERM
     except BrokenPipeError:  # e.g. `numpy-mvit2 classify photos/ | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -557,8 +900,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("NUMPY_MVIT2_DEBUG"):
             raise
-        print(f"{PROG}: internal error: {type(e).__name__}: {e} (set NUMPY_MVIT2_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"{PROG}: internal error: {type(e).__name__}: {printable(e)} (set NUMPY_MVIT2_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        remove_temporary_files()
+        for signum, handler in old_handlers.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

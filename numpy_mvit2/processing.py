@@ -83,54 +83,170 @@ class ImageLoadError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+# The formats read from files. Pillow's other readers are left out on purpose: ICO, CUR and ICNS
+# hold several images and Pillow picks and decodes the largest inside ``Image.open``, whatever the
+# header says, before any size check can run; the rest are rare and little used on photos.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# Leading bytes of refused formats, to say what a refused file is.
+_REFUSED_MAGIC = {b"\x00\x00\x01\x00": "an ICO file", b"\x00\x00\x02\x00": "a CUR file", b"icns": "an ICNS file"}
+
+
+# Scans (SOS markers) a JPEG may hold. A progressive JPEG comes in about ten; each scan costs a pass
+# over the whole image however few bytes it holds, so a 200 kB file of 5,000 tiny scans over a
+# 12 MP image takes a minute of CPU to decode.
+MAX_JPEG_SCANS = 40
+
+
+def _jpeg_scans(file, limit: int) -> int:
+    """How many scans the JPEG in ``file`` holds, counted up to ``limit + 1`` (the file read once,
+    in blocks). The segments before the first scan are walked by their lengths, so that an EXIF
+    thumbnail's scan is not counted; after it, a marker can only be a real one (the entropy-coded
+    data escapes 0xFF as 0xFF 0x00)."""
+    position = file.tell()
+    try:
+        file.seek(2)  # after SOI
+        while True:
+            marker = file.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return 0  # Pillow opened it, so let its decoder say what is wrong
+            if marker[1] == 0xFF:  # fill byte
+                file.seek(-1, os.SEEK_CUR)
+                continue
+            if marker[1] == 0xDA:
+                break
+            if marker[1] in (0x01, *range(0xD0, 0xD9)):
+                continue
+            length = file.read(2)
+            if len(length) < 2:
+                return 0
+            file.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+        scans, tail = 1, b""
+        while scans <= limit:
+            block = file.read(2**20)
+            if not block:
+                break
+            scans += (tail + block).count(b"\xff\xda")
+            tail = block[-1:]
+        return scans
+    finally:
+        file.seek(position)
+
+
+class _OpenError(Exception):
+    """safeio's message ("<path>: <reason>"), carried to ``open_image`` to become an ImageLoadError."""
+
+
+def _pillow_reason(e: BaseException) -> str:
+    # Pillow's plugins raise anything on a crafted file (struct.error, IndexError, ZeroDivisionError
+    # ...): each becomes this file's error, with the class named where the message alone is unclear.
+    text = str(e)
+    if isinstance(e, (OSError, ValueError, SyntaxError, EOFError)) and text:
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def prepared_size(width: int, height: int, size: dict | None) -> tuple[int, int]:
+    """(width, height) of a ``width x height`` image after a processor's resize to ``size`` (its
+    ``size`` setting; ``None``: no resize)."""
+    if size is None:
+        return width, height
+    new_height, new_width = output_size(height, width, size)
+    return new_width, new_height
+
+
+def check_image_size(width: int, height: int, *, max_pixels: int | None = None, size: dict | None = None,
+                     max_prepared_pixels: int | None = None) -> str | None:
+    """Why an image of this stored size is refused (a reason), or None: ``max_pixels`` bounds the
+    decoded image, ``max_prepared_pixels`` the image after the resize to ``size`` (``None``: not
+    resized, the image itself), known from the header before decoding: a 1x20000 strip is small
+    stored but becomes 288x5,760,000 at shortest edge 288."""
+    if width < 1 or height < 1:
+        return f"refused, an empty image ({width}x{height})"
+    if max_pixels is not None and width * height > max_pixels:
+        return f"refused, {width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}"
+    if max_prepared_pixels is not None:
+        new_width, new_height = prepared_size(width, height, size)
+        if new_width * new_height <= max_prepared_pixels:
+            return None
+        if size is None:
+            return (f"refused, {width}x{height} = {width * height:,} pixels (not resized) is over the limit of "
+                    f"{max_prepared_pixels:,} prepared pixels")
+        return (f"refused, {width}x{height} becomes {new_width:,}x{new_height:,} = {new_width * new_height:,} pixels "
+                f"when resized to {_describe_size(size)}, over the limit of {max_prepared_pixels:,} prepared pixels")
+    return None
+
+
+def _describe_size(size: dict) -> str:
+    return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in size.items())
+
+
+def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: dict | None = None,
+               max_prepared_pixels: int | None = None, formats=IMAGE_FORMATS) -> Image.Image:
     """Open an image file and decode it fully, raising ``ImageLoadError`` with the reason.
 
-    ``max_pixels`` refuses images with more pixels than that, before decoding them. Without it,
+    Only regular files are read (a FIFO or a device named ``x.jpg`` is refused, never waited on),
+    only in ``formats`` (see ``IMAGE_FORMATS``; ``None``: every format Pillow reads). The limits
+    (see ``check_image_size``) are checked from the header, before decoding, and a JPEG of more
+    than ``MAX_JPEG_SCANS`` scans is refused. Without ``max_pixels``,
     Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) applies and is reported the
     same way. The image is returned as stored: no EXIF rotation, no mode conversion."""
+    from .safeio import open_regular_file
+
     name = os.fspath(path)
     try:
-        with warnings.catch_warnings():
-            if max_pixels is not None:  # our own limit replaces Pillow's warning
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(name)
-    except FileNotFoundError:
-        raise ImageLoadError(name, "no such file") from None
-    except IsADirectoryError:
-        raise ImageLoadError(name, "is a folder, not an image file") from None
-    except PermissionError:
-        raise ImageLoadError(name, "permission denied") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(name, "not an image file that Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(name, f"refused, too many pixels ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:  # Pillow's plugins raise all of these
-        raise ImageLoadError(name, f"cannot open image ({e})") from None
-    width, height = image.size
-    if max_pixels is not None and width * height > max_pixels:
-        image.close()
-        raise ImageLoadError(
-            name, f"refused, {width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}"
-        )
-    try:
-        image.load()
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        image.close()
-        raise ImageLoadError(name, f"truncated or corrupt image data ({e})") from None
+        file = open_regular_file(name, error=_OpenError, what="file")
+    except _OpenError as e:
+        raise ImageLoadError(name, str(e).removeprefix(f"{Path(name)}: ")) from None
+    with file:
+        head = file.read(4)
+        file.seek(0)
+        try:
+            with warnings.catch_warnings():
+                if max_pixels is not None:  # our own limit replaces Pillow's warning
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(file, formats=formats)
+        except UnidentifiedImageError:
+            if formats is not None and head in _REFUSED_MAGIC:
+                raise ImageLoadError(name, f"{_REFUSED_MAGIC[head]}, refused: only {', '.join(formats)} images are read "
+                                           "(an icon file may hold a larger image than its header says)") from None
+            kinds = "" if formats is None else f" ({', '.join(formats)})"
+            raise ImageLoadError(name, f"not an image file that Pillow can read{kinds}") from None
+        except Image.DecompressionBombError as e:
+            raise ImageLoadError(name, f"refused, too many pixels ({e})") from None
+        except Exception as e:  # noqa: BLE001 - any failure of a plugin on a crafted header is this file's
+            raise ImageLoadError(name, f"cannot open image ({_pillow_reason(e)})") from None
+        width, height = image.size
+        reason = check_image_size(width, height, max_pixels=max_pixels, size=size, max_prepared_pixels=max_prepared_pixels)
+        if reason is None and image.format in ("JPEG", "MPO"):
+            scans = _jpeg_scans(file, MAX_JPEG_SCANS)
+            if scans > MAX_JPEG_SCANS:
+                reason = (f"refused, a JPEG of more than {MAX_JPEG_SCANS} scans (each a pass over the whole "
+                          "image: a decompression bomb in time)")
+        if reason is not None:
+            image.close()
+            raise ImageLoadError(name, reason)
+        try:
+            image.load()
+        except Exception as e:  # noqa: BLE001 - as above: truncated data, corrupt streams, plugin bugs
+            image.close()
+            raise ImageLoadError(name, f"truncated or corrupt image data ({_pillow_reason(e)})") from None
     return image
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: dict | None = None,
+               max_prepared_pixels: int | None = None) -> Image.Image:
     """A photo from a file as transformers' ``load_image`` gives it: opened, turned upright by its
     EXIF orientation, converted to RGB with ``Image.convert("RGB")`` (transparency dropped, not
-    composited). Raises ``ImageLoadError`` for a file that cannot be used."""
-    image = open_image(path, max_pixels=max_pixels)
+    composited). Raises ``ImageLoadError`` for a file that cannot be used (the limits as in
+    ``open_image``)."""
+    image = open_image(path, max_pixels=max_pixels, size=size, max_prepared_pixels=max_prepared_pixels)
     try:
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageLoadError(path, f"cannot decode image ({e})") from None
+        # in place, and no convert of an RGB image: both would copy the whole photo (four bytes a
+        # pixel) to get the same pixels
+        ImageOps.exif_transpose(image, in_place=True)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - a crafted EXIF block or mode: this file's error
+        raise ImageLoadError(path, f"cannot decode image ({_pillow_reason(e)})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,6 +843,7 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:  # -> [num_colors, 3] uint
 
 
 __all__ = [
+    "IMAGE_FORMATS",
     "BatchFeature",
     "ImageLoadError",
     "MobileViTImageProcessor",
