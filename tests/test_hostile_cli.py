@@ -350,8 +350,12 @@ def test_hostile_processor_settings(classifier, hostile, tmp_path):
     large for memory; each a one-line error (or the image's refusal), never a traceback."""
     folder, _ = hostile
     cases = {"deep": ('{"size": ' + "[" * 5000 + "]" * 5000 + "}", "nested"),
-             "crop": ('{"crop_size": {"height": 30000, "width": 30000}}', "crop_size 30000x30000"),
-             "resize": ('{"size": {"shortest_edge": 1000000}, "do_center_crop": false}', "prepared pixels")}
+             # past what any settings may say (MobileViTImageProcessor's own bound)...
+             "crop_bound": ('{"crop_size": {"height": 30000, "width": 30000}}', "crop_size must hold positive integers of at most 4096"),
+             "resize_bound": ('{"size": {"shortest_edge": 1000000}, "do_center_crop": false}', "at most 4096"),
+             # ...and admitted as settings, but over the command's --max-prepared-pixels
+             "crop": ('{"crop_size": {"height": 4000, "width": 4000}}', "crop_size 4000x4000"),
+             "resize": ('{"size": {"shortest_edge": 4096}, "do_center_crop": false}', "prepared pixels")}
     for name, (settings, words) in cases.items():
         checkpoint = tmp_path / name
         checkpoint.mkdir()
