@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bounded import BOUNDED_ENV, Bounded
-from bounded import run_bounded as _run_bounded
+from bounded import BOUNDED_ENV, run_bounded
 from PIL import Image
 from safetensors.numpy import save_file
 
@@ -36,32 +35,6 @@ from numpy_mvit2 import (
 from numpy_mvit2.processing import ImageLoadError, open_image
 
 GIGABYTE = 10**9
-
-# Linux keeps a process's peak resident size across exec, and a child forked from this test process
-# (hundreds of MB once torch is imported by other test modules) starts with ours: run_bounded's
-# max_rss would be pytest's. So the CLI runs one level down, forked from a small Python that hands
-# back that grandchild's own peak on stderr, and its exit status or signal as its own.
-TRAMPOLINE = """\
-import os, signal, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
-_, status, usage = os.wait4(pid, 0)
-sys.stderr.write(f"\\nmax_rss={usage.ru_maxrss * 1024}\\n")
-code = os.waitstatus_to_exitcode(status)
-if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
-    os.kill(os.getpid(), -code)
-sys.exit(code)
-"""
-
-
-def run_bounded(args: list[str], **kwargs) -> Bounded:
-    """tests/bounded.py's run_bounded (1 GiB of address space, 10 CPU seconds), with the CLI's own peak memory."""
-    result = _run_bounded(["-c", TRAMPOLINE, *args], **kwargs)
-    stderr, _, tail = result.stderr.rpartition("\nmax_rss=")
-    assert tail.strip().isdigit(), result
-    return Bounded(result.returncode, result.stdout, stderr, int(tail))
 # Labels that would drive a terminal or forge a line if printed raw.
 HOSTILE_LABELS = {0: "\x1b[31mred\x1b[0m", 1: "two\nlines", 2: "bell\x07", 3: "csi\x9b2J", 4: "bidi\u202eevil",
                   5: "plain", 6: "tab\there"}
