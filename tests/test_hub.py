@@ -110,6 +110,7 @@ def test_repo_id_offline_with_nothing_cached(tmp_path):
     assert result["is_oserror"]
 
 
+@pytest.mark.slow
 def test_repo_id_online_through_a_fake_hub_then_offline(tmp_path, reference):
     """main holds config.json + pytorch_model.bin (like the apple repos), refs/pr/1 adds
     model.safetensors. Online, the files are looked for in transformers' order and downloaded into

@@ -55,6 +55,7 @@ def execute(path: Path, kernel_dir: Path):
     return notebook
 
 
+@pytest.mark.slow  # a kernel each, minutes in all; the two tests below check the saved notebooks quickly
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path):
     for module in ("nbclient", "nbformat", "ipykernel", "matplotlib", "torch", "transformers"):

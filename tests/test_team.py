@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import quick
 
 from numpy_mvit2 import (
     MobileViTV2Config,
@@ -100,7 +101,7 @@ CASES = [  # head, width multiplier, extra config, height, width, dtype
 ]
 
 
-@pytest.mark.parametrize("head, width, extra, height, size_w, dtype", CASES)
+@pytest.mark.parametrize("head, width, extra, height, size_w, dtype", quick(CASES, 0, 3))
 def test_the_team_gives_the_numbers_of_one_thread(members, monkeypatch, head, width, extra, height, size_w, dtype):
     """The logits, hidden states and attention scores of one thread, and of the reference path,
     to round-off."""
@@ -184,6 +185,7 @@ def test_a_dead_worker_turns_the_team_off_with_a_warning(members, monkeypatch):
     assert np.array_equal(model(x).logits, expected)  # on threads from now on, without a warning
 
 
+@pytest.mark.slow
 def test_concurrent_callers_share_one_team(members):
     """Two user threads at once: one pass at a time runs on the team, the other on threads."""
     model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=9)
@@ -297,6 +299,7 @@ def test_weights_are_unmapped_after_a_restart(members):
     assert members.forgotten == [] and renewed.forgotten == []
 
 
+@pytest.mark.slow
 def test_a_forked_child_runs_without_its_parents_team(members):
     """A child made by fork() does not touch the parent's workers (it starts its own team, and
     runs on threads meanwhile); the parent's team goes on."""
@@ -364,7 +367,7 @@ def test_switched_off(monkeypatch):
     restart()
 
 
-@pytest.mark.parametrize("ending", ["return", "os._exit"])
+@pytest.mark.parametrize("ending", quick(["return", "os._exit"], 1))
 def test_workers_leave_with_the_caller(ending):
     """The workers exit when the process that started them does, even without its atexit hooks."""
     script = textwrap.dedent(f"""
