@@ -75,7 +75,7 @@ def run_child(tmp_path, repo, *, cache, endpoint=None, offline=False, revision=N
     np.save(tmp_path / "x.npy", x)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env.update(HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5", PYTHONPATH=os.pathsep.join(sys.path))
+               HF_HUB_ETAG_TIMEOUT="60", HF_HUB_DOWNLOAD_TIMEOUT="60", PYTHONPATH=os.pathsep.join(sys.path))
     if endpoint:
         env["HF_ENDPOINT"] = endpoint
     if offline:
