@@ -126,7 +126,7 @@ def reference_scores(ref, x):
     ("classification", np.float32, 2e-6),
     ("segmentation", np.float32, 2e-6),
     ("base", np.float64, 1e-12),
-], 1, 2))
+], 2))
 def test_scores_match_transformers_query_projection(tmp_path, head, dtype, bar):
     require("torch")
     require("transformers")

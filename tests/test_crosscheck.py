@@ -128,6 +128,7 @@ def test_float32_folded_model_leaves_out_float64(folders):
     assert report.dtypes == ("float32", "float64") and report.passed
 
 
+@pytest.mark.slow
 def test_trace_agrees_with_the_model(folders):
     """The instrumented re-run is the model: its stage outputs are the reference path's hidden
     states exactly (it composes the same blocks functions), and the fast path's to float32 round-off."""

@@ -73,7 +73,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("width,head,output_stride,batch,height,image_width,extra", quick(CASES, 0, 1, 2, 5, 12))
+@pytest.mark.parametrize("width,head,output_stride,batch,height,image_width,extra", quick(CASES, 0, 2, 5, 12))
 def test_fast_matches_reference(width, head, output_stride, batch, height, image_width, extra):
     config = MobileViTV2Config(width_multiplier=width, output_stride=output_stride, **extra)
     model = MODELS[head](config, seed=int(width * 10) + output_stride)

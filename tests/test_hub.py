@@ -90,7 +90,7 @@ def run_child(tmp_path, repo, *, cache, endpoint=None, offline=False, revision=N
     return result
 
 
-@pytest.mark.parametrize("weights", ["pytorch_model.bin", "model.safetensors"])
+@pytest.mark.parametrize("weights", [pytest.param("pytorch_model.bin"), pytest.param("model.safetensors", marks=pytest.mark.slow)])
 def test_repo_id_offline_from_the_cache(tmp_path, reference, weights):
     """The cache holds what an apple repo holds on main (config.json + pytorch_model.bin), as
     huggingface_hub lays it out; HF_HUB_OFFLINE=1; torch cannot be imported."""
@@ -145,6 +145,7 @@ def test_repo_id_online_through_a_fake_hub_then_offline(tmp_path, reference):
         assert relative_error(result["logits"], expected) < 2e-5
 
 
+@pytest.mark.slow
 def test_repo_without_weights(tmp_path, reference):
     files = {"config.json": checkpoint_files(reference, "model.safetensors")["config.json"], "README.md": b"hi"}
     with FakeHub({REPO: {"main": files}}) as hub:

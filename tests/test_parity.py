@@ -70,7 +70,8 @@ CASES = [
 ]
 
 
-PATHS = pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])  # model.fast: both paths
+PATHS = pytest.mark.parametrize("fast", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["fast", "reference"])
+"""model.fast: both paths (the quick subset: the fast path, which test_fast.py checks against the reference path)."""
 
 
 @PATHS
