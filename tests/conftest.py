@@ -72,10 +72,10 @@ def pytest_report_header(config):
 def reference_on_one_thread():
     """PyTorch, where the collected tests imported it, computes the references on one thread. Its
     intra-op threads wait for each other by spinning, and when other programs hold the cores they
-    spin against them: with two processes spinning on both cores of the 2-core machine, the quick
-    tests of test_parity, test_attentions and test_ops took 85 s with torch's default 2 threads
-    and 33 s with one (2026-12-01). The references are compared within float32 round-off, which
-    the thread count does not change."""
+    spin against them: on the 2-core machine with a load average of about 4 (other programs), the
+    quick tests of test_parity, test_attentions and test_ops took 85 s wall (68 s CPU) with torch's
+    default 2 threads and 33 s (23 s CPU) with one (2026-12-01). The references are compared within
+    float32 round-off, which the thread count does not change."""
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
