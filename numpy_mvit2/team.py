@@ -15,7 +15,9 @@ How it works (SPMD: every member runs the same code on its own part):
 - Memory they share is ``memfd`` memory handed over the socket: a control block of int64 slots
   (barriers, abort flag, "pass done"), an *arena* that holds the input and every array more than
   one member writes (block outputs), and each plan's weights, copied there once per plan (the
-  plan's own arrays are then replaced by views of that memory, so it is not held twice).
+  plan's own arrays are then replaced by views of that memory, so it is not held twice). When a
+  plan is dropped, its finalizer tells the workers to drop their copy (which unmaps it there), in
+  whatever mode the team is: running passes, stepped aside, or busy with another thread's pass.
 - A pass: this process (rank 0) copies the image into the arena and sends "run"; every member
   calls ``fast._backbone`` with its ``Rank``. ``Rank.empty`` hands out arena memory by bumping an
   offset, and since every member allocates the same arrays in the same order, the offsets agree
@@ -77,6 +79,7 @@ process spinning on one of the 2 cores: width 1.0, 82 ms on the team against 67 
 0.5 at 128x128, 18 against 8). Measured fractions: 0.96 median, 0.75 at worst on the idle machine;
 0.45 to 0.5 median with the spinning process. An uncongested pass resets the back-off."""
 BACKOFF_SECONDS = (1.0, 30.0)
+_clock = time.monotonic  # the back-off's clock (a test moves a clock of its own instead of sleeping)
 
 START_TIMEOUT = 60.0
 """Seconds a worker may take to start (import NumPy and this package) before the team is given up."""
@@ -267,7 +270,7 @@ class Team:
         self.passes = 0  # passes run on the team
         self.backoff, self.resume_at, self.congested = BACKOFF_SECONDS[0], 0.0, 0  # see CONGESTED
         self.broken = None  # why the team was given up
-        self.forgotten = []  # plan tokens to drop in the workers
+        self.forgotten = []  # tokens of dropped plans not yet sent to the workers (see ``forget``)
         self.tokens = 0
         self.ctl_fd, self.ctl_map = _shared(_CONTROL_SLOTS * 8, "numpy_mvit2-control")
         self.ctl = memoryview(self.ctl_map).cast("q")
@@ -394,8 +397,35 @@ class Team:
             os.close(fd)
         plan.__dict__.update(_load_plan(buffer.getvalue(), views))  # the plan now reads the shared copies
         plan._team_token = (self, self.tokens)
-        weakref.finalize(plan, self.forgotten.append, self.tokens)
+        weakref.finalize(plan, self.forget, self.tokens).atexit = False  # (at exit the workers go anyway)
         return self.tokens
+
+    def forget(self, token):
+        """A shared plan was dropped (its finalizer): have the workers drop their copy, which unmaps
+        its weights there. Sent at once, whatever the team's mode (stepped aside included), unless
+        another thread holds the team: then that thread sends it when it lets the team go."""
+        self.forgotten.append(token)
+        self.send_forgotten()
+
+    def send_forgotten(self):
+        """Tell the workers about every plan dropped so far, if no other thread holds the team (the
+        holder calls this again once it has let go, so no token waits for a later pass)."""
+        while self.forgotten and self.lock.acquire(blocking=False):
+            try:
+                self._send_forgotten()
+            finally:
+                self.lock.release()
+
+    def _send_forgotten(self):  # with self.lock held
+        if self.broken is not None or self.pid != os.getpid():  # workers gone, or not this process's
+            self.forgotten.clear()
+            return
+        while self.forgotten:
+            token = self.forgotten.pop()
+            try:
+                self._broadcast(("forget", token))
+            except OSError:  # a worker that has gone: the next pass finds out and gives the team up
+                pass
 
     # ---- a pass
 
@@ -410,8 +440,7 @@ class Team:
         from . import fast
 
         token = self.share(plan)
-        while self.forgotten:
-            self._broadcast(("forget", self.forgotten.pop()))
+        self._send_forgotten()
         for _ in range(8):
             self._wait_done()
             self.epoch += 1
@@ -443,14 +472,14 @@ class Team:
 
     def stepped_aside(self) -> bool:
         """Whether the team is backing off after a congested pass (see ``CONGESTED``)."""
-        return time.monotonic() < self.resume_at
+        return _clock() < self.resume_at
 
     def _note_congestion(self, wall, cpu, waited):
         if wall > 0 and (cpu - waited) / wall < CONGESTED:
             self.congested += 1
             if self.congested >= 2:
                 self.congested = 0
-                self.resume_at = time.monotonic() + self.backoff
+                self.resume_at = _clock() + self.backoff
                 self.backoff = min(2 * self.backoff, BACKOFF_SECONDS[1])
         else:
             self.congested, self.backoff = 0, BACKOFF_SECONDS[0]
@@ -547,6 +576,7 @@ def backbone(pixels, plan, keep_hidden_states, size, attentions=None):
         return None
     finally:
         team.lock.release()
+        team.send_forgotten()  # plans dropped by other threads while this one held the team
 
 
 def start(size=None, timeout=START_TIMEOUT) -> bool:
@@ -647,9 +677,8 @@ def _serve():
         elif kind == "run":
             _, epoch, token, shape, dtype, keep, with_attentions = message
             rank = Rank(rank_number, size, ctl, arena, epoch, check)
-            try:
-                run = _run_pass(rank, plans[token], tuple(shape), np.dtype(dtype), keep, [] if with_attentions else None)
-                run()
+            try:  # (the pass is not kept in a variable: a later "forget" of its plan must unmap it)
+                _run_pass(rank, plans[token], tuple(shape), np.dtype(dtype), keep, [] if with_attentions else None)()
             except (Aborted, ArenaFull):
                 pass
             except BaseException:  # noqa: BLE001 - shown on stderr; the caller gives the team up

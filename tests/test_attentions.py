@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import quick, require
 from reference import OURS, make_reference, run_reference, save_reference
 
 from numpy_mvit2 import (
@@ -122,11 +122,11 @@ def reference_scores(ref, x):
     return recorded
 
 
-@pytest.mark.parametrize("head,dtype,bar", [
+@pytest.mark.parametrize("head,dtype,bar", quick([
     ("classification", np.float32, 2e-6),
     ("segmentation", np.float32, 2e-6),
     ("base", np.float64, 1e-12),
-])
+], 2))
 def test_scores_match_transformers_query_projection(tmp_path, head, dtype, bar):
     require("torch")
     require("transformers")

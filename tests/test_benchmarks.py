@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # (the quick subset, -m "not slow", leaves this module out: the benchmark script runs both sides in processes of their own)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -165,6 +165,7 @@ def test_classify_text_output(classifier, photos):
     assert 0 < float(score) <= 1 and label in LABELS.values() and index.startswith("[")
 
 
+@pytest.mark.slow
 def test_classify_exif_orientation(classifier, tmp_path):
     """A photo stored sideways with an EXIF orientation is classified upright."""
     upright = Image.fromarray(photo_array(5, 120, 80))
@@ -200,6 +201,7 @@ def test_pixel_limit(classifier, photos):
     assert f"{photos / 'c_grey.PNG'}:" in result.stdout  # 80x80 = 6,400 is fine
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_refused(classifier, tmp_path):
     """A tiny file declaring a huge image: refused from its header, before any decoding."""
     Image.new("1", (12_000, 10_000)).save(tmp_path / "bomb.png")  # 120 megapixels, a few kB on disk
@@ -224,6 +226,7 @@ def test_missing_model(photos, tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_default_model_offline_gives_one_clear_message(photos, tmp_path):
     result = run_cli("classify", photos / "a_portrait.jpg", env={"HF_HOME": str(tmp_path / "hf")})
     assert_no_traceback(result)
@@ -235,6 +238,7 @@ def test_default_model_offline_gives_one_clear_message(photos, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written when the model cannot be loaded
 
 
+@pytest.mark.slow
 def test_unusable_model_files(classifier, segmenter, photos, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -263,6 +267,7 @@ def test_unusable_model_files(classifier, segmenter, photos, tmp_path):
     assert result.returncode == 1 and "cannot load model" in result.stderr and "missing key" in result.stderr
 
 
+@pytest.mark.slow
 def test_model_without_preprocessor_config(classifier, photos, tmp_path):
     """A folder with weights but no preprocessor_config.json: the apple recipe from image_size, with a note."""
     folder = tmp_path / "bare"
@@ -299,6 +304,7 @@ def test_usage_errors_exit_2(args):
     assert_no_traceback(result)
 
 
+@pytest.mark.slow
 def test_help_documents_the_json_shape():
     result = run_cli("classify", "--help")
     assert result.returncode == 0
@@ -342,6 +348,7 @@ def test_segment(segmenter, photos, tmp_path):
         f"{n}_{kind}.png" for n in ("a_portrait", "b_landscape") for kind in ("labels", "overlay"))  # no temporary files left
 
 
+@pytest.mark.slow
 def test_segment_same_stem_twice_and_exif(segmenter, tmp_path):
     upright = Image.fromarray(photo_array(6, 90, 60))
     exif = Image.Exif()
@@ -358,6 +365,7 @@ def test_segment_same_stem_twice_and_exif(segmenter, tmp_path):
     assert "photo_labels.png" in result.stdout and "photo-2_overlay.png" in result.stdout
 
 
+@pytest.mark.slow
 def test_segment_out_dir_is_a_file(segmenter, photos, tmp_path):
     (tmp_path / "file").write_text("x")
     result = run_cli("segment", photos / "a_portrait.jpg", "--model", segmenter, "-o", tmp_path / "file")
@@ -423,6 +431,7 @@ def run_with_terminal_stderr(*args) -> tuple[int, str, str]:
     return process.returncode, stdout, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal_only(classifier, photos):
     status, stdout, stderr = run_with_terminal_stderr("classify", photos, "--model", classifier, "--json")
     assert status == 1
@@ -457,6 +466,7 @@ def test_cli_runs_without_torch(classifier, photos):
     assert json.loads(result.stdout)[0]["predictions"]
 
 
+@pytest.mark.slow
 def test_cli_agrees_with_transformers_end_to_end(photos, tmp_path):
     """transformers' own pipeline on the same files: its PIL processor on the path, its model, softmax /
     its post-processing, against the command line on a checkpoint transformers saved itself."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import quick, require
 from reference import OURS, make_reference, save_reference
 
 torch = require("torch")
@@ -43,7 +43,7 @@ def pair(folders, head="classification"):
     return ours, theirs
 
 
-@pytest.mark.parametrize("head", sorted(OURS))
+@pytest.mark.parametrize("head", quick(sorted(OURS), 1))  # (classification in the quick subset)
 def test_clean_checkpoint_passes(folders, head):
     report = crosscheck(checkpoint=folders[head], **SIZE)
     assert report.head == head
@@ -68,6 +68,7 @@ def test_layer_names_cover_every_module_kind():
     assert names["classifier"] == "head"
 
 
+@pytest.mark.slow
 def test_perturbed_weight_is_reported_at_its_layer(folders):
     ours, theirs = pair(folders)
     weight = ours.params["mobilevitv2"]["encoder"]["layer"][3]["transformer"]["layer"][1]["ffn"]["conv1"]["convolution"]["weight"]
@@ -83,6 +84,7 @@ def test_perturbed_weight_is_reported_at_its_layer(folders):
     assert f"first divergence: {PERTURBED}" in str(report)
 
 
+@pytest.mark.slow
 def test_tiny_perturbation_found_by_float64(folders):
     """One weight changed in its 8th digit: invisible in float32, located exactly in float64."""
     ours, theirs = pair(folders)
@@ -92,6 +94,7 @@ def test_tiny_perturbation_found_by_float64(folders):
     assert all(r["rel_float32"] <= report.tolerance["float32"] for r in report.rows)
 
 
+@pytest.mark.slow
 def test_perturbed_reference_is_reported_too(folders):
     """A change on the PyTorch side (a batch-norm statistic of stage 3's k x k conv) is found as well."""
     ours, theirs = pair(folders)
@@ -101,6 +104,7 @@ def test_perturbed_reference_is_reported_too(folders):
     assert report.first_divergence == "encoder.layer.2.conv_kxk"
 
 
+@pytest.mark.slow
 def test_models_are_not_modified(folders):
     ours, theirs = pair(folders)
     before = {k: v.clone() for k, v in theirs.state_dict().items()}
@@ -112,6 +116,7 @@ def test_models_are_not_modified(folders):
     assert ours.dtype == np.float64
 
 
+@pytest.mark.slow
 def test_float32_folded_model_leaves_out_float64(folders):
     ours = MobileViTV2ForImageClassification.from_pretrained(folders["classification"])
     theirs = transformers.MobileViTV2ForImageClassification.from_pretrained(str(folders["classification"])).eval()
@@ -123,6 +128,7 @@ def test_float32_folded_model_leaves_out_float64(folders):
     assert report.dtypes == ("float32", "float64") and report.passed
 
 
+@pytest.mark.slow
 def test_trace_agrees_with_the_model(folders):
     """The instrumented re-run is the model: its stage outputs are the reference path's hidden
     states exactly (it composes the same blocks functions), and the fast path's to float32 round-off."""

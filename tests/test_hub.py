@@ -75,7 +75,7 @@ def run_child(tmp_path, repo, *, cache, endpoint=None, offline=False, revision=N
     np.save(tmp_path / "x.npy", x)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env.update(HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5", PYTHONPATH=os.pathsep.join(sys.path))
+               HF_HUB_ETAG_TIMEOUT="60", HF_HUB_DOWNLOAD_TIMEOUT="60", PYTHONPATH=os.pathsep.join(sys.path))
     if endpoint:
         env["HF_ENDPOINT"] = endpoint
     if offline:
@@ -90,7 +90,7 @@ def run_child(tmp_path, repo, *, cache, endpoint=None, offline=False, revision=N
     return result
 
 
-@pytest.mark.parametrize("weights", ["pytorch_model.bin", "model.safetensors"])
+@pytest.mark.parametrize("weights", [pytest.param("pytorch_model.bin"), pytest.param("model.safetensors", marks=pytest.mark.slow)])
 def test_repo_id_offline_from_the_cache(tmp_path, reference, weights):
     """The cache holds what an apple repo holds on main (config.json + pytorch_model.bin), as
     huggingface_hub lays it out; HF_HUB_OFFLINE=1; torch cannot be imported."""
@@ -110,6 +110,7 @@ def test_repo_id_offline_with_nothing_cached(tmp_path):
     assert result["is_oserror"]
 
 
+@pytest.mark.slow
 def test_repo_id_online_through_a_fake_hub_then_offline(tmp_path, reference):
     """main holds config.json + pytorch_model.bin (like the apple repos), refs/pr/1 adds
     model.safetensors. Online, the files are looked for in transformers' order and downloaded into
@@ -144,6 +145,7 @@ def test_repo_id_online_through_a_fake_hub_then_offline(tmp_path, reference):
         assert relative_error(result["logits"], expected) < 2e-5
 
 
+@pytest.mark.slow
 def test_repo_without_weights(tmp_path, reference):
     files = {"config.json": checkpoint_files(reference, "model.safetensors")["config.json"], "README.md": b"hi"}
     with FakeHub({REPO: {"main": files}}) as hub:

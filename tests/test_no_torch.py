@@ -14,12 +14,14 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import require
 from import_blocker import BLOCKER
 from reference import make_reference, relative_error, run_reference, save_reference
 
 torch = require("torch")
+pytestmark = pytest.mark.slow  # (the quick subset, -m "not slow", leaves this module out: test_cli.py::test_cli_runs_without_torch and test_torch_files.py::test_reads_without_torch_importable keep the property there)
 
 CHILD = BLOCKER + textwrap.dedent(
     """

@@ -3,8 +3,9 @@
 The kernel is this interpreter (``sys.executable``), started through a kernel spec written to a
 temporary folder, with the repository root first on its ``PYTHONPATH``: the test does not depend on
 which kernels the machine has installed, and the notebooks import this checkout's ``numpy_mvit2``.
-The notebooks assert their own bars (the complexity plot's fitted slopes among them), so a failing
-assertion in a cell fails the test.
+The notebooks assert their own bars, so a failing assertion in a cell fails the test; none of
+them is a time (notebook 02 asserts the fitted slopes of counted multiply-adds and of peak memory,
+and only draws the wall time).
 
 Run as a script to execute the notebooks and save their outputs in place (what is committed)::
 
@@ -54,6 +55,7 @@ def execute(path: Path, kernel_dir: Path):
     return notebook
 
 
+@pytest.mark.slow  # a kernel each, minutes in all; the two tests below check the saved notebooks quickly
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path):
     for module in ("nbclient", "nbformat", "ipykernel", "matplotlib", "torch", "transformers"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import quick, require
 from reference import OURS, make_reference, relative_error, run_reference, save_reference
 
 torch = require("torch")
@@ -70,11 +70,12 @@ CASES = [
 ]
 
 
-PATHS = pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])  # model.fast: both paths
+PATHS = pytest.mark.parametrize("fast", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["fast", "reference"])
+"""model.fast: both paths (the quick subset: the fast path, which test_fast.py checks against the reference path)."""
 
 
 @PATHS
-@pytest.mark.parametrize("width,head,output_stride,batch,height,image_width,extra", CASES)
+@pytest.mark.parametrize("width,head,output_stride,batch,height,image_width,extra", quick(CASES, 0, 5, 6))  # one per head
 def test_float32_parity(tmp_path, width, head, output_stride, batch, height, image_width, extra, fast):
     config = MobileViTV2Config(width_multiplier=width, output_stride=output_stride, **extra)
     ours, ref = load_pair(tmp_path, config, head, seed=int(width * 10) + output_stride, fast=fast)
@@ -88,7 +89,7 @@ def test_float32_parity(tmp_path, width, head, output_stride, batch, height, ima
 @PATHS
 @pytest.mark.parametrize(
     "width,head,output_stride,height,image_width",
-    [(1.0, "classification", 32, 128, 96), (0.5, "segmentation", 8, 64, 80), (2.0, "base", 16, 70, 100)],
+    quick([(1.0, "classification", 32, 128, 96), (0.5, "segmentation", 8, 64, 80), (2.0, "base", 16, 70, 100)], 1),
 )
 def test_float64_parity(tmp_path, width, head, output_stride, height, image_width, fast):
     config = MobileViTV2Config(width_multiplier=width, output_stride=output_stride)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import quick, require
 from PIL import Image
 
 from numpy_mvit2 import CheckpointError, MobileViTImageProcessor
@@ -241,7 +241,7 @@ def test_non_rgb_pil_images_unconverted_as_transformers_default(name, awkward):
     assert mine.shape[1] in (1, 2, 4)
 
 
-@pytest.mark.parametrize("name", ["tiny", "one_pixel", "very_wide", "very_tall"])
+@pytest.mark.parametrize("name", quick(["tiny", "one_pixel", "very_wide", "very_tall"], 0, 1))
 def test_odd_sizes(name, awkward):
     image = awkward[name]
     compare(image)
@@ -250,7 +250,7 @@ def test_odd_sizes(name, awkward):
     compare(np.asarray(image), settings=SETTINGS["height_width"], input_data_format="channels_last")
 
 
-@pytest.mark.parametrize("name", NOT_RGB + ("tiny", "very_wide"))
+@pytest.mark.parametrize("name", quick(NOT_RGB + ("tiny", "very_wide"), *range(len(NOT_RGB) + 1)))  # very_wide: slow
 def test_awkward_files_by_path(name, awkward, tmp_path):
     """Saved to a file and passed by path: both processors open, EXIF-transpose and convert("RGB")."""
     image = awkward[name]

@@ -22,7 +22,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import quick, require
 from reference import (
     make_reference,
     make_timm_reference,
@@ -100,7 +100,7 @@ def test_timm_name_examples():
         assert timm_name(foreign) is None, foreign
 
 
-@pytest.mark.parametrize("width, seed", [(0.5, 1), (0.75, 2)])
+@pytest.mark.parametrize("width, seed", quick([(0.5, 1), (0.75, 2)], 0))
 def test_timm_safetensors_checkpoint_gives_timm_logits(tmp_path, width, seed):
     ref = make_timm_reference(width, seed=seed, num_classes=10)
     save_timm_reference(ref, tmp_path)
@@ -117,7 +117,8 @@ def test_timm_safetensors_checkpoint_gives_timm_logits(tmp_path, width, seed):
     assert relative_error(base(x).pooler_output, features) < TOL
 
 
-@pytest.mark.parametrize("size", [(200, 216), (100, 77), (33, 33)])
+@pytest.mark.parametrize("size", [pytest.param((200, 216), marks=pytest.mark.slow), (100, 77),
+                                  pytest.param((33, 33), marks=pytest.mark.slow)])
 def test_patch_remainder_switch_against_each_reference(tmp_path, size):
     """Where the patch size does not divide a feature map, "resize" reproduces timm and "zero"
     (the default) reproduces transformers, on the same weights."""
@@ -288,7 +289,7 @@ def cvnets_checkpoint(ref, config, segmentation):
     return state
 
 
-@pytest.mark.parametrize("head", ["classification", "segmentation"])
+@pytest.mark.parametrize("head", quick(["classification", "segmentation"], 0))
 def test_cvnets_checkpoint_gives_transformers_logits(tmp_path, head):
     from safetensors.numpy import save_file
 
@@ -351,6 +352,7 @@ BLOCKED_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torch_files_from_timm_and_transformers_without_torch(tmp_path):
     """timm's pytorch_model.bin (save_for_hf), a bare timm state dict saved as .pth, and a
     transformers state dict in float16 with a non-contiguous tensor and two tensors sharing one

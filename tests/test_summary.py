@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import quick, require
 from reference import make_reference
 
 from numpy_mvit2 import (
@@ -48,7 +48,7 @@ def torch_name(row, head):
     return "mobilevitv2." + row.name
 
 
-@pytest.mark.parametrize(("head", "settings", "size"), CASES, ids=[f"{c[0]}-{c[2][0]}x{c[2][1]}" for c in CASES])
+@pytest.mark.parametrize(("head", "settings", "size"), quick(CASES, 3), ids=[f"{c[0]}-{c[2][0]}x{c[2][1]}" for c in CASES])
 def test_against_transformers(head, settings, size):
     config = MobileViTV2Config(**settings)
     reference = make_reference(config, head)
@@ -78,6 +78,7 @@ def test_against_transformers(head, settings, size):
         assert stages[-1].output_shape == out.logits.shape[1:]
 
 
+@pytest.mark.slow
 def test_timm_layout_with_resized_patches():
     """``patch_remainder="resize"`` (timm, ml-cvnets): the block's input is resized up to a multiple
     of the patch size; timm's mobilevitv2_100 gives the same parameters and FLOPs."""
