@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bounded import BOUNDED_ENV, run_bounded
+from conftest import quick
 from PIL import Image
 from safetensors.numpy import save_file
 
@@ -263,8 +264,8 @@ def test_colliding_names_existing_files_and_planted_links(segmenter, tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
 
 
-@pytest.mark.parametrize(("signum", "status", "word"), [(signal.SIGTERM, 143, "terminated"),
-                                                        (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize(("signum", "status", "word"), quick([(signal.SIGTERM, 143, "terminated"),
+                                                              (signal.SIGINT, 130, "interrupted")], 0))
 def test_signal_during_writes(segmenter, tmp_path, signum, status, word):
     """A signal in the middle of a run: exit 128 + signal, no traceback, no temporary file left,
     every file written is whole."""
