@@ -45,6 +45,8 @@ def open_regular_file(path: str | os.PathLike, error=CheckpointError, what: str 
         raise error(f"{path}: a folder, not a {what}") from None
     except OSError as e:
         raise error(f"{path}: cannot open ({e.strerror or e})") from None
+    except ValueError:  # a NUL byte in the name (a shard name from an index, say): no file has it
+        raise error(f"{path}: cannot open (the name holds a NUL byte)") from None
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
