@@ -51,7 +51,7 @@ from .processing import (
     post_process_semantic_segmentation,
     voc_palette,
 )
-from .safeio import read_json
+from .safeio import read_settings_json
 from .summary import format_summary, summarize
 from .weights import CheckpointError
 
@@ -320,7 +320,7 @@ def load_processor(name: str, config: MobileViTV2Config, quiet: bool,
         path = resolve_file(name, PREPROCESSOR_CONFIG, required=False)
         if path is not None:
             # read as a file from a stranger: regular, bounded in size and nesting (safeio)
-            settings = read_json(path, error=ValueError, what=PREPROCESSOR_CONFIG)
+            settings = read_settings_json(path, error=ValueError, what=PREPROCESSOR_CONFIG)
             if not isinstance(settings, dict):
                 raise ValueError(f"{path} must hold a JSON object, found {type(settings).__name__}")
             try:

@@ -50,7 +50,7 @@ from .config import is_finite_number, show
 from .errors import ConfigError
 from .hub import resolve_file
 from .ops import interpolate_bilinear
-from .safeio import read_json
+from .safeio import read_settings_json
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -573,7 +573,7 @@ class MobileViTImageProcessor:
         path = Path(pretrained_model_name_or_path)
         if not path.is_file():
             path = resolve_file(pretrained_model_name_or_path, PREPROCESSOR_CONFIG, revision=revision)
-        config = read_json(path, error=ConfigError, what="preprocessor config")
+        config = read_settings_json(path, error=ConfigError, what="preprocessor config")
         if not isinstance(config, dict):
             raise ConfigError(f"{path} must hold a JSON object, found {type(config).__name__}")
         try:
