@@ -316,6 +316,19 @@ def test_open_image_refuses_before_decoding(tmp_path):
     (tmp_path / "frame.gif").write_bytes(gif_frame_larger_than_screen())
     with pytest.raises(ImageLoadError, match="20000x1"):
         open_image(tmp_path / "frame.gif", max_pixels=10_000)
+    # headers Pillow reads in Python a byte or a chunk at a time: 25 MB of them took 10 CPU seconds
+    (tmp_path / "comment.pgm").write_bytes(b"P5\n#" + b"c" * 2**17 + b"\n10 10 255\n" + b"\0" * 100)
+    with pytest.raises(ImageLoadError, match="a PNM header longer than 65,536 bytes"):
+        open_image(tmp_path / "comment.pgm")
+    (tmp_path / "short-comment.pgm").write_bytes(b"P5\n# made by hand\n10 10\n255\n" + b"\0" * 100)
+    assert open_image(tmp_path / "short-comment.pgm").size == (10, 10)
+    good = png_bytes(4, 4, zlib.compress(b"\x00" * 20))
+    empty_chunk = struct.pack(">I", 0) + b"zzZz" + struct.pack(">I", zlib.crc32(b"zzZz"))
+    (tmp_path / "chunks.png").write_bytes(good[:33] + empty_chunk * (2**16 + 1) + good[33:])
+    with pytest.raises(ImageLoadError, match="more than 65,536 small chunks"):
+        open_image(tmp_path / "chunks.png")
+    (tmp_path / "few-chunks.png").write_bytes(good[:33] + empty_chunk * 100 + good[33:])
+    assert open_image(tmp_path / "few-chunks.png").size == (4, 4)
 
 
 def test_hostile_processor_settings(classifier, hostile, tmp_path):
