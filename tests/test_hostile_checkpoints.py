@@ -249,3 +249,18 @@ def test_bounds_on_work_scaled_down(tmp_path, monkeypatch):
     (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
     state = read_sharded_safetensors(tmp_path / "m.safetensors.index.json")
     assert sorted(state) == sorted(shards) and state["t7"].tolist() == [7]
+
+
+def test_unexpected_keys_listed_short():
+    """The file's names in the does-not-match error: each cut, at most MAX_LISTED of them (a file
+    of a 100 kB name, or of 300 000 names, made a message that long)."""
+    from numpy_mvit2 import MobileViTV2Config
+    from numpy_mvit2.weights.convert import MAX_LISTED, check_state_dict
+
+    state = {f"extra.{i}": np.zeros(1, np.float32) for i in range(MAX_LISTED + 9)}
+    state["x" * 100_000] = np.zeros(1, np.float32)
+    with pytest.raises(CheckpointError) as info:
+        check_state_dict(state, MobileViTV2Config(width_multiplier=0.5), "classification", "ckpt.safetensors")
+    message = str(info.value)
+    assert f"{MAX_LISTED + 10} unexpected key(s)" in message and "... and 10 more" in message
+    assert "x" * 300 not in message and "(100,000 characters)" in message
