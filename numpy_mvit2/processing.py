@@ -210,6 +210,10 @@ def check_image_size(width: int, height: int, *, max_pixels: int | None = None, 
         return f"refused, an empty image ({width}x{height})"
     if max_pixels is not None and width * height > max_pixels:
         return f"refused, {width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}"
+    if size is not None:  # settings such as shortest_edge 4096 with longest_edge 1 shrink a strip to nothing
+        new_width, new_height = prepared_size(width, height, size)
+        if new_width < 1 or new_height < 1:
+            return f"refused, {width}x{height} becomes {new_width}x{new_height} when resized to {_describe_size(size)}: an empty image"
     if max_prepared_pixels is not None:
         new_width, new_height = prepared_size(width, height, size)
         if new_width * new_height <= max_prepared_pixels:

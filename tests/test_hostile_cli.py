@@ -327,6 +327,10 @@ def test_open_image_refuses_before_decoding(tmp_path):
     (tmp_path / "chunks.png").write_bytes(good[:33] + empty_chunk * (2**16 + 1) + good[33:])
     with pytest.raises(ImageLoadError, match="more than 65,536 small chunks"):
         open_image(tmp_path / "chunks.png")
+    # admitted settings that resize a strip to nothing: the image's own error, before decoding
+    Image.new("RGB", (1000, 10)).save(tmp_path / "wide.png")
+    with pytest.raises(ImageLoadError, match="1000x10 becomes 1x0 when resized to shortest edge 4096, longest edge 1: an empty image"):
+        open_image(tmp_path / "wide.png", size={"shortest_edge": 4096, "longest_edge": 1})
     (tmp_path / "few-chunks.png").write_bytes(good[:33] + empty_chunk * 100 + good[33:])
     assert open_image(tmp_path / "few-chunks.png").size == (4, 4)
 
