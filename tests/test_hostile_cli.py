@@ -394,3 +394,21 @@ def test_fast_resize_matches_the_processor(tmp_path):
             prepare(item, args, processor, keep_photo=False)
             expected = processor(load_image(tmp_path / name), return_tensors="np")["pixel_values"]
             assert np.array_equal(item.pixels, expected), (name, do_convert_rgb)
+
+
+def test_outputs_never_replace_this_runs_inputs(segmenter, tmp_path):
+    """The output folder is the photo folder, with --overwrite: x.jpg's x_labels.png would replace
+    the photo x_labels.png (an input of the same run, perhaps not read yet). It is refused instead."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo(0, 40, 30).save(photos / "x.jpg")
+    photo(1, 50, 30).save(photos / "x_labels.png")
+    original = (photos / "x_labels.png").read_bytes()
+    result = run_bounded(["-m", "numpy_mvit2", "segment", str(photos), "--model", str(segmenter), "-o", str(photos),
+                          "--json", "--overwrite", "--batch-size", "1"])
+    assert_clean(result)
+    assert result.returncode == 1
+    records = {Path(r["file"]).name: r for r in json.loads(result.stdout)}
+    assert "is one of this run's input images; not replaced" in records["x.jpg"]["error"]
+    assert records["x_labels.png"]["size"] == [50, 30]
+    assert (photos / "x_labels.png").read_bytes() == original
