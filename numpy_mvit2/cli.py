@@ -51,7 +51,7 @@ from .processing import (
     post_process_semantic_segmentation,
     voc_palette,
 )
-from .safeio import read_json
+from .safeio import read_settings_json
 from .summary import format_summary, summarize
 from .weights import CheckpointError
 
@@ -320,7 +320,7 @@ def load_processor(name: str, config: MobileViTV2Config, quiet: bool,
         path = resolve_file(name, PREPROCESSOR_CONFIG, required=False)
         if path is not None:
             # read as a file from a stranger: regular, bounded in size and nesting (safeio)
-            settings = read_json(path, error=ValueError, what=PREPROCESSOR_CONFIG)
+            settings = read_settings_json(path, error=ValueError, what=PREPROCESSOR_CONFIG)
             if not isinstance(settings, dict):
                 raise ValueError(f"{path} must hold a JSON object, found {type(settings).__name__}")
             try:
@@ -545,7 +545,17 @@ class Outputs:
                 return paths
         raise AssertionError("unreachable")
 
-    def refuse_existing(self, paths) -> None:
+    def refuse_existing(self, paths, inputs: frozenset = frozenset()) -> None:
+        """Refuse paths that exist (unless ``overwrite``) and, always, paths that are one of this
+        run's input files (``inputs``: their (device, inode)): with the output folder among the
+        inputs, x.jpg's x_labels.png could replace the photo x_labels.png before it is read."""
+        for path in paths:
+            try:
+                found = os.lstat(path)
+            except OSError:
+                continue
+            if (found.st_dev, found.st_ino) in inputs:
+                raise OutputError(f"{path} is one of this run's input images; not replaced")
         if self.overwrite:
             return
         for path in paths:
@@ -671,11 +681,19 @@ def cmd_segment(args) -> int:
     outputs = Outputs(out_dir, args.overwrite)
     # Names are claimed in input order, before anything runs: the same command line always gives
     # the same names, and an image whose files exist is skipped before it is decoded.
+    inputs = set()
+    for item in items:
+        try:
+            found = os.stat(item.file)
+            inputs.add((found.st_dev, found.st_ino))
+        except OSError:  # reported when it is opened
+            pass
+    inputs = frozenset(inputs)
     for item in items:
         if item.error is None:
             item.outputs = outputs.claim(Path(item.file).stem)
             try:
-                outputs.refuse_existing(item.outputs)
+                outputs.refuse_existing(item.outputs, inputs)
             except OutputError as e:
                 item.error = str(e)
     reporter = _start(args, items, "segment")

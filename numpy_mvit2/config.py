@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import CheckpointNotFoundError, ConfigError
 from .ops import ACTIVATIONS
-from .safeio import MAX_JSON_DEPTH, read_json
+from .safeio import MAX_JSON_DEPTH, read_settings_json
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 PATCH_REMAINDERS = ("zero", "resize")  # transformers' behaviour, timm's and ml-cvnets' (see MobileViTV2Config)
@@ -630,12 +630,12 @@ class MobileViTV2Config:
     def from_json_file(cls, path: str | os.PathLike) -> "MobileViTV2Config":
         """A config from a ``config.json`` (transformers' or timm's). A missing file raises
         ``CheckpointNotFoundError`` (an OSError); anything else wrong with it, ``ConfigError``
-        naming the file: not a regular file, over ``safeio.MAX_JSON_BYTES``, not UTF-8, not JSON,
+        naming the file: not a regular file, over ``safeio.MAX_SETTINGS_BYTES`` or ``MAX_SETTINGS_VALUES``, not UTF-8, not JSON,
         nested deeper than ``safeio.MAX_JSON_DEPTH``, NaN or infinite numbers, or a field's value."""
         path = Path(path)
         if not path.exists():
             raise CheckpointNotFoundError(f"{path}: no such config file")
-        data = read_json(path, error=ConfigError, what="config file")
+        data = read_settings_json(path, error=ConfigError, what="config file")
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a JSON object, found {type(data).__name__}")
         model_type = data.get("model_type")

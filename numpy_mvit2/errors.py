@@ -20,3 +20,21 @@ class ConfigError(ValueError):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+# How much of a name taken from a file an error message shows: a tensor, record or global name is
+# whatever the file says, megabytes of it if the file wants, and a message holds only its start.
+MAX_SHOWN = 200
+
+
+def cut(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` as it is if short, else its first ``limit`` characters and how long it was."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown(name, limit: int = MAX_SHOWN) -> str:
+    """``repr(name)`` for an error message, cut as ``cut`` cuts (a long name costs no more than its first ``limit`` characters)."""
+    if isinstance(name, (str, bytes)) and len(name) > limit:
+        return f"{name[:limit]!r}... ({len(name):,} characters)"
+    return repr(name)

@@ -50,7 +50,7 @@ from .config import is_finite_number, show
 from .errors import ConfigError
 from .hub import resolve_file
 from .ops import interpolate_bilinear
-from .safeio import read_json
+from .safeio import read_settings_json
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -132,6 +132,52 @@ def _jpeg_scans(file, limit: int) -> int:
         file.seek(position)
 
 
+# Pillow reads some headers a byte or a chunk at a time in Python, at about half a microsecond a
+# byte: a 25 MB PGM whose header is one long comment, or a 24 MB PNG of two million empty chunks,
+# took 10 CPU seconds before a pixel was decoded. Real headers are short and real PNGs hold few
+# small chunks (APNG: two per frame), so both are bounded before Pillow sees the file.
+MAX_PNM_HEADER = 2**16  # bytes
+MAX_PNG_SMALL_CHUNKS = 2**16  # chunks of fewer than 1024 bytes
+_PNM_TOKENS = {b"P1": 3, b"P4": 3, b"P2": 4, b"P3": 4, b"P5": 4, b"P6": 4, b"P7": None, b"Pf": 4, b"PF": 4}
+
+
+def _header_reason(file) -> str | None:
+    """Why the PNM or PNG in ``file`` is refused before Pillow parses it (see MAX_PNM_HEADER), or None."""
+    position = file.tell()
+    try:
+        head = file.read(8)
+        if head[:2] in _PNM_TOKENS and _PNM_TOKENS[head[:2]]:
+            data = head + file.read(MAX_PNM_HEADER)
+            tokens, i = 0, 0
+            while i < len(data) and tokens < _PNM_TOKENS[head[:2]]:
+                if data[i:i + 1] == b"#":
+                    end = data.find(b"\n", i)
+                    i = len(data) if end < 0 else end + 1
+                elif data[i:i + 1].isspace():
+                    i += 1
+                else:
+                    tokens += 1
+                    while i < len(data) and not data[i:i + 1].isspace() and data[i:i + 1] != b"#":
+                        i += 1
+            if tokens < _PNM_TOKENS[head[:2]] and len(data) > MAX_PNM_HEADER:
+                return f"refused, a PNM header longer than {MAX_PNM_HEADER:,} bytes"
+        elif head == b"\x89PNG\r\n\x1a\n":
+            small = 0
+            while True:
+                header = file.read(8)
+                if len(header) < 8 or header[4:] == b"IEND":
+                    break
+                length = int.from_bytes(header[:4], "big")
+                if length < 1024:
+                    small += 1
+                    if small > MAX_PNG_SMALL_CHUNKS:
+                        return f"refused, a PNG of more than {MAX_PNG_SMALL_CHUNKS:,} small chunks"
+                file.seek(length + 4, os.SEEK_CUR)
+        return None
+    finally:
+        file.seek(position)
+
+
 class _OpenError(Exception):
     """safeio's message ("<path>: <reason>"), carried to ``open_image`` to become an ImageLoadError."""
 
@@ -164,6 +210,10 @@ def check_image_size(width: int, height: int, *, max_pixels: int | None = None, 
         return f"refused, an empty image ({width}x{height})"
     if max_pixels is not None and width * height > max_pixels:
         return f"refused, {width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}"
+    if size is not None:  # settings such as shortest_edge 4096 with longest_edge 1 shrink a strip to nothing
+        new_width, new_height = prepared_size(width, height, size)
+        if new_width < 1 or new_height < 1:
+            return f"refused, {width}x{height} becomes {new_width}x{new_height} when resized to {_describe_size(size)}: an empty image"
     if max_prepared_pixels is not None:
         new_width, new_height = prepared_size(width, height, size)
         if new_width * new_height <= max_prepared_pixels:
@@ -200,6 +250,13 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: 
     with file:
         head = file.read(4)
         file.seek(0)
+        if formats is None or "PNG" in formats or "PPM" in formats:
+            try:
+                reason = _header_reason(file)
+            except OSError as e:
+                reason = f"cannot read ({e.strerror or e})"
+            if reason is not None:
+                raise ImageLoadError(name, reason)
         try:
             with warnings.catch_warnings():
                 if max_pixels is not None:  # our own limit replaces Pillow's warning
@@ -573,7 +630,7 @@ class MobileViTImageProcessor:
         path = Path(pretrained_model_name_or_path)
         if not path.is_file():
             path = resolve_file(pretrained_model_name_or_path, PREPROCESSOR_CONFIG, revision=revision)
-        config = read_json(path, error=ConfigError, what="preprocessor config")
+        config = read_settings_json(path, error=ConfigError, what="preprocessor config")
         if not isinstance(config, dict):
             raise ConfigError(f"{path} must hold a JSON object, found {type(config).__name__}")
         try:

@@ -236,6 +236,26 @@ def _self_append() -> bytes:
     return torch_zip(b"\x80\x02]q\x00" + b"h\x00a" * 200 + b".")
 
 
+def _ordered_dict_replayed() -> bytes:
+    # One list of 20 000 (key, value) pairs, memoized, handed to OrderedDict 200 times: four bytes
+    # of pickle per call, 20 000 items of work each (a 200 kB file of such calls ran for hours).
+    pkl = b"\x80\x02ccollections\nOrderedDict\nq\x010(VA\nNtq\x020]q\x03"
+    pkl += b"".join(b"(" + b"h\x02" * 1000 + b"e" for _ in range(20)) + b"\x85q\x040"
+    return torch_zip(pkl + b"h\x01h\x04R0" * 200 + b"}.")
+
+
+LONG_NAME = "N" * 2**16  # a name from the file, in an error message: cut, its length said
+
+
+def _long_name_view_past_storage() -> bytes:
+    pkl = state_dict_pkl({LONG_NAME: tensor(storage_pid("0", 4), 3, (2,), (1,))})
+    return torch_zip(pkl, {"data/0": np.arange(4, dtype="<f4").tobytes()})
+
+
+def _long_storage_key() -> bytes:
+    return torch_zip(state_dict_pkl({"w": tensor(storage_pid("k" * 2**16, 4), 0, (2,), (1,))}))
+
+
 TORCH_CASES = {
     "valid": (valid_checkpoint, None),
     "shared-key-element-counts": (_shared_key_counts, "storage '0' is declared as 4 x torch.FloatStorage and, for tensor 'b', as 1000000"),
@@ -284,6 +304,10 @@ TORCH_CASES = {
     "truncated-end": (lambda: _truncated(0.99), "zip archive"),
     "empty-file": (lambda: b"", "empty file"),
     "bare-pickle": (lambda: b"\x80\x02}q\x00.", "a bare pickle"),
+    "ordered-dict-replayed": (_ordered_dict_replayed, "counting the items given to calls"),
+    "long-tensor-name": (_long_name_view_past_storage, "NNN'... (65,536 characters) (size (2,)"),
+    "long-storage-key": (_long_storage_key, "kkk... (65,549 characters) is missing"),
+    "long-global-name": (lambda: _global("os", "s" * 2**16), "refused pickle global os.sss"),
 }
 
 
@@ -336,4 +360,7 @@ SAFETENSORS_CASES = {
     "metadata-not-strings": (lambda: safetensors_bytes({"__metadata__": {"a": 1}}), "__metadata__"),
     "entry-not-object": (lambda: safetensors_bytes({"t": 5}), "not an object"),
     "empty-file": (lambda: b"", "too short"),
+    "empty-but-huge-shape": (lambda: _one(dtype="F64", shape=(0, 2**61, 2**61), offsets=(0, 0), data=b""), "too large for an array"),
+    "long-name": (lambda: safetensors_bytes({"N" * 2**16: {"dtype": "U8", "shape": [2], "data_offsets": [0, 1]}}, b"x"),
+                  "NNN'... (65,536 characters): shape"),
 }

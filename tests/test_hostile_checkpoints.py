@@ -56,7 +56,7 @@ CHILD = textwrap.dedent(
             arrays = readers[reader](path)
             result = {"class": None, "names": sorted(arrays), "total": float(sum(float(a.sum()) for a in arrays.values()))}
         except BaseException as e:
-            result = {"class": type(e).__name__, "message": str(e)[:2000]}
+            result = {"class": type(e).__name__, "message": str(e)[:2000], "length": len(str(e))}
         print(json.dumps({"name": name, **result}), flush=True)
     """
 )
@@ -73,8 +73,13 @@ def read_in_bounded_child(jobs: list[tuple[str, str, Path]]) -> dict[str, dict]:
     return reports
 
 
+# An error message quotes names from the file (tensors, records, globals) cut short: never longer than this.
+MAX_MESSAGE = 2000
+
+
 def refused(report: dict, path: Path, fragment: str) -> bool:
-    return report["class"] == "CheckpointError" and str(path) in report["message"] and fragment in report["message"]
+    return (report["class"] == "CheckpointError" and str(path) in report["message"] and fragment in report["message"]
+            and report["length"] <= MAX_MESSAGE)
 
 
 def assert_refused(report: dict, path: Path, fragment: str) -> None:
@@ -171,12 +176,17 @@ def test_sharded_index_hostile(tmp_path):
         "list.index.json": (b"[1, 2]", "weight_map"),
         "escape.index.json": (json.dumps({"weight_map": {"w": "../x.bin"}}).encode(), "must be a file name"),
         "latin1.index.json": (b'{"weight_map": {"\xff": "a.bin"}}', "not UTF-8"),
+        # a NUL in a name made os.open raise a bare ValueError; a name of megabytes filled the message
+        "nul.index.json": (json.dumps({"weight_map": {"w": "a\0b.bin"}}).encode(), "no NUL"),
+        "long.index.json": (json.dumps({"weight_map": {"w": "x" * 2**20}}).encode(), "(1,048,576 characters)"),
+        "empty.index.json": (json.dumps({"weight_map": {"w": ""}}).encode(), "must be a file name"),
     }
     for name, (data, fragment) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(CheckpointError) as info:
             read_sharded_torch(tmp_path / name)
         assert str(tmp_path / name) in str(info.value) and fragment in str(info.value), (name, info.value)
+        assert len(str(info.value)) <= MAX_MESSAGE, name
     (tmp_path / "a.safetensors").write_bytes(safetensors_bytes({"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"\x07"))
     (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "a.safetensors"}}))
     assert read_sharded_safetensors(tmp_path / "m.safetensors.index.json")["w"].tolist() == [7]
@@ -210,3 +220,47 @@ def test_devices_folders_and_links(tmp_path):
             reader(path)
         assert str(path) in str(info.value) and fragment in str(info.value), info.value
     assert list(read_torch_checkpoint(tmp_path / "link.pt")) == ["w", "wt", "b"]
+
+
+def test_bounds_on_work_scaled_down(tmp_path, monkeypatch):
+    """The bounds that a real-size file would take seconds to reach, checked at a small scale: the
+    number of tensors (a 2 MB pickle of 500 000 four-opcode tensors ran past 10 CPU seconds), the
+    size of the zip directory before zipfile parses it (a 56 MB directory of a million one-byte
+    names did), and an index of many shards costs one pass over its map."""
+    from numpy_mvit2.weights import torch_files
+
+    pid = storage_pid("0", 4)
+    path = tmp_path / "four.pt"
+    path.write_bytes(torch_zip(state_dict_pkl({f"t{i}": tensor(pid, 0, (1,), (1,)) for i in range(4)}),
+                               {"data/0": np.arange(4, dtype="<f4").tobytes()}))
+    assert len(read_torch_checkpoint(path)) == 4
+    monkeypatch.setattr(torch_files, "MAX_TENSORS", 3)
+    with pytest.raises(CheckpointError, match="more than 3 tensors"):
+        read_torch_checkpoint(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(torch_files, "MAX_CENTRAL_DIRECTORY", 100)
+    with pytest.raises(CheckpointError, match=r"its zip directory holds \d+ bytes, more than the 100 allowed"):
+        read_torch_checkpoint(path)
+    monkeypatch.undo()
+    shards = {}
+    for i in range(300):
+        (tmp_path / f"s{i}.safetensors").write_bytes(safetensors_bytes({f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, bytes([i % 256])))
+        shards[f"t{i}"] = f"s{i}.safetensors"
+    (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    state = read_sharded_safetensors(tmp_path / "m.safetensors.index.json")
+    assert sorted(state) == sorted(shards) and state["t7"].tolist() == [7]
+
+
+def test_unexpected_keys_listed_short():
+    """The file's names in the does-not-match error: each cut, at most MAX_LISTED of them (a file
+    of a 100 kB name, or of 300 000 names, made a message that long)."""
+    from numpy_mvit2 import MobileViTV2Config
+    from numpy_mvit2.weights.convert import MAX_LISTED, check_state_dict
+
+    state = {f"extra.{i}": np.zeros(1, np.float32) for i in range(MAX_LISTED + 9)}
+    state["a" * 100_000] = np.zeros(1, np.float32)  # sorted first: listed, and cut
+    with pytest.raises(CheckpointError) as info:
+        check_state_dict(state, MobileViTV2Config(width_multiplier=0.5), "classification", "ckpt.safetensors")
+    message = str(info.value)
+    assert f"{MAX_LISTED + 10} unexpected key(s)" in message and "... and 10 more" in message
+    assert "a" * 300 not in message and "(100,000 characters)" in message

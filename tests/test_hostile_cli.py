@@ -317,6 +317,23 @@ def test_open_image_refuses_before_decoding(tmp_path):
     (tmp_path / "frame.gif").write_bytes(gif_frame_larger_than_screen())
     with pytest.raises(ImageLoadError, match="20000x1"):
         open_image(tmp_path / "frame.gif", max_pixels=10_000)
+    # headers Pillow reads in Python a byte or a chunk at a time: 25 MB of them took 10 CPU seconds
+    (tmp_path / "comment.pgm").write_bytes(b"P5\n#" + b"c" * 2**17 + b"\n10 10 255\n" + b"\0" * 100)
+    with pytest.raises(ImageLoadError, match="a PNM header longer than 65,536 bytes"):
+        open_image(tmp_path / "comment.pgm")
+    (tmp_path / "short-comment.pgm").write_bytes(b"P5\n# made by hand\n10 10\n255\n" + b"\0" * 100)
+    assert open_image(tmp_path / "short-comment.pgm").size == (10, 10)
+    good = png_bytes(4, 4, zlib.compress(b"\x00" * 20))
+    empty_chunk = struct.pack(">I", 0) + b"zzZz" + struct.pack(">I", zlib.crc32(b"zzZz"))
+    (tmp_path / "chunks.png").write_bytes(good[:33] + empty_chunk * (2**16 + 1) + good[33:])
+    with pytest.raises(ImageLoadError, match="more than 65,536 small chunks"):
+        open_image(tmp_path / "chunks.png")
+    # admitted settings that resize a strip to nothing: the image's own error, before decoding
+    Image.new("RGB", (1000, 10)).save(tmp_path / "wide.png")
+    with pytest.raises(ImageLoadError, match="1000x10 becomes 1x0 when resized to shortest edge 4096, longest edge 1: an empty image"):
+        open_image(tmp_path / "wide.png", size={"shortest_edge": 4096, "longest_edge": 1})
+    (tmp_path / "few-chunks.png").write_bytes(good[:33] + empty_chunk * 100 + good[33:])
+    assert open_image(tmp_path / "few-chunks.png").size == (4, 4)
 
 
 def test_hostile_processor_settings(classifier, hostile, tmp_path):
@@ -378,3 +395,21 @@ def test_fast_resize_matches_the_processor(tmp_path):
             prepare(item, args, processor, keep_photo=False)
             expected = processor(load_image(tmp_path / name), return_tensors="np")["pixel_values"]
             assert np.array_equal(item.pixels, expected), (name, do_convert_rgb)
+
+
+def test_outputs_never_replace_this_runs_inputs(segmenter, tmp_path):
+    """The output folder is the photo folder, with --overwrite: x.jpg's x_labels.png would replace
+    the photo x_labels.png (an input of the same run, perhaps not read yet). It is refused instead."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo(0, 40, 30).save(photos / "x.jpg")
+    photo(1, 50, 30).save(photos / "x_labels.png")
+    original = (photos / "x_labels.png").read_bytes()
+    result = run_bounded(["-m", "numpy_mvit2", "segment", str(photos), "--model", str(segmenter), "-o", str(photos),
+                          "--json", "--overwrite", "--batch-size", "1"])
+    assert_clean(result)
+    assert result.returncode == 1
+    records = {Path(r["file"]).name: r for r in json.loads(result.stdout)}
+    assert "is one of this run's input images; not replaced" in records["x.jpg"]["error"]
+    assert records["x_labels.png"]["size"] == [50, 30]
+    assert (photos / "x_labels.png").read_bytes() == original

@@ -29,7 +29,7 @@ from numpy_mvit2 import (
 from numpy_mvit2.config import MAX_IMAGE_SIZE, MAX_LABELS, MAX_PARAMETERS, show
 from numpy_mvit2.errors import CheckpointNotFoundError
 from numpy_mvit2.processing import MAX_IMAGE_SIDE
-from numpy_mvit2.safeio import MAX_JSON_BYTES, MAX_JSON_DEPTH, read_json
+from numpy_mvit2.safeio import MAX_JSON_DEPTH, MAX_SETTINGS_BYTES, MAX_SETTINGS_VALUES, parse_json, read_json
 from numpy_mvit2.weights import expected_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -387,10 +387,26 @@ def test_file_over_the_size_limit_is_refused_unread(tmp_path):
         path = tmp_path / name
         with open(path, "wb") as f:  # sparse: no disk used, and refused by its size before a read
             f.write(b"{")
-            f.truncate(MAX_JSON_BYTES + 1)
+            f.truncate(MAX_SETTINGS_BYTES + 1)
         with pytest.raises(ConfigError) as info:
             load(path)
-        assert_names(info.value, str(path), str(MAX_JSON_BYTES))
+        assert_names(info.value, str(path), str(MAX_SETTINGS_BYTES))
+
+
+def test_file_of_too_many_values_is_refused(tmp_path):
+    """Each walk over a parsed file costs a microsecond a value: a 6 MB config.json of two
+    million empty lists ran past 10 CPU seconds. Settings files hold at most MAX_SETTINGS_VALUES."""
+    wide = '{"x": [' + ",".join(["[]"] * MAX_SETTINGS_VALUES) + "]}"
+    for name, load in (("config.json", MobileViTV2Config.from_json_file),
+                       ("preprocessor_config.json", MobileViTImageProcessor.from_pretrained)):
+        path = tmp_path / name
+        path.write_text(wide)
+        with pytest.raises(ConfigError) as info:
+            load(path)
+        assert_names(info.value, str(path), f"more than {MAX_SETTINGS_VALUES} values")
+    with pytest.raises(ValueError, match="more than 5 values"):
+        parse_json("[1, 2, 3, 4, 5]", "x.json", max_values=5)
+    assert parse_json("[1, 2, 3, 4]", "x.json", max_values=5) == [1, 2, 3, 4]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")

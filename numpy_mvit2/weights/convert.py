@@ -11,10 +11,12 @@ import numpy as np
 
 from ..config import MobileViTV2Config
 from ..ops import fold_batch_norm
+from ..errors import cut
 from .files import CheckpointError
 from .shapes import BASE_PREFIX, expected_shapes, folded_shapes
 
 HEAD_PREFIXES = ("classifier.", "segmentation_head.")
+MAX_LISTED = 50  # unexpected keys named in an error (a file may hold hundreds of thousands)
 
 
 def align_prefix(state: dict, head: str) -> dict:
@@ -60,8 +62,10 @@ def check_state_dict(state: dict, config: MobileViTV2Config, head: str, source: 
         lines.append(f" {len(missing)} missing key(s):")
         lines += [f"  {k} {expected[k]}" for k in missing]
     if unexpected:
-        lines.append(f" {len(unexpected)} unexpected key(s):")
-        lines += [f"  {k} {tuple(state[k].shape)}" for k in unexpected]
+        lines.append(f" {len(unexpected)} unexpected key(s):")  # the file's names: cut, and only the first ones
+        lines += [f"  {cut(k)} {tuple(state[k].shape)}" for k in unexpected[:MAX_LISTED]]
+        if len(unexpected) > MAX_LISTED:
+            lines.append(f"  ... and {len(unexpected) - MAX_LISTED} more")
     if mismatched:
         lines.append(f" {len(mismatched)} shape mismatch(es):")
         lines += mismatched

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, CheckpointNotFoundError  # noqa: F401 - re-exported: weights.files was their home
+from ..errors import CheckpointError, CheckpointNotFoundError, shown  # noqa: F401 - re-exported: weights.files was their home
 from ..safeio import open_regular_file, read_json
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -51,6 +51,7 @@ ITEMSIZES = {name: np.dtype(dtype).itemsize for name, dtype in SAFETENSORS_DTYPE
 MAX_SAFETENSORS_HEADER = 16 * 2**20
 MAX_SAFETENSORS_RANK = 64
 MAX_SAFETENSORS_SIZE = 2**62
+MAX_SHARD_NAME = 255  # bytes: a file name (NAME_MAX)
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -97,26 +98,28 @@ def safetensors_layout(header: bytes, data_size: int, path: Path) -> dict[str, t
     tensors = {}
     for name, entry in entries.items():
         if not isinstance(entry, dict):
-            raise CheckpointError(f"{path}: tensor {name!r}: its header entry is not an object")
+            raise CheckpointError(f"{path}: tensor {shown(name)}: its header entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if not (isinstance(dtype, str) and dtype in SAFETENSORS_DTYPES):
-            raise CheckpointError(f"{path}: tensor {name!r}: dtype {str(dtype)[:40]!r} is not one numpy_mvit2 reads ({', '.join(SAFETENSORS_DTYPES)})")
+            raise CheckpointError(f"{path}: tensor {shown(name)}: dtype {str(dtype)[:40]!r} is not one numpy_mvit2 reads ({', '.join(SAFETENSORS_DTYPES)})")
         if not (isinstance(shape, list) and len(shape) <= MAX_SAFETENSORS_RANK
                 and all(type(n) is int and 0 <= n < MAX_SAFETENSORS_SIZE for n in shape)):
-            raise CheckpointError(f"{path}: tensor {name!r}: shape must be a list of at most {MAX_SAFETENSORS_RANK} sizes >= 0, got {str(shape)[:80]}")
+            raise CheckpointError(f"{path}: tensor {shown(name)}: shape must be a list of at most {MAX_SAFETENSORS_RANK} sizes >= 0, got {str(shape)[:80]}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data_size):
-            raise CheckpointError(f"{path}: tensor {name!r}: data_offsets {str(offsets)[:80]} must be [begin, end] with 0 <= begin <= end <= {data_size}, the bytes after the header")
+            raise CheckpointError(f"{path}: tensor {shown(name)}: data_offsets {str(offsets)[:80]} must be [begin, end] with 0 <= begin <= end <= {data_size}, the bytes after the header")
         begin, end = offsets
         nbytes = ITEMSIZES[dtype] * _prod(shape)
         if nbytes != end - begin:
-            raise CheckpointError(f"{path}: tensor {name!r}: shape {shape} of {dtype} takes {nbytes} bytes, but its data_offsets span {end - begin}")
+            raise CheckpointError(f"{path}: tensor {shown(name)}: shape {shape} of {dtype} takes {nbytes} bytes, but its data_offsets span {end - begin}")
+        if _prod(max(n, 1) for n in shape) * ITEMSIZES[dtype] >= MAX_SAFETENSORS_SIZE:  # an empty one: NumPy's limit
+            raise CheckpointError(f"{path}: tensor {shown(name)}: shape {shape} of {dtype} is too large for an array, even empty")
         tensors[name] = (dtype, tuple(shape), begin, end)
     position = 0
     for name, (_, _, begin, end) in sorted(tensors.items(), key=lambda item: item[1][2:]):
         if begin != position:
             what = "overlaps the tensor before it" if begin < position else f"leaves bytes {position}..{begin} unused"
-            raise CheckpointError(f"{path}: tensor {name!r} (data_offsets [{begin}, {end}]) {what}; safetensors data is tiled by its tensors")
+            raise CheckpointError(f"{path}: tensor {shown(name)} (data_offsets [{begin}, {end}]) {what}; safetensors data is tiled by its tensors")
         position = end
     if position != data_size:
         raise CheckpointError(f"{path}: its tensors cover {position} of the {data_size} data bytes after the header")
@@ -151,7 +154,7 @@ def read_tensor(f, data_start: int, name: str, dtype: str, shape: tuple, begin: 
     """One tensor's bytes (checked by ``safetensors_layout``) -> a native-order array of ``shape``."""
     buffer = bytearray(end - begin)
     if buffer and (f.seek(data_start + begin) < 0 or f.readinto(buffer) != len(buffer)):
-        raise CheckpointError(f"{path}: tensor {name!r}: the file ends inside its data (it shrank while read?)")
+        raise CheckpointError(f"{path}: tensor {shown(name)}: the file ends inside its data (it shrank while read?)")
     array = np.frombuffer(buffer, dtype=SAFETENSORS_DTYPES[dtype]).reshape(shape)
     if dtype == "BF16":
         return (array.astype(np.uint32) << 16).view(np.float32)
@@ -174,8 +177,10 @@ def _weight_map(index_path: Path) -> dict[str, str]:
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index_path}: not a valid shard index (expected an object with a \"weight_map\" object)")
     for shard in weight_map.values():
-        if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
-            raise CheckpointError(f"{index_path}: shard name {shard!r} must be a file name in the same folder")
+        if (not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", "..") or "\0" in shard
+                or len(os.fsencode(shard)) > MAX_SHARD_NAME):
+            raise CheckpointError(f"{index_path}: shard name {shown(shard)} must be a file name in the same folder "
+                                  f"(at most {MAX_SHARD_NAME} bytes, no NUL)")
     return weight_map
 
 
@@ -189,14 +194,18 @@ def read_sharded(index_path: str | os.PathLike, read_shard) -> dict[str, np.ndar
     shard is listed for are kept (an index that lists a tensor its shard lacks is an error)."""
     index_path = Path(index_path)
     weight_map = _weight_map(index_path)
+    by_shard: dict[str, set[str]] = {}  # one pass over the map: an index of n shards costs n, not n**2
+    for name, file in weight_map.items():
+        by_shard.setdefault(file, set()).add(name)
     state: dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in sorted(by_shard):
         shard_path = index_path.parent / shard
         tensors = read_shard(shard_path)
-        wanted = {name for name, file in weight_map.items() if file == shard}
+        wanted = by_shard.pop(shard)
         absent = sorted(wanted - tensors.keys())
         if absent:
-            raise CheckpointError(f"{shard_path}: the index lists tensors this shard does not hold: {', '.join(absent[:10])}")
+            raise CheckpointError(f"{shard_path}: the index lists tensors this shard does not hold: "
+                                  f"{', '.join(map(shown, absent[:10]))}")
         state.update({name: tensors[name] for name in wanted})
     return state
 

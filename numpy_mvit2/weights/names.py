@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 
+from ..errors import cut
 from .files import CheckpointError
 from .shapes import BASE_PREFIX
 
@@ -61,12 +62,12 @@ def to_transformers_names(state: dict, source: str | None = None) -> tuple[dict,
         if new is None:
             unknown.append(name)
         elif new in out:
-            raise CheckpointError(f"{source} checkpoint: two tensors map to {new} (the second is {name})")
+            raise CheckpointError(f"{source} checkpoint: two tensors map to {cut(new)} (the second is {cut(name)})")
         else:
             out[new] = value
     if unknown:
         raise CheckpointError(f"{len(unknown)} tensor name(s) of this {source} checkpoint have no MobileViTV2 "
-                              f"counterpart: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
+                              f"counterpart: {', '.join(map(cut, unknown[:10]))}{' ...' if len(unknown) > 10 else ''}")
     return out, source
 
 

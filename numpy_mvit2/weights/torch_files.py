@@ -74,9 +74,14 @@ escapes (no other exception type, no signal, no hang).
   runs), unencrypted, with equal declared and stored sizes that end inside the file. Whatever
   ``zipfile`` raises on a malformed archive (it has many failure modes: ``NotImplementedError``,
   ``struct.error``, ``UnicodeDecodeError``, ``ValueError``...) becomes a ``CheckpointError``.
+  ``zipfile`` turns every entry of the central directory into a Python object before we can look
+  at any (about 9 microseconds and 0.5 kB each: a 56 MB directory of a million one-byte names took
+  over 10 CPU seconds), so the directory may hold at most ``MAX_CENTRAL_DIRECTORY`` bytes, read from
+  its end record first; torch.save writes about 80 bytes per storage.
 - The pickle interpreter (why not ``pickle.Unpickler``: its C stack overflows on deep nesting, its
   memo grows to the largest index named, and it hashes whatever a pickle makes a dict key):
-  at most ``MAX_OPCODES`` opcodes, ``MAX_STACK`` items on its stack, ``MAX_DEPTH`` levels of
+  at most ``MAX_OPCODES`` opcodes (a call counted as the items of the containers it is given),
+  ``MAX_TENSORS`` tensors, ``MAX_STACK`` items on its stack, ``MAX_DEPTH`` levels of
   marks and of containers inside containers, memo indexes below ``MAX_MEMO_INDEX`` kept in a dict
   (so an index costs one entry, not a table that long), integers of at most ``MAX_INT_BYTES``
   bytes, and dict keys only ``str``, ``bytes``, ``bool``, ``None`` or an ``int`` below 2**60 (whose
@@ -117,6 +122,7 @@ from pathlib import Path
 import numpy as np
 
 from ..safeio import open_regular_file
+from ..errors import cut, shown
 from .files import CheckpointError, read_sharded
 
 # Storage type (torch.<name>) -> element type as NumPy spells it; "bfloat16" is decoded by hand.
@@ -148,12 +154,21 @@ CONVERT_HINT = (
 # tensor; 2**21 opcodes is a state dict of 60 000 tensors (a large language model has a few
 # thousand), and about 3 CPU seconds and 300 MB at worst (a memo filled with empty lists).
 MAX_OPCODES = 2**21
+# A call (REDUCE) costs more than an opcode: our function checks its arguments, and a tensor is
+# later checked and copied. Calls are charged the items of the lists, tuples and dicts they are
+# given (a list of pairs handed to OrderedDict again and again, from the memo, would otherwise cost
+# its length per four bytes of pickle), and tensors are counted: torch.save writes one rebuild per
+# tensor, so MAX_OPCODES already allows at most 60 000 of them.
+MAX_TENSORS = 2**17
 MAX_STACK = 2**20  # pickle batches items by 1000, so real stacks stay near 2000
 MAX_DEPTH = 64  # marks open at once, and containers inside containers
 MAX_MEMO_INDEX = 2**32  # LONG_BINPUT's own range
 MAX_INT_BYTES = 256  # pickle writes ints below 2**2040 with LONG1; a size needs 8 bytes
 MAX_DIMENSION = 2**62  # sizes, strides, offsets, element counts: int64 with room to add them
 MAX_KEY_INT = 2**60  # below it int hashes are the ints themselves: no collisions to craft
+
+# The zip's central directory: 2**24 bytes is 200 000 storages as torch.save names them.
+MAX_CENTRAL_DIRECTORY = 2**24
 
 # Bounds on what the storages may become.
 OUTPUT_FACTOR = 4
@@ -334,7 +349,7 @@ ADMITTED_GLOBALS = {
 
 def refusal(module: str, name: str) -> str:
     """Why the global ``module.name`` is refused, with a hint for torch names we know."""
-    what = f"refused pickle global {module}.{name}"
+    what = f"refused pickle global {cut(module)}.{cut(name)}"
     if module == "torch" and name.endswith("Storage") and name.isidentifier():
         return f"{what}: a storage type numpy_mvit2 does not read (it reads {', '.join(STORAGE_DTYPES)})"
     if (module, name) in (("torch._utils", "_rebuild_tensor_v3"), ("torch.storage", "UntypedStorage")):
@@ -365,22 +380,26 @@ class RestrictedUnpickler:
         self.memo: dict[int, object] = {}
         self.depth: dict[int, int] = {}  # id(container) -> how deep containers nest in it, where over 1
         self.items = 0  # on all stacks together
+        self.work = 0  # opcodes run, and the items the calls were given (see MAX_OPCODES)
+        self.tensors = 0
+
+    def charge(self, work: int) -> None:
+        self.work += work
+        if self.work > MAX_OPCODES:
+            raise pickle.UnpicklingError(f"more than {MAX_OPCODES} opcodes (counting the items given to calls), far more than a state dict needs")
 
     # --- the machine
 
     def load(self):
         ops = pickletools.genops(self.data)
-        count = 0
         while True:
             try:
                 opcode, arg, pos = next(ops)
             except StopIteration:
                 raise pickle.UnpicklingError("damaged pickle: it ends before its STOP opcode") from None
             except Exception as e:  # noqa: BLE001 -- genops on damaged bytes: ValueError, UnicodeDecodeError, ...
-                raise pickle.UnpicklingError(f"damaged pickle ({type(e).__name__}: {e})") from None
-            count += 1
-            if count > MAX_OPCODES:
-                raise pickle.UnpicklingError(f"more than {MAX_OPCODES} opcodes, far more than a state dict needs")
+                raise pickle.UnpicklingError(f"damaged pickle ({type(e).__name__}: {cut(e)})") from None
+            self.charge(1)
             name = opcode.name
             if name in ("GLOBAL", "INST"):  # name the refused global before the refused opcode
                 module, _, attribute = arg.partition(" ")
@@ -622,6 +641,11 @@ class RestrictedUnpickler:
             raise pickle.UnpicklingError(f"REDUCE calls {reprlib.repr(function)}, which is not callable")
         if not isinstance(args, tuple):
             raise pickle.UnpicklingError(f"REDUCE calls {function!r} with {type(args).__name__} arguments, not a tuple")
+        self.charge(len(args) + sum(len(a) for a in args if isinstance(a, (tuple, list, dict))))
+        if function.function is rebuild_tensor:
+            self.tensors += 1
+            if self.tensors > MAX_TENSORS:
+                raise pickle.UnpicklingError(f"more than {MAX_TENSORS} tensors, far more than a state dict holds")
         result = function(*args)
         if isinstance(result, dict):  # a state dict made from pairs: as deep as its values make it
             self.container(result, result.values())
@@ -652,7 +676,7 @@ def unpickle(data: bytes, where: str):
     except MemoryError:
         raise CheckpointError(f"{where}: does not fit in memory") from None
     except Exception as e:  # noqa: BLE001 -- not expected either; a hostile pickle's fault all the same
-        raise CheckpointError(f"{where}: damaged pickle ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{where}: damaged pickle ({type(e).__name__}: {cut(e)})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -675,12 +699,25 @@ def check_signature(head: bytes, path: Path) -> None:
     raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither the zip archive torch.save writes nor a legacy file; it starts with {head!r})")
 
 
+def check_central_directory(f, path: Path) -> None:
+    """Refuse a zip whose central directory (its size from the end record, found as ``zipfile``
+    finds it) is over ``MAX_CENTRAL_DIRECTORY`` bytes, before ``zipfile`` parses it. A damaged end
+    record is left to ``zipfile`` to report."""
+    try:
+        end = zipfile._EndRecData(f)  # zipfile's own reader of the end record (private, stable since Python 2)
+    finally:
+        f.seek(0)
+    if end and end[zipfile._ECD_SIZE] > MAX_CENTRAL_DIRECTORY:
+        raise CheckpointError(f"{path}: its zip directory holds {end[zipfile._ECD_SIZE]} bytes, more than the "
+                              f"{MAX_CENTRAL_DIRECTORY} allowed (torch.save writes about 80 bytes per storage)")
+
+
 def record_folder(archive: zipfile.ZipFile, path: Path) -> str:
     """The top-level folder of the archive's records (``"archive/"``...): the one holding ``data.pkl``."""
     folders = [n[: -len("data.pkl")] for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(folders) != 1:
         names = archive.namelist()
-        found = f"{len(folders)} of them ({', '.join(folders[:10])})" if folders else f"none (the archive holds: {', '.join(names[:10]) or 'nothing'})"
+        found = f"{len(folders)} of them ({cut(', '.join(folders[:10]))})" if folders else f"none (the archive holds: {cut(', '.join(names[:10])) or 'nothing'})"
         raise CheckpointError(f"{path}: a zip archive but not a PyTorch checkpoint: expected one <folder>/data.pkl, found {found}")
     return folders[0]
 
@@ -697,14 +734,14 @@ def record_info(archive: zipfile.ZipFile, member: str, file_size: int, path: Pat
     info = archive.getinfo(member)
     if info.compress_type != zipfile.ZIP_STORED:
         method = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}.get(info.compress_type, f"method {info.compress_type}")
-        raise CheckpointError(f"{path}: record {member} is compressed ({method}); torch.save stores records uncompressed, and numpy_mvit2 reads only those")
+        raise CheckpointError(f"{path}: record {cut(member)} is compressed ({method}); torch.save stores records uncompressed, and numpy_mvit2 reads only those")
     for bit, what in REFUSED_FLAGS.items():
         if info.flag_bits & bit:
-            raise CheckpointError(f"{path}: record {member} is {what}, which torch.save never writes")
+            raise CheckpointError(f"{path}: record {cut(member)} is {what}, which torch.save never writes")
     if info.compress_size != info.file_size:
-        raise CheckpointError(f"{path}: record {member} declares {info.file_size} bytes but stores {info.compress_size}")
+        raise CheckpointError(f"{path}: record {cut(member)} declares {info.file_size} bytes but stores {info.compress_size}")
     if info.header_offset + ZIP_LOCAL_HEADER + info.compress_size > file_size:
-        raise CheckpointError(f"{path}: record {member} declares {info.file_size} bytes at offset {info.header_offset}, past the end of the file ({file_size} bytes)")
+        raise CheckpointError(f"{path}: record {cut(member)} declares {info.file_size} bytes at offset {info.header_offset}, past the end of the file ({file_size} bytes)")
     return info
 
 
@@ -730,7 +767,7 @@ def read_small_record(archive: zipfile.ZipFile, member: str, file_size: int, lim
     except KeyError:
         return None
     if info.file_size > limit:
-        raise CheckpointError(f"{path}: record {member} holds {info.file_size} bytes, more than the {limit} it may")
+        raise CheckpointError(f"{path}: record {cut(member)} holds {info.file_size} bytes, more than the {limit} it may")
     return bytes(read_record(archive, info, info.file_size))
 
 
@@ -741,7 +778,7 @@ def read_byteorder(archive: zipfile.ZipFile, folder: str, file_size: int, path: 
         return "little"
     order = value.decode("ascii", "replace").strip()
     if order not in ("little", "big"):
-        raise CheckpointError(f"{path}: {folder}byteorder record holds {value[:20]!r}, expected 'little' or 'big'")
+        raise CheckpointError(f"{path}: {cut(folder)}byteorder record holds {value[:20]!r}, expected 'little' or 'big'")
     return order
 
 
@@ -827,7 +864,7 @@ def check_storages(state: dict, archive: zipfile.ZipFile, folder: str, file_size
         first = refs.setdefault(ref.key, ref)
         if first.type is not ref.type or first.numel != ref.numel:
             raise CheckpointError(
-                f"{path}: storage {ref.key!r} is declared as {first.numel} x {first.type} and, for tensor {name!r}, "
+                f"{path}: storage {shown(ref.key)} is declared as {first.numel} x {first.type} and, for tensor {shown(name)}, "
                 f"as {ref.numel} x {ref.type}; one storage has one type and one size"
             )
         if ref.key not in records:
@@ -835,11 +872,11 @@ def check_storages(state: dict, archive: zipfile.ZipFile, folder: str, file_size
             try:
                 info = records[ref.key] = record_info(archive, member, file_size, path)
             except KeyError:
-                raise CheckpointError(f"{path}: storage record {member} is missing (tensor {name!r} needs it)") from None
+                raise CheckpointError(f"{path}: storage record {cut(member)} is missing (tensor {shown(name)} needs it)") from None
             nbytes = ref.numel * ref.type.itemsize
             if nbytes > info.file_size:
                 raise CheckpointError(
-                    f"{path}: storage record {member} is too short for tensor {name!r}: expected {nbytes} bytes "
+                    f"{path}: storage record {cut(member)} is too short for tensor {shown(name)}: expected {nbytes} bytes "
                     f"({ref.numel} x {ref.type.dtype}), found {info.file_size}"
                 )
             stored += nbytes
@@ -848,14 +885,14 @@ def check_storages(state: dict, archive: zipfile.ZipFile, folder: str, file_size
         needed = elements_needed(record.offset, record.size, record.stride)
         if needed > ref.numel:
             raise CheckpointError(
-                f"{path}: tensor {name!r} (size {record.size}, stride {record.stride}, offset {record.offset}) "
-                f"reaches element {needed} of storage {ref.key!r}, which declares {ref.numel}"
+                f"{path}: tensor {shown(name)} (size {record.size}, stride {record.stride}, offset {record.offset}) "
+                f"reaches element {needed} of storage {shown(ref.key)}, which declares {ref.numel}"
             )
         output += math.prod(record.size) * (4 if ref.type.dtype == "bfloat16" else ref.type.itemsize)
         if output > budget:
             raise CheckpointError(
                 f"{path}: its tensors would take more than {budget} bytes ({OUTPUT_FACTOR} x the file's {file_size} bytes "
-                f"+ {OUTPUT_SLACK}) by tensor {name!r} (size {record.size}, stride {record.stride}): views that repeat "
+                f"+ {OUTPUT_SLACK}) by tensor {shown(name)} (size {record.size}, stride {record.stride}): views that repeat "
                 f"their storage's elements this much are refused"
             )
     return records
@@ -867,10 +904,10 @@ def load_storage(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ref: StorageRe
     try:
         buffer = read_record(archive, info, nbytes)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: storage record {info.filename} is damaged ({e}; tensor {tensor!r} needs it)") from None
+        raise CheckpointError(f"{path}: storage record {cut(info.filename)} is damaged ({cut(e)}; tensor {shown(tensor)} needs it)") from None
     if len(buffer) < nbytes:
         raise CheckpointError(
-            f"{path}: storage record {info.filename} is too short for tensor {tensor!r}: expected {nbytes} bytes "
+            f"{path}: storage record {cut(info.filename)} is too short for tensor {shown(tensor)}: expected {nbytes} bytes "
             f"({ref.numel} x {ref.type.dtype}), found {len(buffer)}"
         )
     return decode_storage(buffer, ref.type.dtype, byteorder)
@@ -891,7 +928,7 @@ def materialize(state: dict, archive: zipfile.ZipFile, folder: str, byteorder: s
         try:
             out[name] = view_of_storage(storages[ref.key], record.offset, record.size, record.stride, users[ref.key] == 1)
         except (ValueError, MemoryError) as e:
-            raise CheckpointError(f"{path}: tensor {name!r} cannot be built ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{path}: tensor {shown(name)} cannot be built ({type(e).__name__}: {cut(e)})") from None
         users[ref.key] -= 1
         if users[ref.key] == 0:
             del storages[ref.key]
@@ -912,22 +949,23 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
         check_signature(head, path)
         try:
+            check_central_directory(f, path)
             with zipfile.ZipFile(f) as archive:
                 folder = record_folder(archive, path)
                 byteorder = read_byteorder(archive, folder, file_size, path)
                 data = read_small_record(archive, folder + "data.pkl", file_size, file_size, path)
-                obj = unpickle(data, f"{path}: {folder}data.pkl")
+                obj = unpickle(data, f"{path}: {cut(folder)}data.pkl")
                 return materialize(find_state_dict(obj, path), archive, folder, byteorder, file_size, path)
         except CheckpointError:
             raise
         except zipfile.BadZipFile as e:
-            raise CheckpointError(f"{path}: a damaged or truncated zip archive ({e})") from None
+            raise CheckpointError(f"{path}: a damaged or truncated zip archive ({cut(e)})") from None
         except (OSError, EOFError) as e:
-            raise CheckpointError(f"{path}: cannot read the zip archive ({e})") from None
+            raise CheckpointError(f"{path}: cannot read the zip archive ({cut(e) or type(e).__name__})") from None
         except MemoryError:
             raise CheckpointError(f"{path}: the zip archive does not fit in memory") from None
         except Exception as e:  # noqa: BLE001 -- zipfile on a malformed archive: NotImplementedError, struct.error, ValueError, ...
-            raise CheckpointError(f"{path}: a malformed zip archive ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{path}: a malformed zip archive ({type(e).__name__}: {cut(e)})") from None
 
 
 def read_sharded_torch(index_path: str | os.PathLike) -> dict[str, np.ndarray]:
