@@ -31,9 +31,22 @@ SLOWEST = 10
 """How many of the slowest tests the summary lists (``--durations``), unless asked otherwise."""
 
 
+QUICK = False
+"""True when the run leaves the slow tests out (``-m "not slow"``): the property-based fuzz tests
+then draw a quarter of their examples (``fuzz_examples``). The full suite, which CI runs, draws
+them all."""
+
+
 def pytest_configure(config):
+    global QUICK
     if getattr(config.option, "durations", None) is None:
         config.option.durations = SLOWEST
+    QUICK = "not slow" in (getattr(config.option, "markexpr", "") or "")
+
+
+def fuzz_examples(n: int) -> int:
+    """How many examples a hypothesis test draws: ``n``, or a quarter of it in the quick subset."""
+    return max(10, n // 4) if QUICK else n
 
 
 def quick(cases, *indices):

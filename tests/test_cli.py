@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import quick
 from PIL import Image
 from safetensors.numpy import save_file
 
@@ -286,7 +287,7 @@ def test_model_without_preprocessor_config(classifier, photos, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [
+@pytest.mark.parametrize("args", quick([
     [],
     ["classify"],
     ["classify", "x.jpg", "--top-k", "0"],
@@ -296,7 +297,7 @@ def test_model_without_preprocessor_config(classifier, photos, tmp_path):
     ["segment", "x.jpg", "-o", "out", "--alpha", "2"],
     ["frobnicate"],
     ["info", "--image-size", "256"],
-])
+], 2, 6))
 def test_usage_errors_exit_2(args):
     result = run_cli(*args)
     assert result.returncode == 2, (args, result.stderr)

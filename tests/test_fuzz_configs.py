@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import fuzz_examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +31,7 @@ import fuzz_config
 
 CORPUS = sorted((FUZZ / "corpus" / "config").iterdir())
 
-FUZZ_SETTINGS = settings(max_examples=200, deadline=None, database=None,
+FUZZ_SETTINGS = settings(max_examples=fuzz_examples(200), deadline=None, database=None,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # -- values --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import fuzz_examples, require
 from hostile_files import torch_zip, valid_checkpoint, valid_safetensors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,7 +30,7 @@ from numpy_mvit2.weights import CheckpointError, read_safetensors, read_torch_ch
 
 torch = require("torch")
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+FUZZ = settings(max_examples=fuzz_examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
 
 @functools.cache

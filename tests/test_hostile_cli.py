@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bounded import BOUNDED_ENV, run_bounded
-from conftest import quick
 from PIL import Image
 from safetensors.numpy import save_file
 
@@ -264,8 +263,9 @@ def test_colliding_names_existing_files_and_planted_links(segmenter, tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
 
 
-@pytest.mark.parametrize(("signum", "status", "word"), quick([(signal.SIGTERM, 143, "terminated"),
-                                                              (signal.SIGINT, 130, "interrupted")], 0))
+@pytest.mark.parametrize(("signum", "status", "word"), [
+    pytest.param(signal.SIGTERM, 143, "terminated", marks=pytest.mark.slow),
+    pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow)])
 def test_signal_during_writes(segmenter, tmp_path, signum, status, word):
     """A signal in the middle of a run: exit 128 + signal, no traceback, no temporary file left,
     every file written is whole."""
