@@ -208,7 +208,7 @@ def to_json(value, **kwargs) -> str:
     """``json.dumps(value)`` that always encodes as UTF-8: non-ASCII text as it is, lone surrogates
     (a file name's undecodable bytes) as ``\\udcXX`` escapes, which ``json.loads`` turns back into
     the same surrogates (and ``os.fsencode`` into the original bytes)."""
-    text = json.dumps(value, ensure_ascii=False, **kwargs)
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, **kwargs)  # NaN is not JSON
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
@@ -433,6 +433,9 @@ def _run_batch(batch: list[Item], model, reporter: Reporter, finish) -> None:
         del group
         for item, item_logits in outputs:
             try:
+                if not np.isfinite(item_logits).all():  # NaN would also be invalid JSON
+                    raise ValueError("the model gave scores that are not finite numbers (NaN or infinity): "
+                                     "its weights may be damaged")
                 finish(item, item_logits)
             except Exception as e:  # noqa: BLE001
                 _fail(item, e, reporter)

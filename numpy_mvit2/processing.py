@@ -125,7 +125,13 @@ def _jpeg_scans(file, limit: int) -> int:
             block = file.read(2**20)
             if not block:
                 break
-            scans += (tail + block).count(b"\xff\xda")
+            # Counting stops at the end of the image (EOI): what follows it is not decoded, and
+            # may be anything (a phone's "motion photo" appends a video).
+            data = tail + block
+            end = data.find(b"\xff\xd9")
+            scans += data[: end if end >= 0 else len(data)].count(b"\xff\xda")
+            if end >= 0:
+                break
             tail = block[-1:]
         return scans
     finally:
@@ -133,16 +139,21 @@ def _jpeg_scans(file, limit: int) -> int:
 
 
 # Pillow reads some headers a byte or a chunk at a time in Python, at about half a microsecond a
-# byte: a 25 MB PGM whose header is one long comment, or a 24 MB PNG of two million empty chunks,
-# took 10 CPU seconds before a pixel was decoded. Real headers are short and real PNGs hold few
-# small chunks (APNG: two per frame), so both are bounded before Pillow sees the file.
+# byte: a 25 MB PGM whose header is one long comment, a 24 MB PNG of two million empty chunks, a
+# JPEG of 20 MB of fill bytes (0xFF) or of two million empty APP segments, took 10 to 16 CPU
+# seconds before a pixel was decoded. Real headers are short, real PNGs hold few small chunks
+# (APNG: two per frame) and real JPEGs few segments before their first scan (an ICC profile takes
+# at most 255), so each is bounded before Pillow sees the file.
 MAX_PNM_HEADER = 2**16  # bytes
 MAX_PNG_SMALL_CHUNKS = 2**16  # chunks of fewer than 1024 bytes
+MAX_JPEG_SEGMENTS = 2**12  # markers before the first scan
+MAX_JPEG_FILL = 2**16  # fill bytes between them, all together
 _PNM_TOKENS = {b"P1": 3, b"P4": 3, b"P2": 4, b"P3": 4, b"P5": 4, b"P6": 4, b"P7": None, b"Pf": 4, b"PF": 4}
 
 
 def _header_reason(file) -> str | None:
-    """Why the PNM or PNG in ``file`` is refused before Pillow parses it (see MAX_PNM_HEADER), or None."""
+    """Why the PNM, PNG or JPEG in ``file`` is refused before Pillow parses it (see MAX_PNM_HEADER),
+    or None."""
     position = file.tell()
     try:
         head = file.read(8)
@@ -173,9 +184,38 @@ def _header_reason(file) -> str | None:
                     if small > MAX_PNG_SMALL_CHUNKS:
                         return f"refused, a PNG of more than {MAX_PNG_SMALL_CHUNKS:,} small chunks"
                 file.seek(length + 4, os.SEEK_CUR)
+        elif head[:2] == b"\xff\xd8":
+            return _jpeg_header_reason(file)
         return None
     finally:
         file.seek(position)
+
+
+def _jpeg_header_reason(file) -> str | None:
+    """Why the JPEG in ``file`` is refused before Pillow parses its header (see MAX_JPEG_SEGMENTS), or
+    None. The markers before the first scan are walked by their lengths, fill bytes counted."""
+    file.seek(2)  # after SOI
+    segments = fill = 0
+    while True:
+        if file.read(1) != b"\xff":
+            return None  # not a marker: Pillow says what is wrong
+        marker = file.read(1)
+        while marker == b"\xff":
+            fill += 1
+            if fill > MAX_JPEG_FILL:
+                return f"refused, a JPEG header of more than {MAX_JPEG_FILL:,} fill bytes"
+            marker = file.read(1)
+        if not marker or marker == b"\xda":  # the end, or the first scan
+            return None
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            return f"refused, a JPEG of more than {MAX_JPEG_SEGMENTS:,} segments before its first scan"
+        if marker[0] in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+            continue
+        length = file.read(2)
+        if len(length) < 2:
+            return None
+        file.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
 
 
 class _OpenError(Exception):
@@ -250,7 +290,7 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: 
     with file:
         head = file.read(4)
         file.seek(0)
-        if formats is None or "PNG" in formats or "PPM" in formats:
+        if formats is None or {"PNG", "PPM", "JPEG"} & set(formats):
             try:
                 reason = _header_reason(file)
             except OSError as e:

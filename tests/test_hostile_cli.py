@@ -105,6 +105,29 @@ def scan_bomb() -> bytes:
     return data[:-2] + smallest * 3000 + b"\xff\xd9"
 
 
+def jpeg_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def jpeg_header_flood(fill: bool) -> bytes:
+    """A small JPEG with a flood before its first segment: 2 MB of fill bytes (0xFF), or 200,000
+    empty APP5 segments; Pillow walks either a byte or a segment at a time in Python."""
+    data = jpeg_bytes(photo(4, 40, 30))
+    flood = b"\xff" * 2_000_000 if fill else b"\xff\xe5\x00\x02" * 200_000
+    return data[:2] + flood + data[2:]
+
+
+def motion_photo() -> bytes:
+    """A phone's "motion photo": a JPEG with a video after its end marker, here random bytes that
+    hold 0xFF 0xDA (a scan marker, were it inside the image) a hundred times."""
+    video = b"".join(np.random.default_rng(0).bytes(1000) + b"\xff\xda" for _ in range(100))
+    return jpeg_bytes(photo(5, 60, 40)) + video
+
+
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """A folder of hostile files beside one good photo, and the files named on the command line."""
@@ -121,6 +144,9 @@ def hostile(tmp_path_factory):
     photo(2, 60, 80).save(folder / "j_evil\nforged.png")  # a newline in the name
     photo(3, 70, 70).save(folder / "k_\x1b[2Jclear.png")  # an escape sequence in the name
     (folder / "l_scans.jpg").write_bytes(scan_bomb())
+    (folder / "m_fill.jpg").write_bytes(jpeg_header_flood(fill=True))
+    (folder / "n_segments.jpg").write_bytes(jpeg_header_flood(fill=False))
+    (folder / "o_motion.jpg").write_bytes(motion_photo())  # not hostile: classified like any photo
     named = [folder / "h_fifo.jpg", Path("/dev/zero"), folder / "d_lying.ico.png"]
     return folder, named
 
@@ -135,6 +161,8 @@ EXPECTED_REFUSALS = {  # file name -> words its message holds
     "h_fifo.jpg": ["not a regular file", "FIFO"],
     "zero": ["not a regular file", "character device"],
     "l_scans.jpg": ["more than 40 scans"],
+    "m_fill.jpg": ["more than 65,536 fill bytes"],
+    "n_segments.jpg": ["more than 4,096 segments"],
 }
 
 
@@ -163,11 +191,11 @@ def test_hostile_images_classify(classifier, hostile):
     assert result.returncode == 1
     assert "\ufffd" not in result.stdout  # run_bounded decodes with "replace": no invalid UTF-8 came out
     records = json.loads(result.stdout)
-    assert len(records) == 12 + len(named)  # every file, the FIFO and the device included, has its record
+    assert len(records) == 15 + len(named)  # every file, the FIFO and the device included, has its record
     check_refusals(records, result.stderr)
     good = [r for r in records if "predictions" in r]
     assert {Path(r["file"]).name for r in good} == {"a_good.jpg", os.fsdecode(b"i_caf\xe9.png"), "j_evil\nforged.png",
-                                                     "k_\x1b[2Jclear.png"}
+                                                     "k_\x1b[2Jclear.png", "o_motion.jpg"}
     # the undecodable byte travels as a \udcXX escape: json.loads + os.fsencode give the name's bytes back
     assert any(os.fsencode(r["file"]).endswith(b"i_caf\xe9.png") for r in good)
     assert "\\udce9" in result.stdout
@@ -185,7 +213,7 @@ def test_hostile_images_classify(classifier, hostile):
     assert "j_evil\\nforged.png:" in out and "k_\\x1b[2Jclear.png:" in out and "i_caf\\xe9.png:" in out
     # no line of the output starts with the forged part of a name
     assert not any(line.startswith("forged.png") for line in out.splitlines())
-    assert sum(line.endswith(":") for line in out.splitlines()) == 4  # one result block per good image
+    assert sum(line.endswith(":") for line in out.splitlines()) == 5  # one result block per good image
 
 
 def test_hostile_images_segment(segmenter, hostile, tmp_path):
@@ -198,7 +226,7 @@ def test_hostile_images_segment(segmenter, hostile, tmp_path):
     records = json.loads(result.stdout)
     check_refusals(records, result.stderr)
     written = sorted(os.fsencode(p.name) for p in out.iterdir())
-    assert len(written) == 2 * 4 and all(not name.startswith(b".") for name in written)  # no temporary files
+    assert len(written) == 2 * 5 and all(not name.startswith(b".") for name in written)  # no temporary files
     assert b"i_caf\xe9_labels.png" in written and b"j_evil\nforged_overlay.png" in written
     text = run_bounded(["-m", "numpy_mvit2", "segment", str(folder / "a_good.jpg"), str(folder / "k_\x1b[2Jclear.png"),
                         "--model", str(segmenter), "-o", str(tmp_path / "text")])
@@ -413,3 +441,22 @@ def test_outputs_never_replace_this_runs_inputs(segmenter, tmp_path):
     assert "is one of this run's input images; not replaced" in records["x.jpg"]["error"]
     assert records["x_labels.png"]["size"] == [50, 30]
     assert (photos / "x_labels.png").read_bytes() == original
+
+
+def test_weights_that_give_nan_scores(hostile, tmp_path):
+    """A checkpoint whose classifier holds NaN loads (transformers loads it too), but its scores
+    are not numbers: each image is refused with that reason, and --json stays valid JSON (which
+    has no NaN)."""
+    folder, _ = hostile
+    config = MobileViTV2Config(width_multiplier=0.5, image_size=64, num_labels=3)
+    model = MobileViTV2ForImageClassification(config, seed=3)
+    state = model.state_dict()
+    state["classifier.bias"] = np.full_like(state["classifier.bias"], np.nan)
+    checkpoint = tmp_path / "nan"
+    write_checkpoint(checkpoint, model, "MobileViTV2ForImageClassification")
+    save_file(state, str(checkpoint / "model.safetensors"))
+    result = run_bounded(["-m", "numpy_mvit2", "classify", str(folder / "a_good.jpg"), "--model", str(checkpoint), "--json"])
+    assert_clean(result)
+    assert result.returncode == 1
+    (record,) = json.loads(result.stdout)
+    assert "not finite numbers" in record["error"] and "a_good.jpg" in result.stderr
