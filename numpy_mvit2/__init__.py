@@ -7,6 +7,7 @@
 
 from . import fast, team  # noqa: F401 - numpy_mvit2.fast.THREADS, numpy_mvit2.team.start() (README, "Speed")
 from .config import MobileViTV2Config, make_divisible
+from .errors import ConfigError
 from .modeling import (
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
@@ -24,7 +25,6 @@ from .processing import (
     post_process_semantic_segmentation,
 )
 from .summary import summarize
-from .errors import ConfigError
 from .weights import CheckpointError
 
 __version__ = "0.1.0"

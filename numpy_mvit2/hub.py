@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from dataclasses import dataclass
-
-from .weights.files import WEIGHT_FILES, CheckpointError, CheckpointNotFoundError, find_weights, shard_names
+from .weights.files import (
+    WEIGHT_FILES,
+    CheckpointError,
+    CheckpointNotFoundError,
+    find_weights,
+    shard_names,
+)
 
 # owner/name, as the Hub spells repo ids (a bare name is accepted too: canonical models have none)
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")

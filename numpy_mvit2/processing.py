@@ -50,7 +50,7 @@ from .config import is_finite_number, show
 from .errors import ConfigError
 from .hub import resolve_file
 from .ops import interpolate_bilinear
-from .safeio import read_settings_json
+from .safeio import open_regular_file, read_settings_json
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -280,7 +280,6 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: 
     than ``MAX_JPEG_SCANS`` scans is refused. Without ``max_pixels``,
     Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) applies and is reported the
     same way. The image is returned as stored: no EXIF rotation, no mode conversion."""
-    from .safeio import open_regular_file
 
     name = os.fspath(path)
     try:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import CheckpointError
 
-MAX_JSON_BYTES = 16 * 2**20  # 64 MB of empty lists parsed to 1.2 GB (21 million lists)
+MAX_JSON_BYTES = 16 * 2**20  # the shard index of a very large model is a few MB; 64 MB of empty lists parsed to 1.2 GB
 MAX_JSON_DEPTH = 64
 # Values (numbers, strings, lists, objects, each key's value) a JSON file may hold. Parsing is fast,
 # but each walk after it (this module's, the config's checks, copy.deepcopy) costs about a
@@ -125,7 +125,7 @@ def _finite(token: str) -> float:
     return value
 
 
-def _no_constant(token: str):
+def refuse_constant(token: str):
     raise ValueError(f"{token} is not a JSON number")
 
 
@@ -136,7 +136,7 @@ def parse_json(text: str, where: str, error=ValueError, max_depth: int = MAX_JSO
     if text.count(",") + text.count("[") + text.count("{") > 2 * max_values:
         raise error(f"{where}: JSON of more than {max_values} values, the most allowed")
     try:
-        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        value = json.loads(text, parse_float=_finite, parse_constant=refuse_constant)
     except RecursionError:  # the parser's own bound (Python's recursion limit), well past ours
         raise error(f"{where}: JSON nested more than {max_depth} levels deep") from None
     except ValueError as e:  # JSONDecodeError, our number checks, ints over Python's digit limit

@@ -343,6 +343,7 @@ SAFETENSORS_CASES = {
     "header-not-object": (lambda: safetensors_bytes(b"[1, 2]"), "not a safetensors file"),
     "header-not-utf8": (lambda: safetensors_bytes(b'{"\xff": 1}'), "not UTF-8"),
     "header-deep": (lambda: safetensors_bytes(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested"),
+    "header-many-lists": (lambda: safetensors_bytes(b'{"a": [' + b"[]," * 1_000_000 + b"[]]}"), "more lists and objects"),
     "short-file": (lambda: b"\x01\x00\x00", "too short"),
     "offsets-out-of-range": (lambda: _one(offsets=(0, 2**40)), "data_offsets"),
     "offsets-reversed": (lambda: _one(offsets=(8, 0)), "data_offsets"),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import MobileViTV2Config
-from ..ops import fold_batch_norm
 from ..errors import cut
+from ..ops import fold_batch_norm
 from .files import CheckpointError
 from .shapes import BASE_PREFIX, expected_shapes, folded_shapes
 

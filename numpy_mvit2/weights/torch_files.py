@@ -121,8 +121,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..safeio import open_regular_file
 from ..errors import cut, shown
+from ..safeio import open_regular_file
 from .files import CheckpointError, read_sharded
 
 # Storage type (torch.<name>) -> element type as NumPy spells it; "bfloat16" is decoded by hand.
