@@ -618,7 +618,9 @@ class MobileViTV2Config:
                               field="num_classes")
         names = data.get("label_names")
         if isinstance(names, list) and len(names) == num_classes:
-            kwargs["id2label"] = {i: str(n) for i, n in enumerate(names)}
+            if not all(isinstance(n, str) for n in names):
+                raise ConfigError("timm config: label_names must hold strings", field="label_names")
+            kwargs["id2label"] = dict(enumerate(names))
         else:
             kwargs["num_labels"] = num_classes
         if "pretrained_cfg" in data:

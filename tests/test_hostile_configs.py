@@ -705,3 +705,11 @@ def test_model_checks_its_config_again():
     config.aspp_out_channels = 10**7  # set after construction: unchecked until a model is built
     with pytest.raises(ConfigError, match="aspp_out_channels"):
         MobileViTV2ForSemanticSegmentation(config)
+
+
+def test_timm_label_names_must_be_strings():
+    """timm's label_names are strings; anything else (a huge int, whose str() Python refuses, a
+    list) is the config's error, not a ValueError from str()."""
+    for names in ([10**5000, "b"], [["a"], "b"], [None, "b"]):
+        with pytest.raises(ConfigError, match="label_names must hold strings"):
+            MobileViTV2Config.from_timm_dict({"architecture": "mobilevitv2_100", "num_classes": 2, "label_names": names})
