@@ -94,15 +94,16 @@ def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, laye
     global representation with transformer layers over unfolded patches ([B, d, P, N]); a group
     norm; fold the patches back to a map; a 1x1 conv (+BN) back to Cout channels.
 
-    With ``config.patch_remainder == "resize"`` the downsampled map is first resized up to a
-    multiple of the patch size (timm, ml-cvnets); by default (transformers) unfold drops the
-    remainder and fold leaves it zero. ``attentions``: a list to collect each transformer layer's
-    context scores in, or None."""
+    Where the frameworks differ (``config.choices``): with ``patch_remainder == "resize"`` (timm,
+    ml-cvnets) the downsampled map is first resized up to a multiple of the patch size, while
+    transformers' unfold drops the remainder and fold leaves it zero; the local conv is dilated by
+    ``spec.local_dilation`` (timm, ml-cvnets: the stage's dilation; transformers: 1).
+    ``attentions``: a list to collect each transformer layer's context scores in, or None."""
     act = config.hidden_act
     x = inverted_residual(x, **downsampling_layer, stride=spec.stride, dilation=spec.downsample_dilation, act=act)
-    if config.patch_remainder == "resize":
+    if config.choices.patch_remainder == "resize":
         x = resize_to_patch_multiple(x, config.patch_size)
-    x = conv_layer(x, **conv_kxk, activation=act)
+    x = conv_layer(x, **conv_kxk, dilation=spec.local_dilation, activation=act)
     x = conv_layer(x, **conv_1x1)
     height, width = x.shape[-2:]
     patches = unfold_patches(x, config.patch_size)

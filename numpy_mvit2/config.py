@@ -29,6 +29,35 @@ from .safeio import MAX_JSON_DEPTH, read_settings_json
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 PATCH_REMAINDERS = ("zero", "resize")  # transformers' behaviour, timm's and ml-cvnets' (see MobileViTV2Config)
 
+
+@dataclass(frozen=True)
+class FrameworkChoices:
+    """Where transformers, timm and ml-cvnets compute different functions with the same weights.
+
+    ``patch_remainder``: what a MobileViT block does with a feature map the patch size does not
+    divide. "zero" (transformers): unfold drops the last rows/columns and fold leaves them zero.
+    "resize" (timm, ml-cvnets): the map is first resized (bilinear, ``align_corners=True``) up to
+    the next multiple of ``patch_size``, and the block's output keeps that size.
+
+    ``dilate_local_conv``: whether the local-representation depthwise k x k conv (``conv_kxk``) of
+    a dilated stage (output stride 16 or 8) is dilated by the stage's dilation. transformers builds
+    it undilated; ml-cvnets (``MobileViTv2._make_mit_layer`` passes ``dilation=self.dilation`` to
+    ``MobileViTBlockv2``, whose ``local_rep.0`` takes it) and timm (``create_model(...,
+    output_stride=16)``) dilate it: 2 for stage 5 at output stride 16; 2 and 4 for stages 4 and 5
+    at output stride 8. Classification (output stride 32) has no dilated stage."""
+
+    patch_remainder: str
+    dilate_local_conv: bool
+
+
+# One switch, ``MobileViTV2Config.behavior``, picks a framework's complete set of choices.
+BEHAVIORS = {
+    "transformers": FrameworkChoices(patch_remainder="zero", dilate_local_conv=False),
+    "timm": FrameworkChoices(patch_remainder="resize", dilate_local_conv=True),
+    "ml-cvnets": FrameworkChoices(patch_remainder="resize", dilate_local_conv=True),
+}
+DEFAULT_BEHAVIOR = "transformers"  # a config with behavior=None, e.g. one from transformers' config.json
+
 # -- limits -------------------------------------------------------------------------------------
 # A config.json of 40 bytes must not make us allocate gigabytes, so every field that sets a size
 # has a cap, checked before anything is built from it. Each cap is far above what any published
@@ -113,7 +142,9 @@ class StageSpec:
     kind "mobilevit": an inverted residual that downsamples (``stride`` 2, or stride 1 with
     ``downsample_dilation`` when the output stride is reduced), a local depthwise k x k conv, a 1x1
     projection to ``attn_unit_dim``, ``n_attn_blocks`` transformer layers (FFN width ``ffn_dim``)
-    over patches, and a 1x1 projection back to ``out_channels``.
+    over patches, and a 1x1 projection back to ``out_channels``. ``local_dilation`` dilates the
+    local depthwise conv: the stage's dilation under timm's and ml-cvnets' choices, 1 under
+    transformers' (``FrameworkChoices.dilate_local_conv``).
     """
 
     index: int
@@ -123,6 +154,7 @@ class StageSpec:
     stride: int
     num_blocks: int = 1
     downsample_dilation: int = 1
+    local_dilation: int = 1
     attn_unit_dim: int = 0
     n_attn_blocks: int = 0
     ffn_dim: int = 0
@@ -199,6 +231,15 @@ def _flag(value):
     return bool(value)
 
 
+def _flag_or_none(value):
+    if value is None:
+        return None
+    try:
+        return _flag(value)
+    except _Invalid:
+        raise _Invalid("None, true or false") from None
+
+
 def _stride(value):
     if not (is_integer(value) and value in (8, 16, 32)):
         raise _Invalid("8, 16 or 32")
@@ -237,7 +278,9 @@ FIELD_CHECKS = {
     "output_hidden_states": _flag,
     "output_attentions": _flag,
     "return_dict": _flag,
-    "patch_remainder": _one_of(PATCH_REMAINDERS),
+    "behavior": _one_of(tuple(BEHAVIORS), none=True),
+    "patch_remainder": _one_of(PATCH_REMAINDERS, none=True),
+    "dilate_local_conv": _flag_or_none,
 }
 
 
@@ -245,7 +288,8 @@ FIELD_CHECKS = {
 _SIZE_FIELDS = ("width_multiplier", "num_labels", "aspp_out_channels", "n_attn_blocks", "base_attn_unit_dims",
                 "expand_ratio", "ffn_multiplier", "num_channels", "conv_kernel_size")
 # the fields the derived widths (stem_channels, stages) read
-_STAGE_FIELDS = ("width_multiplier", "output_stride", "base_attn_unit_dims", "n_attn_blocks", "ffn_multiplier")
+_STAGE_FIELDS = ("width_multiplier", "output_stride", "base_attn_unit_dims", "n_attn_blocks", "ffn_multiplier",
+                 "behavior", "dilate_local_conv")
 
 
 def _checked_num_labels(value) -> int:
@@ -354,11 +398,13 @@ class MobileViTV2Config:
     output_hidden_states: bool = False
     output_attentions: bool = False  # numpy_mvit2 only: per-layer context scores (transformers returns none)
     return_dict: bool = True
-    # Not in transformers: what a MobileViT block does with a feature map the patch size does not
-    # divide. "zero" (transformers): unfold drops the last rows/columns and fold leaves them zero.
-    # "resize" (timm, ml-cvnets): the map is first resized (bilinear, align_corners=True) up to the
-    # next multiple of patch_size, and the block's output keeps that size.
-    patch_remainder: str = "zero"
+    # Not in transformers: whose function the model computes, "transformers", "timm" or
+    # "ml-cvnets" (see FrameworkChoices and BEHAVIORS). None: not chosen, which computes
+    # transformers'; from_pretrained chooses by the checkpoint's source when its config has none.
+    behavior: str = None
+    # Overrides of one choice of the behavior each (None: the behavior's); see FrameworkChoices.
+    patch_remainder: str = None
+    dilate_local_conv: bool = None
 
     model_type = "mobilevitv2"
 
@@ -525,9 +571,11 @@ class MobileViTV2Config:
             make_divisible(384 * w, divisor=8),
             make_divisible(512 * w, divisor=8),
         ]
-        # output_stride 16 dilates stage 5, output_stride 8 stages 4 and 5 (transformers' rule:
-        # a dilated stage's downsampling block keeps stride 1 and uses dilation // 2).
+        # output_stride 16 dilates stage 5, output_stride 8 stages 4 and 5; a dilated stage's
+        # downsampling block keeps stride 1 and has the previous stage's dilation (dilation // 2),
+        # in all three frameworks; its local conv has the stage's own only under some behaviors
         dilations = {32: (1, 1), 16: (1, 2), 8: (2, 4)}[self.output_stride]
+        dilate_local = self.choices.dilate_local_conv
         specs = [
             StageSpec(0, "mobilenet", widths[0], widths[1], stride=1, num_blocks=1),
             StageSpec(1, "mobilenet", widths[1], widths[2], stride=2, num_blocks=2),
@@ -542,6 +590,7 @@ class MobileViTV2Config:
                     out_channels=widths[3 + i],
                     stride=2 if dilation == 1 else 1,
                     downsample_dilation=dilation // 2 if dilation > 1 else 1,
+                    local_dilation=dilation if dilate_local else 1,
                     attn_unit_dim=attn_dim,
                     n_attn_blocks=self.n_attn_blocks[i],
                     ffn_dim=int((self.ffn_multiplier * attn_dim) // 16 * 16),
@@ -549,28 +598,42 @@ class MobileViTV2Config:
             )
         return specs
 
+    @property
+    def choices(self) -> FrameworkChoices:
+        """What this config computes where the frameworks differ: the behavior's choices (
+        transformers' when ``behavior`` is None), each overridden by ``patch_remainder`` or
+        ``dilate_local_conv`` when that field is set."""
+        self._check_fields(("behavior", "patch_remainder", "dilate_local_conv"))
+        base = BEHAVIORS[self.behavior or DEFAULT_BEHAVIOR]
+        return FrameworkChoices(
+            patch_remainder=base.patch_remainder if self.patch_remainder is None else self.patch_remainder,
+            dilate_local_conv=base.dilate_local_conv if self.dilate_local_conv is None else self.dilate_local_conv,
+        )
+
     def feature_map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Spatial size of the stem's output and of each stage's output for an input of
         ``height x width``: every stride-2 step (3x3 kernel, padding 1) maps n to ``(n - 1) // 2 + 1``."""
-        self._check_fields(("patch_size", "patch_remainder"))
+        self._check_fields(("patch_size",))
         sizes = [((height - 1) // 2 + 1, (width - 1) // 2 + 1)]
         p = self.patch_size
+        resize = self.choices.patch_remainder == "resize"
         for spec in self.stages:
             h, w = sizes[-1]
             if spec.stride == 2:
                 h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-            if spec.kind == "mobilevit" and self.patch_remainder == "resize":  # resized up to a multiple of p
+            if spec.kind == "mobilevit" and resize:  # resized up to a multiple of p
                 h, w = -(-h // p) * p, -(-w // p) * p
             sizes.append((h, w))
         return sizes
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise ValueError if some MobileViT stage would see a feature map smaller than a patch
-        (with ``patch_remainder="resize"`` such maps are resized up, so any size is accepted)."""
+        (where the patch remainder is resized, timm's and ml-cvnets' way, such maps are resized up,
+        so any size is accepted)."""
         if isinstance(height, bool) or not isinstance(height, (int, np.integer)) or height < 1 or \
                 isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
             raise ValueError(f"input size must be positive integers, got {height}x{width}")
-        if self.patch_remainder == "resize":
+        if self.choices.patch_remainder == "resize":
             return
         sizes = self.feature_map_sizes(height, width)
         for spec, (h, w) in zip(self.stages, sizes[1:]):
@@ -652,6 +715,34 @@ class MobileViTV2Config:
             return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}", field=e.field) from None
+
+    @classmethod
+    def from_cvnets_yaml(cls, path: str | os.PathLike, **overrides) -> "MobileViTV2Config":
+        """The config of an ml-cvnets model from the YAML file it was trained with (see
+        ``numpy_mvit2.cvnets_yaml``): width, activation, and for DeepLabV3 the output stride, atrous
+        rates, ASPP width and number of classes. The behavior stays unset: ``from_pretrained``
+        chooses it by the weights' names (ml-cvnets' names: ``"ml-cvnets"``)."""
+        from .cvnets_yaml import config_fields, read_flat_yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointNotFoundError(f"{path}: no such config file")
+        kwargs = config_fields(read_flat_yaml(path), str(path))
+        try:
+            return cls(**{**kwargs, **overrides})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}", field=e.field) from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides) -> "MobileViTV2Config":
+        """A config from a ``config.json`` (transformers', timm's or ours) or an ml-cvnets YAML file
+        (``.yaml`` / ``.yml``), told apart by the name's suffix."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"config must be a MobileViTV2Config or the path of a config file, got {type(path).__name__}")
+        if Path(path).suffix.lower() in (".yaml", ".yml"):
+            return cls.from_cvnets_yaml(path, **overrides)
+        config = cls.from_json_file(path)
+        return cls.from_dict(config.to_dict(), **overrides) if overrides else config
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,

@@ -117,9 +117,10 @@ def trace(model, pixel_values) -> dict[str, np.ndarray]:
         x = blocks.inverted_residual(x, **stage_params["downsampling_layer"], stride=spec.stride,
                                      dilation=spec.downsample_dilation, act=act)
         out[f"{stage}.downsampling_layer"] = x
-        if config.patch_remainder == "resize":  # timm's behaviour, which transformers does not have
+        if config.choices.patch_remainder == "resize":  # timm's and ml-cvnets' behavior, not transformers'
             x = blocks.resize_to_patch_multiple(x, config.patch_size)
-        x = out[f"{stage}.conv_kxk"] = blocks.conv_layer(x, **stage_params["conv_kxk"], activation=act)
+        x = out[f"{stage}.conv_kxk"] = blocks.conv_layer(x, **stage_params["conv_kxk"], dilation=spec.local_dilation,
+                                                         activation=act)
         x = out[f"{stage}.conv_1x1"] = blocks.conv_layer(x, **stage_params["conv_1x1"])
         size = x.shape[-2:]
         patches = unfold_patches(x, config.patch_size)
@@ -154,14 +155,11 @@ def reference_trace(torch_model, pixel_values, config=None) -> dict[str, np.ndar
     (read off the torch model's config when not given)."""
     torch = _require("torch")
 
-    from .config import MobileViTV2Config
-
     head = {v: k for k, v in _TORCH_CLASSES.items()}.get(type(torch_model).__name__, "base")
     prefix = "" if head == "base" else f"{torch_model.base_model_prefix}."
     modules = dict(torch_model.named_modules())
     if config is None:
-        fields = MobileViTV2Config.__dataclass_fields__
-        config = MobileViTV2Config(**{k: v for k, v in torch_model.config.to_dict().items() if k in fields and k != "label2id"})
+        config = _our_config(torch_model)
     names = [name for name, _ in layer_names(config, head, getattr(torch_model, "expand_output", True))]
     recorded: dict[str, np.ndarray] = {}
 
@@ -196,6 +194,72 @@ def reference_trace(torch_model, pixel_values, config=None) -> dict[str, np.ndar
     if head == "base" and "pooler" in names:
         recorded["pooler"] = output.pooler_output.detach().cpu().numpy().copy()
     return {name: recorded[name] for name in names}
+
+
+# --------------------------------------------------------------------------------------------
+# timm's and ml-cvnets' choices, applied to transformers' PyTorch model
+# --------------------------------------------------------------------------------------------
+
+
+def _our_config(torch_model):
+    from .config import MobileViTV2Config
+
+    fields = MobileViTV2Config.__dataclass_fields__
+    return MobileViTV2Config(**{k: v for k, v in torch_model.config.to_dict().items() if k in fields and k != "label2id"})
+
+
+def apply_behavior(torch_model, behavior: str | None = None, *, config=None):
+    """A copy of transformers' PyTorch ``MobileViTV2*`` model that computes another framework's
+    function with the same weights: the choices of ``behavior`` ("transformers", "timm",
+    "ml-cvnets"), or those of ``config`` (a ``MobileViTV2Config``, its overrides included).
+    Two changes, the only ones between the three (see ``config.FrameworkChoices``):
+
+    - the local conv (``conv_kxk``) of each dilated stage gets the stage's dilation, and padding
+      ``(k - 1) // 2 * dilation`` to keep the size (ml-cvnets: ``MobileViTv2._make_mit_layer``
+      passes ``dilation=self.dilation`` to ``MobileViTBlockv2``, whose ``local_rep.0`` is a
+      ``ConvLayer2d(..., dilation=dilation, groups=in_channels)`` padded ``(k - 1) / 2 * dilation``);
+    - the input of ``conv_kxk`` is resized (bilinear, ``align_corners=True``) up to a multiple of
+      the patch size (``MobileViTBlockv2.resize_input_if_needed``, called first in
+      ``forward_spatial``), by a forward pre-hook; transformers' unfold and fold then see the
+      resized size, as ml-cvnets' do.
+
+    The model given is not modified. This is how the tests build the ml-cvnets reference (ml-cvnets
+    cannot be installed from the package index); the tests check it against timm's own models,
+    which make both changes themselves."""
+    torch = _require("torch")
+    from .config import BEHAVIORS
+
+    if config is None:
+        if behavior not in BEHAVIORS:
+            raise ValueError(f"behavior must be one of {tuple(BEHAVIORS)}, got {behavior!r}")
+        config = _our_config(torch_model)
+        config.behavior = behavior
+    elif behavior is not None:
+        raise ValueError("apply_behavior: pass behavior or config, not both")
+    choices = config.choices
+    model = copy.deepcopy(torch_model)
+    base = getattr(model, model.base_model_prefix, model) if hasattr(model, "base_model_prefix") else model
+    p = config.patch_size
+
+    def resize(module, inputs):
+        x = inputs[0]
+        height, width = x.shape[-2:]
+        size = (-(-height // p) * p, -(-width // p) * p)
+        if size == (height, width):
+            return None
+        return (torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=True),)
+
+    for spec in config.stages:
+        if spec.kind != "mobilevit":
+            continue
+        layer = base.encoder.layer[spec.index]
+        conv = layer.conv_kxk.convolution
+        d, k = spec.local_dilation, conv.kernel_size[0]
+        conv.dilation, conv.padding = (d, d), ((k - 1) // 2 * d, (k - 1) // 2 * d)
+        if choices.patch_remainder == "resize":
+            layer.conv_kxk.register_forward_pre_hook(resize)
+    model.config.behavior = config.behavior
+    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,6 +344,16 @@ def _main_output(output, head):
 # --------------------------------------------------------------------------------------------
 
 
+def _with_behavior(model, behavior):
+    """The same model computing ``behavior``'s function (its config copied, the parameters shared)."""
+    from .config import MobileViTV2Config
+
+    config = MobileViTV2Config.from_dict(model.config.to_dict(), behavior=behavior)
+    kwargs = {"expand_output": model.expand_output} if _head_of(model) == "base" else {}
+    return type(model)(config, state_dict=model.state_dict(), dtype=model.dtype, fold_batch_norm=model.batch_norm_folded,
+                       **kwargs)
+
+
 def _with_dtype(model, dtype):
     """The same model (same parameters, BN folded or not as it is) in another precision."""
     if model.dtype == dtype:
@@ -289,11 +363,12 @@ def _with_dtype(model, dtype):
                        fold_batch_norm=model.batch_norm_folded, **kwargs)
 
 
-def load_pair(checkpoint, head: str | None = None):
-    """Load a checkpoint (a folder; a repo id once ``from_pretrained`` takes one) into both libraries:
-    ours in float64 (float32 is derived from it exactly), transformers' in eval mode. ``head`` is
-    "base", "classification" or "segmentation"; by default it is read off ``config.json``'s
-    ``architectures`` (``MobileViTV2Model`` when absent)."""
+def load_pair(checkpoint, head: str | None = None, behavior: str | None = None):
+    """Load a checkpoint (a folder) into both libraries: ours in float64 (float32 is derived from it
+    exactly) with ``behavior`` (by default the checkpoint's own, see ``from_pretrained``),
+    transformers' in eval mode, as transformers computes it (``crosscheck`` applies our behavior to
+    a copy). ``head`` is "base", "classification" or "segmentation"; by default it is read off
+    ``config.json``'s ``architectures`` (``MobileViTV2Model`` when absent)."""
     transformers = _require("transformers")
 
     from . import modeling
@@ -306,18 +381,21 @@ def load_pair(checkpoint, head: str | None = None):
         head = next((by_class[a] for a in architectures if a in by_class), "base")
     ours_class = {"base": modeling.MobileViTV2Model, "classification": modeling.MobileViTV2ForImageClassification,
                   "segmentation": modeling.MobileViTV2ForSemanticSegmentation}[head]
-    ours = ours_class.from_pretrained(checkpoint, dtype=np.float64)
+    ours = ours_class.from_pretrained(checkpoint, dtype=np.float64, behavior=behavior)
     theirs = getattr(transformers, _TORCH_CLASSES[head]).from_pretrained(str(checkpoint)).eval()
     return ours, theirs
 
 
 def crosscheck(ours=None, theirs=None, *, checkpoint=None, head: str | None = None, pixel_values=None,
                height: int | None = None, width: int | None = None, batch_size: int = 1, seed: int = 0,
-               dtypes=("float32", "float64"), tolerance: dict | None = None) -> CrosscheckReport:
+               dtypes=("float32", "float64"), tolerance: dict | None = None, behavior: str | None = None) -> CrosscheckReport:
     """Compare ``ours`` (a ``numpy_mvit2`` model) with ``theirs`` (a transformers ``MobileViTV2*``
     model of the same head), layer by layer, in float32 and float64.
 
-    Either pass both models, or ``checkpoint=`` (a checkpoint folder) to load both from it. The
+    Either pass both models, or ``checkpoint=`` (a checkpoint folder) to load both from it.
+    ``behavior`` ("transformers", "timm", "ml-cvnets"): the framework whose function both sides
+    compute; by default ours' (``ours.config.behavior``, as loaded). Where it is not transformers',
+    ``theirs`` is compared through ``apply_behavior`` (a copy with that framework's choices). The
     input is ``pixel_values`` or, by default, seeded uniform [0, 1) pixels of
     ``batch_size x num_channels x height x width`` (``config.image_size`` square by default).
 
@@ -333,7 +411,7 @@ def crosscheck(ours=None, theirs=None, *, checkpoint=None, head: str | None = No
     if checkpoint is not None:
         if ours is not None or theirs is not None:
             raise ValueError("crosscheck: pass either checkpoint= or both models, not both")
-        ours, theirs = load_pair(checkpoint, head)
+        ours, theirs = load_pair(checkpoint, head, behavior)
     if ours is None or theirs is None:
         raise ValueError("crosscheck: pass both models (ours, theirs) or checkpoint=")
     if not isinstance(theirs, torch.nn.Module):
@@ -343,14 +421,21 @@ def crosscheck(ours=None, theirs=None, *, checkpoint=None, head: str | None = No
         raise TypeError(f"crosscheck: ours is a {type(ours).__name__} but theirs a {type(theirs).__name__}; "
                         f"compare {_TORCH_CLASSES[head]} with it")
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    notes = []
+    if behavior is not None and behavior != ours.config.behavior:
+        ours = _with_behavior(ours, behavior)
     config = ours.config
+    behavior = config.behavior or "transformers"
+    if config.choices != _our_config(theirs).choices:
+        theirs = apply_behavior(theirs, config=config)
+        notes.append(f"behavior {behavior!r} ({config.choices}); transformers' model compared through "
+                     "crosscheck.apply_behavior")
     if pixel_values is None:
         height = height or config.image_size
         width = width or height
         pixel_values = np.random.default_rng(seed).uniform(0, 1, (batch_size, config.num_channels, height, width))
     pixel_values = np.asarray(pixel_values)
 
-    notes = []
     dtypes = tuple(np.dtype(d).name for d in dtypes)
     if "float64" in dtypes and ours.dtype == np.float32 and ours.batch_norm_folded:
         dtypes = tuple(d for d in dtypes if d != "float64")

@@ -102,6 +102,7 @@ class TransformerLayer:
 class MobileViTBlock:
     down: InvertedResidual
     local: Conv  # depthwise k x k
+    local_dilation: int  # StageSpec.local_dilation
     to_d: Conv  # 1x1, no bias
     layers: list
     projection: Conv  # final group norm's scale and shift folded in
@@ -114,7 +115,7 @@ class Plan:
     act: str
     eps: float
     patch_size: int
-    patch_remainder: str  # config.patch_remainder ("zero" when the config has none)
+    patch_remainder: str  # config.choices.patch_remainder
     stem: Conv
     stages: list = field(default_factory=list)  # list[list[InvertedResidual]] or MobileViTBlock
 
@@ -179,7 +180,7 @@ def build_plan(backbone_params: dict, config: MobileViTV2Config, dtype) -> Plan:
     fast path. Weights are copied once, here; nothing is copied per call."""
     act = config.hidden_act
     plan = Plan(dtype=dtype, act=act, eps=config.layer_norm_eps, patch_size=config.patch_size,
-                patch_remainder=getattr(config, "patch_remainder", "zero"),
+                patch_remainder=config.choices.patch_remainder,
                 stem=_dense(backbone_params["conv_stem"], dtype, act))
     for spec, stage in zip(config.stages, backbone_params["encoder"]["layer"]):
         if spec.kind == "mobilenet":
@@ -200,6 +201,7 @@ def build_plan(backbone_params: dict, config: MobileViTV2Config, dtype) -> Plan:
         plan.stages.append(MobileViTBlock(
             down=_inverted_residual(stage["downsampling_layer"], dtype, act, spec.stride, spec.downsample_dilation),
             local=_depthwise(stage["conv_kxk"], dtype, act),
+            local_dilation=spec.local_dilation,
             to_d=_pointwise(stage["conv_1x1"], dtype),
             layers=layers,
             projection=_pointwise(stage["conv_projection"], dtype, ln["weight"], ln["bias"]),
@@ -649,11 +651,11 @@ def inverted_residual(x, block: InvertedResidual, act, team=1):  # [B, H, W, Cin
     return out
 
 
-def depthwise(x, conv: Conv, act, team=1):  # [B, H, W, C] -> [B, H, W, C]
-    """Stride-1 depthwise k x k convolution (+act); one image is split by rows among the team,
-    each part padding the input rows it needs."""
+def depthwise(x, conv: Conv, act, team=1, dilation=1):  # [B, H, W, C] -> [B, H, W, C]
+    """Stride-1 depthwise k x k convolution dilated by ``dilation`` (+act), padded to keep the size;
+    one image is split by rows among the team, each part padding the input rows it needs."""
     batch, height, width, channels = x.shape
-    pad = (conv.k - 1) // 2
+    pad = (conv.k - 1) // 2 * dilation
     team = _team(team)
     out = team.empty(x.shape, x.dtype)
     tiled = _tile(conv, width)
@@ -663,7 +665,7 @@ def depthwise(x, conv: Conv, act, team=1):  # [B, H, W, C] -> [B, H, W, C]
         padded = np.zeros((batch, r1 - r0 + 2 * pad, width + 2 * pad, channels), x.dtype)
         i0, i1 = max(0, r0 - pad), min(height, r1 + pad)
         padded[:, i0 - (r0 - pad) : i1 - (r0 - pad), pad : pad + width] = x[:, i0:i1]
-        o = depthwise_band(padded, out[:, r0:r1], conv, 1, 1, tiled)
+        o = depthwise_band(padded, out[:, r0:r1], conv, 1, dilation, tiled)
         add_bias_act_(o, conv, act, np.empty_like(o))
 
     team.run(rows, _split(height, team.parts(x.size) if batch == 1 else 1))
@@ -808,7 +810,7 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, attentions=None, team=
     x = inverted_residual(x, block.down, act, team)
     if plan.patch_remainder == "resize":  # timm / ml-cvnets: see blocks.resize_to_patch_multiple
         x = resize_to_patch_multiple(x, ps)
-    x = depthwise(x, block.local, act, team)
+    x = depthwise(x, block.local, act, team, block.local_dilation)
     batch, height, width, cin = x.shape
     nh, nw = height // ps, width // ps
     dim, cout, p, n = block.to_d.w.shape[1], block.projection.w.shape[1], ps * ps, nh * nw

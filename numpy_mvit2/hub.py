@@ -133,30 +133,65 @@ def resolve_file(name_or_path: str | os.PathLike, filename: str, *, revision: st
 @dataclass(frozen=True)
 class Checkpoint:
     """Where a checkpoint's files lie on this machine: its weights file (a sharded index's shards
-    lie beside it), its ``config.json`` if it has one, and a name for messages."""
+    lie beside it), its config file if it has one (``config.json``, or an ml-cvnets YAML), and a
+    name for messages."""
 
     weights: Path
     config: Path | None
     origin: str
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir=None) -> Checkpoint:
+def _cvnets_yaml_beside(weights: Path) -> Path | None:
+    """The ml-cvnets YAML config of local weights that have no ``config.json``: ``<weights
+    stem>.yaml`` (or ``.yml``), else ``config.yaml``, else the folder's only YAML file; a file
+    counts only if it reads as ml-cvnets options naming a model (``model.classification.name``),
+    so an unrelated YAML file in the folder is passed over."""
+    from .cvnets_yaml import read_flat_yaml
+    from .errors import ConfigError
+
+    folder = weights.parent
+    named = [folder / f"{weights.stem}{suffix}" for suffix in (".yaml", ".yml")] + [folder / "config.yaml"]
+    try:
+        others = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".yaml", ".yml"))
+    except OSError:
+        others = []
+    candidates = [p for p in named if p.is_file()] or (others if len(others) == 1 else [])
+    for candidate in candidates:
+        try:
+            if "model.classification.name" in read_flat_yaml(candidate):
+                return candidate
+        except ConfigError:
+            continue
+    return None
+
+
+def _local_config(weights: Path, config_given: bool) -> Path | None:
+    if config_given:
+        return None
+    config = weights.parent / "config.json"
+    return config if config.is_file() else _cvnets_yaml_beside(weights)
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir=None,
+                       config_given: bool = False) -> Checkpoint:
     """A checkpoint folder, a weights file, or a Hub repo id -> local paths.
 
     - a folder: its weights in transformers' order of preference (``model.safetensors``,
-      ``model.safetensors.index.json``, ``pytorch_model.bin``, ``pytorch_model.bin.index.json``)
-      and its ``config.json`` if present;
+      ``model.safetensors.index.json``, ``pytorch_model.bin``, ``pytorch_model.bin.index.json``),
+      else its only ``.pt`` / ``.pth`` file (as ml-cvnets saves them); its ``config.json`` if
+      present, else an ml-cvnets YAML config (see ``_cvnets_yaml_beside``);
     - a file (``.safetensors``, ``.bin``, ``.pt``, ``.pth``, an ``.index.json``): that file, and the
-      ``config.json`` beside it if there is one;
+      config beside it, found as for a folder;
     - a repo id: the same files, in the same order, from the Hugging Face cache or the Hub.
+
+    With ``config_given`` (the caller has its config) no local config file is looked for.
     """
     path = Path(name_or_path)
     if path.is_dir():
-        config = path / "config.json"
-        return Checkpoint(find_weights(path), config if config.is_file() else None, str(path))
+        weights = find_weights(path)
+        return Checkpoint(weights, _local_config(weights, config_given), str(path))
     if path.is_file():
-        config = path.parent / "config.json"
-        return Checkpoint(path, config if config.is_file() else None, str(path))
+        return Checkpoint(path, _local_config(path, config_given), str(path))
     name = os.fspath(name_or_path)
     if not looks_like_repo_id(name):
         raise CheckpointNotFoundError(f"{name}: no such folder or file, and not a Hugging Face repo id (owner/name)")

@@ -32,7 +32,7 @@ from .weights import (
 from .weights.convert import is_folded
 from .weights.files import read_weights
 from .weights.init import random_state_dict
-from .weights.names import to_transformers_names
+from .weights.names import SOURCE_BEHAVIORS, to_transformers_names
 from .weights.shapes import infer_config
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ class MobileViTV2PreTrainedModel:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype=np.float32,
                         config: MobileViTV2Config | None = None, fold_batch_norm: bool = True, fast: bool = True,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                        source: str | None = None, **config_overrides):
+                        source: str | None = None, behavior: str | None = None, **config_overrides):
         """Load a checkpoint from a folder, a weights file, or a Hugging Face repo id.
 
         - weights: ``model.safetensors``, a sharded ``model.safetensors.index.json``,
@@ -182,9 +182,15 @@ class MobileViTV2PreTrainedModel:
           ml-cvnets' (``conv_1.block.conv.weight``, ``layer_4.1.global_rep...``), recognised by the
           names (or forced with ``source="transformers" | "timm" | "cvnets"``) and renamed to
           transformers' (see ``numpy_mvit2.weights.names``).
-        - config: ``config=`` if given, else the checkpoint's ``config.json`` (transformers' or
-          timm's), else inferred from the tensor shapes; keyword arguments override its fields
-          (e.g. ``patch_remainder="resize"`` to reproduce timm at sizes the patch size does not divide).
+        - config: ``config=`` (a ``MobileViTV2Config``, or the path of a ``config.json`` or of an
+          ml-cvnets YAML config) if given, else the checkpoint's ``config.json`` (transformers', timm's
+          or ours), else an ml-cvnets YAML config beside the weights (see ``hub.resolve_checkpoint``),
+          else inferred from the tensor shapes; keyword arguments override its fields.
+        - behavior: whose function the model computes, "transformers", "timm" or "ml-cvnets" (see
+          ``config.BEHAVIORS``). ``behavior=`` wins; else the config's, when it records one (a
+          ``config.json`` saved by this project does; transformers' has none); else the
+          checkpoint's own framework's, from its tensor names. ``model.config.behavior`` says
+          which was chosen. ``patch_remainder=`` and ``dilate_local_conv=`` override one choice each.
         - repo ids are resolved through ``huggingface_hub`` (``revision=`` picks a branch, tag, commit
           or ``"refs/pr/N"``); with ``HF_HUB_OFFLINE=1`` only the local cache is read.
 
@@ -192,17 +198,22 @@ class MobileViTV2PreTrainedModel:
         (BN's ``num_batches_tracked`` aside); all problems are reported in one error."""
         from .hub import resolve_checkpoint
 
-        checkpoint = resolve_checkpoint(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir)
+        if behavior is not None:  # checked before any file is read
+            MobileViTV2Config(behavior=behavior)
+            config_overrides["behavior"] = behavior
+        if config is not None and not isinstance(config, MobileViTV2Config):
+            config = MobileViTV2Config.from_file(config)
+        checkpoint = resolve_checkpoint(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+                                        config_given=config is not None)
         state, source = to_transformers_names(read_weights(checkpoint.weights), source)
         described = str(checkpoint.weights) + ("" if source == "transformers" else f" ({source} names, renamed to transformers')")
+        if config is None and checkpoint.config is not None:
+            config = MobileViTV2Config.from_file(checkpoint.config)
         if config is not None:
-            if config_overrides:
-                config = MobileViTV2Config.from_dict(config.to_dict(), **config_overrides)
-        elif checkpoint.config is not None:
-            config = MobileViTV2Config.from_json_file(checkpoint.config)
-            if config_overrides:
-                config = MobileViTV2Config.from_dict(config.to_dict(), **config_overrides)
+            chosen = config_overrides.get("behavior") or config.behavior or SOURCE_BEHAVIORS[source]
+            config = MobileViTV2Config.from_dict(config.to_dict(), **{**config_overrides, "behavior": chosen})
         else:
+            config_overrides.setdefault("behavior", SOURCE_BEHAVIORS[source])
             config = infer_config(align_prefix(state, cls.head), cls.head, source=described, **config_overrides)
         model = cls(config, state_dict=state, dtype=dtype, fold_batch_norm=fold_batch_norm, fast=fast, _source=described)
         model.checkpoint_source = source

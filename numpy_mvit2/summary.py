@@ -19,8 +19,9 @@ input size. Counting rules:
 
 Inside a MobileViT block the transformer's 1x1 convolutions run on ``[d, P, N]`` (``P =
 patch_size**2`` pixels per patch, ``N = (H // p) * (W // p)`` patches): a border that no whole
-patch covers skips the transformer, as in transformers; with ``patch_remainder="resize"`` (timm)
-the block's input is first resized up to a multiple of the patch size.
+patch covers skips the transformer, as in transformers; under timm's and ml-cvnets' behavior
+(``config.choices.patch_remainder == "resize"``) the block's input is first resized up to a
+multiple of the patch size, and the local conv of a dilated stage is dilated.
 """
 
 from __future__ import annotations
@@ -103,10 +104,10 @@ def layer_rows(config: MobileViTV2Config, height: int, width: int, head: str = "
         block, hw = _inverted_residual(f"{prefix}.downsampling_layer", stage, spec.in_channels, c, hw, stride=spec.stride,
                                        dilation=spec.downsample_dilation, expand_ratio=config.expand_ratio)
         rows += block
-        if getattr(config, "patch_remainder", "zero") == "resize":  # timm / ml-cvnets: resized up to a multiple of p
+        if config.choices.patch_remainder == "resize":  # timm / ml-cvnets: resized up to a multiple of p
             hw = (-(-hw[0] // p) * p, -(-hw[1] // p) * p)
         k = config.conv_kernel_size
-        rows.append(_conv(f"{prefix}.conv_kxk", stage, c, c, k, hw, groups=c))
+        rows.append(_conv(f"{prefix}.conv_kxk", stage, c, c, k, hw, groups=c, dilation=spec.local_dilation))
         rows.append(_conv(f"{prefix}.conv_1x1", stage, c, d, 1, hw, norm=False))
         patches = (p * p, (hw[0] // p) * (hw[1] // p))  # [P, N]
         for j in range(spec.n_attn_blocks):

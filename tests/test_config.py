@@ -69,8 +69,8 @@ def test_documented_default(name):
     assert normalise(getattr(theirs, name)) == expected, "the documented default no longer matches transformers"
 
 
-# fields transformers does not have; each defaults to transformers' behaviour
-OUR_OWN_FIELDS = {"patch_remainder": "zero"}
+# fields transformers does not have; unset by default, which computes transformers' function
+OUR_OWN_FIELDS = {"behavior": None, "patch_remainder": None, "dilate_local_conv": None}
 
 
 def test_our_own_fields_default_to_transformers_behaviour():
@@ -78,6 +78,7 @@ def test_our_own_fields_default_to_transformers_behaviour():
     for name, default in OUR_OWN_FIELDS.items():
         assert getattr(ours, name) == default
         assert not hasattr(transformers.MobileViTV2Config(), name)
+    assert ours.choices.patch_remainder == "zero" and not ours.choices.dilate_local_conv
     with pytest.raises(ValueError, match="patch_remainder"):
         MobileViTV2Config(patch_remainder="crop")
 

@@ -24,12 +24,14 @@ import pytest
 
 from conftest import quick, require
 from reference import (
+    cvnets_checkpoint,
     make_reference,
     make_timm_reference,
     relative_error,
     run_reference,
     save_reference,
     save_timm_reference,
+    to_cvnets,
 )
 
 torch = require("torch")
@@ -120,23 +122,26 @@ def test_timm_safetensors_checkpoint_gives_timm_logits(tmp_path, width, seed):
 @pytest.mark.parametrize("size", [pytest.param((200, 216), marks=pytest.mark.slow), (100, 77),
                                   pytest.param((33, 33), marks=pytest.mark.slow)])
 def test_patch_remainder_switch_against_each_reference(tmp_path, size):
-    """Where the patch size does not divide a feature map, "resize" reproduces timm and "zero"
-    (the default) reproduces transformers, on the same weights."""
+    """Where the patch size does not divide a feature map, a timm checkpoint reproduces timm (its
+    default behavior: the map resized) and, with ``patch_remainder="zero"`` or
+    ``behavior="transformers"``, transformers, on the same weights."""
     ref = make_timm_reference(0.5, seed=3, num_classes=7)
     save_timm_reference(ref, tmp_path)
     x = pixels(4, 2, *size)
 
-    resized = MobileViTV2ForImageClassification.from_pretrained(tmp_path, patch_remainder="resize")
-    assert resized.config.patch_remainder == "resize"
+    resized = MobileViTV2ForImageClassification.from_pretrained(tmp_path)
+    assert resized.config.behavior == "timm" and resized.config.choices.patch_remainder == "resize"
     theirs_timm = timm_logits(ref, x)
     assert relative_error(resized(x).logits, theirs_timm) < TOL
 
-    zero = MobileViTV2ForImageClassification.from_pretrained(tmp_path)
-    assert zero.config.patch_remainder == "zero"
+    zero = MobileViTV2ForImageClassification.from_pretrained(tmp_path, patch_remainder="zero")
+    assert zero.config.behavior == "timm" and zero.config.choices.patch_remainder == "zero"
     hf = make_reference(zero.config, "classification")
     hf.load_state_dict({k: torch.from_numpy(v) for k, v in to_transformers_names(numpy_state(ref))[0].items()}, strict=False)
     theirs_hf = run_reference(hf, x).logits
     assert relative_error(zero(x).logits, theirs_hf) < TOL
+    as_transformers = MobileViTV2ForImageClassification.from_pretrained(tmp_path, behavior="transformers")
+    assert relative_error(as_transformers(x).logits, theirs_hf) < TOL
     # the two behaviours really differ at these sizes, so each test above pins its own
     assert relative_error(theirs_timm, theirs_hf) > 1e-3
     # hidden-state sizes follow the resize
@@ -149,6 +154,8 @@ def test_resize_accepts_inputs_too_small_for_zero(tmp_path):
     with pytest.raises(ValueError, match="too small"):
         MobileViTV2ForImageClassification(config)(pixels(0, 1, 20, 20))
     config.patch_remainder = "resize"
+    assert MobileViTV2ForImageClassification(config)(pixels(0, 1, 20, 20)).logits.shape == (1, 3)
+    config.patch_remainder, config.behavior = None, "ml-cvnets"
     assert MobileViTV2ForImageClassification(config)(pixels(0, 1, 20, 20)).logits.shape == (1, 3)
 
 
@@ -193,53 +200,6 @@ def test_foreign_timm_tensor_is_named(tmp_path):
 # ml-cvnets / CoreNet
 # --------------------------------------------------------------------------------------------
 
-def to_cvnets(name: str, n_layers: list[int], segmentation: bool) -> str:
-    """transformers' name -> ml-cvnets', the conversion script's renaming run backwards."""
-    conv = {"convolution": "block.conv", "normalization": "block.norm"}
-    ir = {"expand_1x1": "exp_1x1", "conv_3x3": "conv_3x3", "reduce_1x1": "red_1x1"}
-    if name.startswith("classifier."):
-        return "classifier.1." + name.split(".", 1)[1]
-    if name.startswith("segmentation_head."):
-        rest = name[len("segmentation_head."):]
-        m = re.fullmatch(r"aspp\.convs\.4\.conv_1x1\.(convolution|normalization)\.(\w+)", rest)
-        if m:
-            return f"seg_head.aspp.aspp_layer.convs.4.aspp_pool.conv_1x1.{conv[m[1]]}.{m[2]}"
-        m = re.fullmatch(r"aspp\.(convs\.\d|project)\.(convolution|normalization)\.(\w+)", rest)
-        if m:
-            return f"seg_head.aspp.aspp_layer.{m[1]}.{conv[m[2]]}.{m[3]}"
-        m = re.fullmatch(r"classifier\.convolution\.(\w+)", rest)
-        return f"seg_head.classifier.block.conv.{m[1]}"
-    name = name[len("mobilevitv2."):]
-    outer = "encoder." if segmentation else ""
-    m = re.fullmatch(r"conv_stem\.(convolution|normalization)\.(\w+)", name)
-    if m:
-        return f"{outer}conv_1.{conv[m[1]]}.{m[2]}"
-    m = re.fullmatch(r"encoder\.layer\.(\d)\.(layer\.(\d+)|downsampling_layer)\.(\w+)\.(convolution|normalization)\.(\w+)", name)
-    if m:
-        block = m[3] if m[3] is not None else "0"
-        return f"{outer}layer_{int(m[1]) + 1}.{block}.block.{ir[m[4]]}.{conv[m[5]]}.{m[6]}"
-    m = re.fullmatch(r"encoder\.layer\.(\d)\.(.+)", name)
-    stage, rest = int(m[1]), m[2]
-    head = f"{outer}layer_{stage + 1}.1."
-    table = [
-        (r"conv_kxk\.(convolution|normalization)\.(\w+)", lambda m: f"local_rep.0.{conv[m[1]]}.{m[2]}"),
-        (r"conv_1x1\.convolution\.(\w+)", lambda m: f"local_rep.1.block.conv.{m[1]}"),
-        (r"conv_projection\.(convolution|normalization)\.(\w+)", lambda m: f"conv_proj.{conv[m[1]]}.{m[2]}"),
-        (r"layernorm\.(\w+)", lambda m: f"global_rep.{n_layers[stage - 2]}.{m[1]}"),
-        (r"transformer\.layer\.(\d+)\.layernorm_before\.(\w+)", lambda m: f"global_rep.{m[1]}.pre_norm_attn.0.{m[2]}"),
-        (r"transformer\.layer\.(\d+)\.attention\.(qkv_proj|out_proj)\.convolution\.(\w+)",
-         lambda m: f"global_rep.{m[1]}.pre_norm_attn.1.{m[2]}.block.conv.{m[3]}"),
-        (r"transformer\.layer\.(\d+)\.layernorm_after\.(\w+)", lambda m: f"global_rep.{m[1]}.pre_norm_ffn.0.{m[2]}"),
-        (r"transformer\.layer\.(\d+)\.ffn\.conv([12])\.convolution\.(\w+)",
-         lambda m: f"global_rep.{m[1]}.pre_norm_ffn.{1 if m[2] == '1' else 3}.block.conv.{m[3]}"),
-    ]
-    for pattern, make in table:
-        m = re.fullmatch(pattern, rest)
-        if m:
-            return head + make(m)
-    raise AssertionError(f"no ml-cvnets name for {name}")
-
-
 # Pinned: names as ml-cvnets writes them, beside the names transformers' conversion script gives.
 CVNETS_PAIRS = [
     ("conv_1.block.conv.weight", "mobilevitv2.conv_stem.convolution.weight"),
@@ -281,16 +241,10 @@ def test_cvnets_unknown_names():
         assert cvnets_name(foreign) is None, foreign
 
 
-def cvnets_checkpoint(ref, config, segmentation):
-    state = {to_cvnets(k, config.n_attn_blocks, segmentation): v for k, v in numpy_state(ref).items()
-             if not k.endswith("num_batches_tracked")}
-    if segmentation:  # the auxiliary training head the conversion leaves out
-        state["seg_head.aux_head.block.conv.weight"] = np.ones((4, 4, 3, 3), np.float32)
-    return state
-
-
 @pytest.mark.parametrize("head", quick(["classification", "segmentation"], 0))
-def test_cvnets_checkpoint_gives_transformers_logits(tmp_path, head):
+def test_cvnets_names_under_transformers_behavior_give_transformers_logits(tmp_path, head):
+    """ml-cvnets' names are renamed; with ``behavior="transformers"`` the weights compute
+    transformers' function (ml-cvnets' own is pinned in test_behaviors.py)."""
     from safetensors.numpy import save_file
 
     segmentation = head == "segmentation"
@@ -303,8 +257,9 @@ def test_cvnets_checkpoint_gives_transformers_logits(tmp_path, head):
     save_file(state, path)
     cls = MobileViTV2ForSemanticSegmentation if segmentation else MobileViTV2ForImageClassification
     overrides = {"output_stride": 16} if segmentation else {}
-    model = cls.from_pretrained(path, **overrides)  # no config: read off the shapes
-    assert model.checkpoint_source == "cvnets"
+    assert cls.from_pretrained(path, **overrides).config.behavior == "ml-cvnets"
+    model = cls.from_pretrained(path, behavior="transformers", **overrides)  # no config: read off the shapes
+    assert model.checkpoint_source == "cvnets" and model.config.behavior == "transformers"
     assert model.config.width_multiplier == 0.75 and model.config.n_attn_blocks == [1, 2, 2]
     assert model.config.num_labels == 6
     x = pixels(9, 2, 128, 160)

@@ -247,8 +247,15 @@ def find_weights(folder: str | os.PathLike) -> Path:
         if (folder / name).is_file():
             return folder / name
     present = sorted(p.name for p in folder.iterdir())
+    # ml-cvnets saves its weights under names of its own (mobilevitv2-1.0.pt, checkpoint_best.pt)
+    torch_files = [name for name in present if name.endswith((".pt", ".pth")) and (folder / name).is_file()]
+    if len(torch_files) == 1:
+        return folder / torch_files[0]
+    if torch_files:
+        raise CheckpointError(f"{folder}: no {WEIGHT_FILES[0]} and several PyTorch files ({', '.join(torch_files[:10])}); "
+                              "pass the one to load")
     raise CheckpointError(
-        f"{folder}: no weights found; expected one of {', '.join(WEIGHT_FILES)} "
+        f"{folder}: no weights found; expected one of {', '.join(WEIGHT_FILES)}, or one .pt / .pth file "
         f"(the folder holds: {', '.join(present[:20]) or 'nothing'})"
     )
 

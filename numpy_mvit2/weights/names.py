@@ -28,6 +28,8 @@ from .files import CheckpointError
 from .shapes import BASE_PREFIX
 
 SOURCES = ("transformers", "timm", "cvnets")
+# the behavior (``MobileViTV2Config.behavior``) a checkpoint computes by default: its own framework's
+SOURCE_BEHAVIORS = {"transformers": "transformers", "timm": "timm", "cvnets": "ml-cvnets"}
 
 # --------------------------------------------------------------------------------------------
 # Which scheme a state dict uses
@@ -48,7 +50,7 @@ def to_transformers_names(state: dict, source: str | None = None) -> tuple[dict,
     """``state`` renamed to transformers' names, and the source it was detected as (or given)."""
     if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
-    source = source or detect_source(state)
+    source = "cvnets" if source == "ml-cvnets" else (source or detect_source(state))
     if source == "transformers":
         return dict(state), source
     rename = {"timm": timm_name, "cvnets": cvnets_name}.get(source)

@@ -1,0 +1,132 @@
+"""ml-cvnets' YAML configs (``config/classification/imagenet/mobilevit_v2.yaml``,
+``config/segmentation/pascal_voc/deeplabv3_mobilevitv2.yaml``, ...) -> ``MobileViTV2Config`` fields.
+
+ml-cvnets trains from one YAML file of nested options, which it flattens into dotted names
+(``model.segmentation.output_stride``); the weights it saves (``.pt``) say nothing of the output
+stride, the atrous rates or the activation, so its YAML is where they are read from. Only the
+options that change the function a MobileViTV2 model computes are read; an option we cannot compute
+(a separable ASPP, a norm other than ``layer_norm_2d`` in the attention blocks, a head activation
+other than ReLU, another model) is refused by name rather than ignored. Defaults are ml-cvnets' own
+argument defaults: ``aspp_out_channels`` 256 and rates (6, 12, 18) (``DeeplabV3``), 21 segmentation
+classes (``BaseSegmentation``), 1000 classification classes and an undilated encoder when the YAML
+names no output stride (``SegEncoderDecoder.build_model`` passes ``output_stride=None``).
+
+The file comes from the internet: it is read whole up to ``MAX_YAML_BYTES``, through PyYAML's safe
+loader (no Python objects), with aliases refused (``&a [*a, *a]`` nests build exponentially large
+values from a few bytes) and nesting bounded.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ConfigError
+from .safeio import read_bounded
+
+MAX_YAML_BYTES = 2**16  # ml-cvnets' configs are 2 to 4 kB; PyYAML's safe loader (pure Python) reads about 60 kB a second at worst
+MAX_YAML_DEPTH = 32  # theirs nest 5 deep
+
+_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "relu6": "relu6", "gelu": "gelu",
+                "hard_swish": "hardswish", "hardswish": "hardswish"}
+
+
+def read_flat_yaml(path: str | os.PathLike) -> dict:
+    """The YAML file's nested mappings flattened to dotted keys, as ml-cvnets reads its options."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted", self.peek_event().start_mark)
+            if self.depth >= MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    data = read_bounded(path, MAX_YAML_BYTES, error=ConfigError, what="YAML config")
+    try:
+        tree = yaml.load(data, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not a YAML file we can read ({' '.join(str(e).split())[:300]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of options, found {type(tree).__name__}")
+    flat: dict = {}
+
+    def walk(node, prefix, depth):
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{path}: YAML nested more than {MAX_YAML_DEPTH} levels deep")
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, name + ".", depth + 1)
+            else:
+                flat[name] = value
+
+    walk(tree, "", 0)
+    return flat
+
+
+def is_cvnets_mobilevitv2(flat: dict) -> bool:
+    return flat.get("model.classification.name") == "mobilevit_v2"
+
+
+def config_fields(flat: dict, where: str) -> dict:
+    """``MobileViTV2Config`` keyword arguments from ml-cvnets' flattened options (see the module
+    docstring); ``ConfigError`` naming the option for anything we cannot compute."""
+    def get(key, default=None):
+        return flat.get(key, default)
+
+    def refuse(key, value, allowed):
+        raise ConfigError(f"{where}: {key}={value!r} is not supported; numpy_mvit2 computes {allowed}", field=key)
+
+    name = get("model.classification.name")
+    if name != "mobilevit_v2":
+        raise ConfigError(f"{where}: not a MobileViTV2 config (model.classification.name is {name!r}, "
+                          "expected 'mobilevit_v2')", field="model.classification.name")
+    kwargs: dict = {"width_multiplier": get("model.classification.mitv2.width_multiplier", 1.0)}
+    norm = get("model.classification.mitv2.attn_norm_layer", "layer_norm_2d")
+    if norm != "layer_norm_2d":
+        refuse("model.classification.mitv2.attn_norm_layer", norm, "'layer_norm_2d' (a group norm with one group)")
+    pool = get("model.layer.global_pool", "mean")
+    if pool != "mean":
+        refuse("model.layer.global_pool", pool, "'mean'")
+    # the encoder's activation: model.classification.activation.name overrides the general one
+    act_key = next((k for k in ("model.classification.activation.name", "model.activation.name") if get(k) is not None),
+                   None)
+    act = get(act_key, "swish") if act_key else "swish"
+    if act not in _ACTIVATIONS:
+        refuse(act_key, act, "one of " + ", ".join(sorted(_ACTIVATIONS)))
+    kwargs["hidden_act"] = _ACTIVATIONS[act]
+    if get("model.segmentation.name"):
+        head = get("model.segmentation.seg_head", "deeplabv3")
+        if head != "deeplabv3":
+            refuse("model.segmentation.seg_head", head, "'deeplabv3'")
+        if get("model.segmentation.deeplabv3.aspp_sep_conv", False):
+            refuse("model.segmentation.deeplabv3.aspp_sep_conv", True, "ASPP with full 3x3 convolutions (false)")
+        # the head's activation: model.segmentation.activation.name overrides the general one
+        head_key = next((k for k in ("model.segmentation.activation.name", "model.activation.name") if get(k) is not None),
+                        None)
+        head_act = get(head_key, "relu") if head_key else "relu"
+        if head_act != "relu":
+            refuse(head_key, head_act, "ReLU in the DeepLabV3 head ('relu')")
+        output_stride = get("model.segmentation.output_stride")
+        kwargs["output_stride"] = 32 if output_stride is None else output_stride
+        rates = get("model.segmentation.deeplabv3.aspp_rates", [6, 12, 18])
+        kwargs["atrous_rates"] = list(rates) if isinstance(rates, (list, tuple)) else rates
+        kwargs["aspp_out_channels"] = get("model.segmentation.deeplabv3.aspp_out_channels", 256)
+        kwargs["aspp_dropout_prob"] = get("model.segmentation.deeplabv3.aspp_dropout", 0.1)
+        kwargs["num_labels"] = get("model.segmentation.n_classes", 21)
+    else:
+        kwargs["num_labels"] = get("model.classification.n_classes", 1000)
+    width, height = get("sampler.bs.crop_size_width"), get("sampler.bs.crop_size_height")
+    if isinstance(width, int) and not isinstance(width, bool) and width == height:
+        kwargs["image_size"] = width
+    return kwargs
