@@ -241,7 +241,7 @@ def apply_behavior(torch_model, behavior: str | None = None, *, config=None):
     base = getattr(model, model.base_model_prefix, model) if hasattr(model, "base_model_prefix") else model
     p = config.patch_size
 
-    def resize(module, inputs):
+    def resize(module, inputs):  # marked below, so that a later apply_behavior can take it away
         x = inputs[0]
         height, width = x.shape[-2:]
         size = (-(-height // p) * p, -(-width // p) * p)
@@ -249,6 +249,7 @@ def apply_behavior(torch_model, behavior: str | None = None, *, config=None):
             return None
         return (torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=True),)
 
+    resize.numpy_mvit2_resize = True
     for spec in config.stages:
         if spec.kind != "mobilevit":
             continue
@@ -256,6 +257,9 @@ def apply_behavior(torch_model, behavior: str | None = None, *, config=None):
         conv = layer.conv_kxk.convolution
         d, k = spec.local_dilation, conv.kernel_size[0]
         conv.dilation, conv.padding = (d, d), ((k - 1) // 2 * d, (k - 1) // 2 * d)
+        hooks = layer.conv_kxk._forward_pre_hooks  # an earlier apply_behavior's resize, if any, goes
+        for key in [key for key, hook in hooks.items() if getattr(hook, "numpy_mvit2_resize", False)]:
+            del hooks[key]
         if choices.patch_remainder == "resize":
             layer.conv_kxk.register_forward_pre_hook(resize)
     model.config.behavior = config.behavior
@@ -348,7 +352,8 @@ def _with_behavior(model, behavior):
     """The same model computing ``behavior``'s function (its config copied, the parameters shared)."""
     from .config import MobileViTV2Config
 
-    config = MobileViTV2Config.from_dict(model.config.to_dict(), behavior=behavior)
+    config = MobileViTV2Config.from_dict(model.config.to_dict(), behavior=behavior, patch_remainder=None,
+                                         dilate_local_conv=None)
     kwargs = {"expand_output": model.expand_output} if _head_of(model) == "base" else {}
     return type(model)(config, state_dict=model.state_dict(), dtype=model.dtype, fold_batch_norm=model.batch_norm_folded,
                        **kwargs)

@@ -7,7 +7,7 @@ stride, the atrous rates or the activation, so its YAML is where they are read f
 options that change the function a MobileViTV2 model computes are read; an option we cannot compute
 (a separable ASPP, a norm other than ``layer_norm_2d`` in the attention blocks, a head activation
 other than ReLU, another model) is refused by name rather than ignored. Defaults are ml-cvnets' own
-argument defaults: ``aspp_out_channels`` 256 and rates (6, 12, 18) (``DeeplabV3``), 21 segmentation
+argument defaults: ReLU where no activation is named, ``aspp_out_channels`` 256 and rates (6, 12, 18) (``DeeplabV3``), 21 segmentation
 classes (``BaseSegmentation``), 1000 classification classes and an undilated encoder when the YAML
 names no output stride (``SegEncoderDecoder.build_model`` passes ``output_stride=None``).
 
@@ -26,8 +26,10 @@ from .safeio import read_bounded
 MAX_YAML_BYTES = 2**16  # ml-cvnets' configs are 2 to 4 kB; PyYAML's safe loader (pure Python) reads about 60 kB a second at worst
 MAX_YAML_DEPTH = 32  # theirs nest 5 deep
 
+# ml-cvnets' activation names (it lower-cases them) -> ours; "relu" is its argument default
 _ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "relu6": "relu6", "gelu": "gelu",
                 "hard_swish": "hardswish", "hardswish": "hardswish"}
+_ATTENTION_NORMS = ("layer_norm_2d", "layer_norm_nchw")  # one class in ml-cvnets' registry: a group norm with one group
 
 
 def read_flat_yaml(path: str | os.PathLike) -> dict:
@@ -52,7 +54,7 @@ def read_flat_yaml(path: str | os.PathLike) -> dict:
     data = read_bounded(path, MAX_YAML_BYTES, error=ConfigError, what="YAML config")
     try:
         tree = yaml.load(data, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # also a date 2024-13-45, an int of 5000 digits
         raise ConfigError(f"{path}: not a YAML file we can read ({' '.join(str(e).split())[:300]})") from None
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
@@ -84,6 +86,10 @@ def config_fields(flat: dict, where: str) -> dict:
     def get(key, default=None):
         return flat.get(key, default)
 
+    def name_at(key, default):  # ml-cvnets lower-cases the names of activations and norms
+        value = get(key, default)
+        return value.lower() if isinstance(value, str) else value
+
     def refuse(key, value, allowed):
         raise ConfigError(f"{where}: {key}={value!r} is not supported; numpy_mvit2 computes {allowed}", field=key)
 
@@ -92,21 +98,26 @@ def config_fields(flat: dict, where: str) -> dict:
         raise ConfigError(f"{where}: not a MobileViTV2 config (model.classification.name is {name!r}, "
                           "expected 'mobilevit_v2')", field="model.classification.name")
     kwargs: dict = {"width_multiplier": get("model.classification.mitv2.width_multiplier", 1.0)}
-    norm = get("model.classification.mitv2.attn_norm_layer", "layer_norm_2d")
-    if norm != "layer_norm_2d":
+    norm = name_at("model.classification.mitv2.attn_norm_layer", "layer_norm_2d")
+    if norm not in _ATTENTION_NORMS:
         refuse("model.classification.mitv2.attn_norm_layer", norm, "'layer_norm_2d' (a group norm with one group)")
-    pool = get("model.layer.global_pool", "mean")
-    if pool != "mean":
+    batch_norm = name_at("model.normalization.name", "batch_norm")
+    if not (isinstance(batch_norm, str) and "batch_norm" in batch_norm):
+        refuse("model.normalization.name", batch_norm, "batch norm ('batch_norm', 'sync_batch_norm')")
+    segmentation = bool(get("model.segmentation.name"))
+    pool = name_at("model.layer.global_pool", "mean")
+    if pool != "mean" and not segmentation:  # a segmentation model has no classifier to pool for
         refuse("model.layer.global_pool", pool, "'mean'")
-    # the encoder's activation: model.classification.activation.name overrides the general one
+    # the encoder's activation: model.classification.activation.name overrides the general one,
+    # whose default is ReLU
     act_key = next((k for k in ("model.classification.activation.name", "model.activation.name") if get(k) is not None),
                    None)
-    act = get(act_key, "swish") if act_key else "swish"
+    act = name_at(act_key, "relu") if act_key else "relu"
     if act not in _ACTIVATIONS:
         refuse(act_key, act, "one of " + ", ".join(sorted(_ACTIVATIONS)))
     kwargs["hidden_act"] = _ACTIVATIONS[act]
-    if get("model.segmentation.name"):
-        head = get("model.segmentation.seg_head", "deeplabv3")
+    if segmentation:
+        head = name_at("model.segmentation.seg_head", "deeplabv3")
         if head != "deeplabv3":
             refuse("model.segmentation.seg_head", head, "'deeplabv3'")
         if get("model.segmentation.deeplabv3.aspp_sep_conv", False):
@@ -114,7 +125,7 @@ def config_fields(flat: dict, where: str) -> dict:
         # the head's activation: model.segmentation.activation.name overrides the general one
         head_key = next((k for k in ("model.segmentation.activation.name", "model.activation.name") if get(k) is not None),
                         None)
-        head_act = get(head_key, "relu") if head_key else "relu"
+        head_act = name_at(head_key, "relu") if head_key else "relu"
         if head_act != "relu":
             refuse(head_key, head_act, "ReLU in the DeepLabV3 head ('relu')")
         output_stride = get("model.segmentation.output_stride")

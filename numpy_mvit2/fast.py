@@ -116,6 +116,7 @@ class Plan:
     eps: float
     patch_size: int
     patch_remainder: str  # config.choices.patch_remainder
+    choices: tuple  # plan_choices(config) when built: a model rebuilds its plan when they change
     stem: Conv
     stages: list = field(default_factory=list)  # list[list[InvertedResidual]] or MobileViTBlock
 
@@ -175,12 +176,17 @@ def _inverted_residual(node, dtype, act, stride=1, dilation=1) -> InvertedResidu
                             _pointwise(node["reduce_1x1"], dtype), stride, dilation)
 
 
+def plan_choices(config: MobileViTV2Config) -> tuple:
+    """What a plan fixes of the config's behavior: the patch remainder and each stage's local dilation."""
+    return config.choices.patch_remainder, tuple(spec.local_dilation for spec in config.stages)
+
+
 def build_plan(backbone_params: dict, config: MobileViTV2Config, dtype) -> Plan:
     """Lay out a backbone's parameters (``model.params`` or ``params["mobilevitv2"]``) for the
     fast path. Weights are copied once, here; nothing is copied per call."""
     act = config.hidden_act
     plan = Plan(dtype=dtype, act=act, eps=config.layer_norm_eps, patch_size=config.patch_size,
-                patch_remainder=config.choices.patch_remainder,
+                patch_remainder=config.choices.patch_remainder, choices=plan_choices(config),
                 stem=_dense(backbone_params["conv_stem"], dtype, act))
     for spec, stage in zip(config.stages, backbone_params["encoder"]["layer"]):
         if spec.kind == "mobilenet":

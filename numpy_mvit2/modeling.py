@@ -8,6 +8,7 @@ compose the functions of ``numpy_mvit2.blocks``. Inference only: every dropout i
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -200,7 +201,9 @@ class MobileViTV2PreTrainedModel:
 
         if behavior is not None:  # checked before any file is read
             MobileViTV2Config(behavior=behavior)
-            config_overrides["behavior"] = behavior
+            # the behavior's whole set of choices: overrides stored in a config.json give way,
+            # those given in this call stay
+            config_overrides = {"patch_remainder": None, "dilate_local_conv": None, **config_overrides, "behavior": behavior}
         if config is not None and not isinstance(config, MobileViTV2Config):
             config = MobileViTV2Config.from_file(config)
         checkpoint = resolve_checkpoint(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
@@ -214,6 +217,12 @@ class MobileViTV2PreTrainedModel:
             config = MobileViTV2Config.from_dict(config.to_dict(), **{**config_overrides, "behavior": chosen})
         else:
             config_overrides.setdefault("behavior", SOURCE_BEHAVIORS[source])
+            if source == "cvnets" and cls.head == "segmentation" and "output_stride" not in config_overrides:
+                warnings.warn(f"{checkpoint.weights}: ml-cvnets weights without their YAML config; the output stride "
+                              "cannot be read off the weights, so the backbone is undilated (output stride 32). "
+                              "ml-cvnets' DeepLabV3 models are trained at 16 or 8: pass output_stride= (and "
+                              "atrous_rates=), config='path/to/config.yaml', or put the YAML beside the weights",
+                              stacklevel=2)
             config = infer_config(align_prefix(state, cls.head), cls.head, source=described, **config_overrides)
         model = cls(config, state_dict=state, dtype=dtype, fold_batch_norm=fold_batch_norm, fast=fast, _source=described)
         model.checkpoint_source = source
@@ -263,8 +272,8 @@ class MobileViTV2PreTrainedModel:
         only the last stage's output (the others None), so dead stages can be freed early."""
         pixels = self._pixels(pixel_values)
         if self.fast:
-            if self._plan is None:
-                self.rebuild_fast_plan()
+            if self._plan is None or self._plan.choices != fast_path.plan_choices(self.config):
+                self.rebuild_fast_plan()  # built for other choices (config.behavior set since)
             return fast_path.backbone(pixels, self._plan, attentions=attentions, keep_hidden_states=keep_hidden_states)
         backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
         extra = {} if attentions is None else {"attentions": attentions}

@@ -303,7 +303,8 @@ def test_cvnets_yaml_is_what_sets_the_output_stride(tmp_path):
     kept = yaml_file.read_text()
     yaml_file.unlink()
     seg = OURS["segmentation"]
-    without = seg.from_pretrained(tmp_path / "ckpt")
+    with pytest.warns(UserWarning, match="without their YAML config; the output stride cannot be read off"):
+        without = seg.from_pretrained(tmp_path / "ckpt")
     assert without.config.output_stride == 32 and without.config.behavior == "ml-cvnets"
     given = seg.from_pretrained(tmp_path / "ckpt", output_stride=8, atrous_rates=[2, 3, 5])
     assert relative_error(given(x).logits, theirs) < TOL[np.float32]
@@ -312,9 +313,11 @@ def test_cvnets_yaml_is_what_sets_the_output_stride(tmp_path):
     named = seg.from_pretrained(tmp_path / "ckpt", config=tmp_path / "elsewhere.yaml")
     assert named.config.output_stride == 8 and named.config.behavior == "ml-cvnets"
     assert relative_error(named(x).logits, theirs) < TOL[np.float32]
-    # an unrelated YAML file beside the weights is passed over
-    (tmp_path / "ckpt" / "notes.yaml").write_text("authors: [someone]\n")
-    assert seg.from_pretrained(tmp_path / "ckpt").config.output_stride == 32
+    # an unrelated YAML file beside the weights is passed over, even one PyYAML cannot make values of
+    for text in ("authors: [someone]\n", "date: 2024-13-45\n", "n: " + "9" * 5000 + "\n", "[unclosed\n", "a: *b\n"):
+        (tmp_path / "ckpt" / "notes.yaml").write_text(text)
+        with pytest.warns(UserWarning, match="without their YAML config"):
+            assert seg.from_pretrained(tmp_path / "ckpt").config.output_stride == 32
 
 
 @pytest.mark.parametrize("text, match", [
@@ -333,6 +336,9 @@ def test_cvnets_yaml_is_what_sets_the_output_stride(tmp_path):
     ("[" * 100 + "]" * 100, "nested"),
     ("model: [unclosed", "not a YAML file"),
     ("- 1\n- 2\n", "expected a YAML mapping"),
+    ("when: 2024-13-45\n", "not a YAML file we can read"),
+    ("n: " + "9" * 5000 + "\n", "not a YAML file we can read"),
+    ("model: {classification: {name: mobilevit_v2}, normalization: {name: group_norm}}", "normalization.name"),
 ])
 def test_cvnets_yaml_refuses_what_we_cannot_compute(tmp_path, text, match):
     path = tmp_path / "config.yaml"
@@ -362,6 +368,59 @@ def test_cvnets_yaml_fields():
         read = MobileViTV2Config.from_cvnets_yaml(path)
     assert (read.width_multiplier, read.output_stride, read.aspp_out_channels, read.atrous_rates, read.num_labels,
             read.hidden_act, read.image_size, read.behavior) == (1.5, 16, 512, [6, 12, 18], 21, "swish", 256, None)
+
+
+def test_cvnets_yaml_defaults_are_ml_cvnets_argument_defaults(tmp_path):
+    """Options a YAML leaves out take ml-cvnets' argparse defaults: ReLU (``model.activation.name``),
+    1000 classes; for DeepLabV3 21 classes, an ASPP of 256 channels, rates (6, 12, 18), dropout 0.1,
+    and no dilation unless an output stride is named. Names are compared lower-cased, as
+    ml-cvnets compares them, and ``layer_norm_nchw`` is the same norm as ``layer_norm_2d``."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {classification: {name: mobilevit_v2}}")
+    read = MobileViTV2Config.from_cvnets_yaml(path)
+    assert (read.hidden_act, read.num_labels, read.width_multiplier) == ("relu", 1000, 1.0)
+    path.write_text("model: {classification: {name: mobilevit_v2, mitv2: {attn_norm_layer: Layer_Norm_NCHW}, "
+                    "activation: {name: Swish}}, segmentation: {name: encoder_decoder}, layer: {global_pool: rms}}")
+    read = MobileViTV2Config.from_cvnets_yaml(path)
+    assert (read.hidden_act, read.num_labels, read.aspp_out_channels, read.atrous_rates, read.aspp_dropout_prob,
+            read.output_stride) == ("swish", 21, 256, [6, 12, 18], 0.1, 32)
+
+
+def test_an_explicit_behavior_replaces_overrides_a_config_json_stored(tmp_path):
+    save_reference(make_reference(MobileViTV2Config(width_multiplier=0.5, num_labels=3), "classification"), tmp_path)
+    stored = MobileViTV2Config.from_pretrained(tmp_path, behavior="transformers", patch_remainder="zero",
+                                               dilate_local_conv=False)
+    stored.save_pretrained(tmp_path)  # as an earlier version of this project wrote patch_remainder
+    model = MobileViTV2ForImageClassification.from_pretrained(tmp_path, behavior="ml-cvnets")
+    assert model.config.choices == BEHAVIORS["ml-cvnets"]
+    model = MobileViTV2ForImageClassification.from_pretrained(tmp_path, behavior="ml-cvnets", patch_remainder="zero")
+    assert model.config.choices.patch_remainder == "zero" and model.config.choices.dilate_local_conv
+    # without the keyword the stored choices hold
+    assert MobileViTV2ForImageClassification.from_pretrained(tmp_path).config.choices == BEHAVIORS["transformers"]
+
+
+def test_a_behavior_set_after_construction_is_computed_by_both_paths():
+    config = MobileViTV2Config(width_multiplier=0.5, num_labels=3, output_stride=16, aspp_out_channels=16)
+    fast = OURS["segmentation"](config, seed=4)
+    readable = OURS["segmentation"](MobileViTV2Config.from_dict(config.to_dict()), seed=4, fast=False)
+    x = pixels(6, 1, 66, 78)
+    before = fast(x).logits
+    for model in (fast, readable):
+        model.config.behavior = "ml-cvnets"
+    after = fast(x).logits
+    assert after.shape != before.shape or relative_error(after, before) > 1e-4
+    assert relative_error(after, readable(x).logits) < TOL[np.float32]
+
+
+def test_apply_behavior_replaces_an_earlier_one():
+    config = MobileViTV2Config(width_multiplier=0.5, output_stride=16)
+    hf = make_reference(config, "base", seed=5)
+    x = pixels(7, 1, 70, 54)
+    again = apply_behavior(apply_behavior(hf, "ml-cvnets"), "transformers")
+    assert relative_error(torch_out(again, x).last_hidden_state, torch_out(hf, x).last_hidden_state) == 0
+    twice = apply_behavior(apply_behavior(hf, "timm"), "ml-cvnets")
+    once = apply_behavior(hf, "ml-cvnets")
+    assert relative_error(torch_out(twice, x).last_hidden_state, torch_out(once, x).last_hidden_state) == 0
 
 
 # --------------------------------------------------------------------------------------------
