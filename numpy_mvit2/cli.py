@@ -7,8 +7,9 @@
 (also ``python -m numpy_mvit2 ...``). Results go to stdout; errors, notes and the progress bar to
 stderr. A bad image is named on stderr with the reason and the others are still processed. Exit
 status: 0 all done, 1 some input (or the model) failed, 2 usage error, 130 interrupted (SIGINT,
-Ctrl-C), 143 terminated (SIGTERM): 128 + the signal's number, as a shell reports a process the
-signal killed; temporary files are removed first.
+Ctrl-C), 141 stdout closed (``| head`` exited: the run stops at once, quietly), 143 terminated
+(SIGTERM): 128 + the signal's number, as a shell reports a process the signal killed (141 is
+SIGPIPE's, which kills other Unix tools in a pipe); temporary files are removed first.
 
 File names and labels come from strangers: in text output (and on stderr) control characters are
 shown escaped (``\\n``, ``\\x1b``) so that a name cannot forge a line or drive the terminal, and
@@ -23,7 +24,9 @@ import json
 import logging
 import os
 import re
+import select
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -78,6 +81,10 @@ DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 8_500_000}
 #   panorama at shortest edge 544: 0.57 GB, 8 s).
 DEFAULT_MAX_PREPARED_PIXELS = {"classify": 4_000_000, "segment": 800_000}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# stdout's reader has gone (`numpy-mvit2 classify photos/ | head -2`): 128 + SIGPIPE, the status a
+# shell reports for the Unix tools SIGPIPE kills in such a pipe (Python ignores SIGPIPE and gets
+# EPIPE instead, so the status is given by hand).
+EXIT_BROKEN_PIPE = 141
 
 LIMITS_HELP = """\
 An image is refused, from its header before it is decoded, when it has more pixels than
@@ -237,11 +244,14 @@ class Reporter:
             self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def _write(self, text: str, stream) -> None:
-        if self.bar is not None:
-            self.bar.clear()
-        print(text, file=stream, flush=True)
-        if self.bar is not None:
-            self.bar.refresh()
+        try:
+            if self.bar is not None:
+                self.bar.clear()
+            print(text, file=stream, flush=True)
+            if self.bar is not None:
+                self.bar.refresh()
+        except BrokenPipeError:  # a BaseException, so that no per-image handler takes it for the image's error
+            raise OutputClosed from None
 
     def out(self, text: str) -> None:
         self._write(text, sys.stdout)
@@ -257,6 +267,33 @@ class Reporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class OutputClosed(BaseException):
+    """stdout (or stderr) is a pipe whose reader has gone (``| head -1`` has exited). Like
+    ``Interrupted``, not an Exception: it unwinds past the per-image handlers (which would otherwise
+    report each image as failed with "Broken pipe"), and the run stops at once."""
+
+
+def reader_gone(stream) -> bool:
+    """True when ``stream`` is a pipe whose reading end is closed. Checked before each image, so
+    that a run whose output nobody reads stops before the next image rather than after it (and
+    ``--json``, written at the end, does not process every image for nothing): the kernel flags the
+    writing end of such a pipe (POLLERR on Linux, POLLHUP on the BSDs) without a write."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, 0)  # no events asked for: only the error and hang-up flags, always reported
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no fileno (a replaced stream), no poll (Windows)
+        return False
+
+
+def check_output() -> None:
+    if reader_gone(sys.stdout):
+        raise OutputClosed
 
 
 def note(text: str, quiet: bool) -> None:
@@ -399,6 +436,7 @@ def run_batches(items: list[Item], args, model, processor, reporter: Reporter, f
     for item in items:
         if item.error is not None:
             continue
+        check_output()
         try:
             prepare(item, args, processor, keep_photo)
         except Exception as e:  # noqa: BLE001 - any failure is this file's, reported, never a traceback
@@ -432,6 +470,7 @@ def _run_batch(batch: list[Item], model, reporter: Reporter, finish) -> None:
                     _fail(item, e, reporter)
         del group
         for item, item_logits in outputs:
+            check_output()  # before segment's two PNGs of each image, too
             try:
                 if not np.isfinite(item_logits).all():  # NaN would also be invalid JSON
                     raise ValueError("the model gave scores that are not finite numbers (NaN or infinity): "
@@ -890,6 +929,35 @@ def _catch_signals():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv``: the arguments, default ``sys.argv[1:]``); returns the exit status."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here, not at exit: a reader that has gone is then caught below, rather than
+            # reported by Python as "Exception ignored ... BrokenPipeError" (--help ends in SystemExit).
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except (OutputClosed, BrokenPipeError):  # `numpy-mvit2 classify photos/ | head -2`: stop quietly
+        remove_temporary_files()
+        silence_closed_output()
+        return EXIT_BROKEN_PIPE
+
+
+def silence_closed_output() -> None:
+    """Point stdout (and stderr, if its reader has gone too) at /dev/null: what Python still holds
+    for them is then flushed there at exit instead of raising BrokenPipeError once more."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is sys.stdout or reader_gone(stream):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (AttributeError, ValueError, OSError):  # a replaced stream without a file descriptor
+                pass
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_hub_logging()
@@ -914,10 +982,8 @@ def main(argv: list[str] | None = None) -> int:
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"{PROG}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
         return 128 + signum  # 130 for SIGINT, 143 for SIGTERM
-    except BrokenPipeError:  # e.g. `numpy-mvit2 classify photos/ | head`
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILED
+    except (OutputClosed, BrokenPipeError):
+        raise  # main's: not an internal error
     except Exception as e:
         if os.environ.get("NUMPY_MVIT2_DEBUG"):
             raise
