@@ -93,3 +93,68 @@ def test_head_in_a_shell_pipeline(classifier, many_photos):
     help_text = subprocess.run(["bash", "-c", script, "bash", sys.executable, "-m", "numpy_mvit2", "segment", "--help"],
                                capture_output=True, text=True, env=cli_env(), timeout=300)
     assert help_text.stderr.strip() in ("status 0", "status 141"), help_text.stderr  # 0 when head read it all in time
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C at any moment, from the interpreter's start-up on
+# --------------------------------------------------------------------------------------------
+
+
+def console_script_child() -> str:
+    """What the console script pip writes for pyproject's entry point runs: import it, call it."""
+    text = (ROOT / "pyproject.toml").read_text()
+    module, function = re.search(r'^numpy-mvit2 = "([\w.]+):(\w+)"', text, re.M).groups()
+    return f"import re, sys\nfrom {module} import {function}\nsys.exit({function}())"
+
+
+# When a signal lands before Python has run any of numpy_mvit2 (its start-up, the site module),
+# Python's own handling is all there is: killed by the signal, or "Fatal Python error:
+# init_import_site". That is no moment of ours; such a sample is counted as too early, and most
+# moments must land later (on any machine: start-up takes a few hundredths of a second).
+def landed_before_our_code(status: int, stderr: str) -> bool:
+    return "numpy_mvit2" not in stderr and (status == -signal.SIGINT or "init_import_site" in stderr)
+
+
+@pytest.mark.parametrize("form", ["python -m", "console script"])
+def test_ctrl_c_at_any_moment(form, classifier, many_photos):
+    """SIGINT 0.05 s to 1 s after the start: during the imports of NumPy and the models, the
+    loading of the model, the images. Always `numpy-mvit2: interrupted`, status 130, no traceback."""
+    command = (["-m", "numpy_mvit2"] if form == "python -m" else ["-c", console_script_child()])
+    args = ["classify", many_photos, many_photos, many_photos, "--model", classifier, "-q"]
+    moments = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0]
+    landed = 0
+    for moment in moments:
+        process = subprocess.Popen([sys.executable, *command, *map(str, args)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, env=cli_env())
+        try:
+            time.sleep(moment)
+            if process.poll() is not None:  # done already (a fast machine): nothing to interrupt
+                process.communicate()
+                continue
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        stderr = stderr.decode()
+        if landed_before_our_code(process.returncode, stderr):
+            continue
+        landed += 1
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, (moment, stderr)
+        assert process.returncode == 130, (moment, process.returncode, stderr)
+        assert stderr.strip().splitlines()[-1] == "numpy-mvit2: interrupted", (moment, stderr)
+    assert landed >= len(moments) // 2, f"only {landed} of {len(moments)} signals landed in numpy_mvit2's own code"
+
+
+def test_the_package_imports_nothing_heavy():
+    """`import numpy_mvit2` (which `python -m numpy_mvit2` and the console script do before their
+    first line) leaves NumPy unimported; the names still import on first use."""
+    child = ("import sys, numpy_mvit2, numpy_mvit2.__main__, signal\n"
+             "assert 'numpy' not in sys.modules, sorted(m for m in sys.modules if 'numpy' in m)\n"
+             "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # importing installs nothing\n"
+             "from numpy_mvit2 import MobileViTV2Config, CheckpointError\n"
+             "assert numpy_mvit2.fast.THREADS is None and numpy_mvit2.team.start\n"
+             "assert set(numpy_mvit2.__all__) <= set(dir(numpy_mvit2))\n")
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
