@@ -206,6 +206,12 @@ def printable(text) -> str:
     return _UNPRINTABLE.sub(_escape, str(text))
 
 
+def printable_lines(text) -> str:
+    """``printable`` line by line: a message of several lines (the library's: a first line, then
+    indented details) keeps its line breaks, and nothing else in it can break a line."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))
+
+
 # In JSON, C0 controls are escaped by json.dumps itself; these are valid JSON raw but not as UTF-8
 # (lone surrogates) or not safe on a terminal (C1, bidi controls): written as \uXXXX escapes.
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -975,7 +981,7 @@ def _main(argv: list[str] | None) -> int:
     except UsageError as e:
         parser.exit(EXIT_USAGE, f"{PROG} {args.command}: error: {printable(e)}\n")
     except ModelError as e:
-        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {printable_lines(e)}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, Interrupted) as e:
         remove_temporary_files()

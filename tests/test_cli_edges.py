@@ -158,3 +158,63 @@ def test_the_package_imports_nothing_heavy():
              "assert set(numpy_mvit2.__all__) <= set(dir(numpy_mvit2))\n")
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=cli_env(), timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The Hub out of reach, without HF_HUB_OFFLINE
+# --------------------------------------------------------------------------------------------
+
+
+def run_offline_cli(args, endpoint: str, tmp_path, cwd=None):
+    """The CLI with the Hub at ``endpoint``, HF_HUB_OFFLINE and HF_HUB_ETAG_TIMEOUT unset, an empty
+    cache. Returns (result, seconds around the subprocess)."""
+    env = cli_env(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"))
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_CACHE"):
+        env.pop(name, None)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "numpy_mvit2", *map(str, args)], capture_output=True, text=True,
+                            env=env, timeout=300, cwd=cwd)
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize("kind", ["connection refused", "black hole"])
+def test_unreachable_hub_cli_answers_within_seconds(kind, tmp_path, many_photos):
+    from fake_hub import BlackHole, closed_port_endpoint
+
+    image = many_photos / "p00.png"
+    if kind == "black hole":
+        with BlackHole() as hole:
+            result, seconds = run_offline_cli(["classify", image], hole.endpoint, tmp_path)
+    else:
+        result, seconds = run_offline_cli(["classify", image], closed_port_endpoint(), tmp_path)
+    assert_no_traceback(result)
+    assert seconds < 5.0, (seconds, result.stderr)  # the issue's bar (huggingface_hub alone: 24 s and more)
+    assert result.returncode == 1 and result.stdout == ""
+    first, *details = result.stderr.rstrip().splitlines()
+    assert first == "numpy-mvit2: error: cannot load model apple/mobilevitv2-1.0-imagenet1k-256: the Hub cannot be reached"
+    assert details and all(line.startswith("  ") for line in details), result.stderr
+    assert "there is no local folder or file named apple/mobilevitv2-1.0-imagenet1k-256 either" in result.stderr
+    assert "--model /path/to/folder" in result.stderr
+
+
+def test_misspelt_local_folder_is_named_as_such(classifier, tmp_path, many_photos):
+    """`--model mvit2-gen-generatd` beside a folder mvit2-gen-generated: one quick message that
+    there is no such local folder, with the close name; a path-like name never goes to the Hub."""
+    from fake_hub import FakeHub, closed_port_endpoint
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mvit2-gen-generated").symlink_to(classifier, target_is_directory=True)
+    image = many_photos / "p00.png"
+    result, seconds = run_offline_cli(["classify", image, "--model", "mvit2-gen-generatd"], closed_port_endpoint(),
+                                      tmp_path, cwd=work)
+    assert_no_traceback(result)
+    assert seconds < 5.0 and result.returncode == 1, (seconds, result.stderr)
+    assert "there is no local folder or file named mvit2-gen-generatd either; did you mean mvit2-gen-generated?" \
+        in result.stderr, result.stderr
+    with FakeHub({}) as hub:
+        for name in ("gen/model.safetensors", "./mvit2-gen-generatd", "gen/config.json", "a/b/c"):
+            result, _ = run_offline_cli(["classify", image, "--model", name], hub.endpoint, tmp_path, cwd=work)
+            assert_no_traceback(result)
+            assert result.returncode == 1 and f"cannot load model {name}: no such folder or file" in result.stderr
+        assert hub.log == []
