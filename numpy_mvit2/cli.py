@@ -329,9 +329,24 @@ HEAD_WORDS = {"base": "a backbone-only (MobileViTV2Model)", "classification": "a
               "segmentation": "a semantic segmentation"}
 
 
+def model_location(name: str) -> str:
+    """--model as given, with a checkpoint's config.json or preprocessor_config.json standing for
+    the folder it lies in (the weights are there too). An empty name is refused: Path("") is the
+    current folder, which nobody means by it."""
+    if not name:
+        raise UsageError("--model '': an empty name; give a checkpoint folder (--model . for the current one), "
+                         "a weights file or a Hugging Face repo id")
+    path = Path(name)
+    if path.is_file() and path.name in ("config.json", PREPROCESSOR_CONFIG):
+        return str(path.parent)
+    return name
+
+
 def load_model(cls, name: str, command: str, default: str):
-    config_path = Path(name) / "config.json"
-    if config_path.is_file():  # a folder: say plainly when it holds the other kind of model
+    path = Path(name)
+    # a folder, or a weights file with its config.json beside it (as from_pretrained reads them)
+    config_path = (path.parent if path.is_file() else path) / "config.json"
+    if config_path.is_file():  # say plainly when it holds the other kind of model
         try:
             head = guess_head(MobileViTV2Config.from_pretrained(config_path), default=None)
         except LOAD_ERRORS:
@@ -376,7 +391,8 @@ def load_processor(name: str, config: MobileViTV2Config, quiet: bool,
         raise ModelError(f"cannot load the image processor settings of {name}: {_reason(name, e)}") from None
     processor = MobileViTImageProcessor.for_model_config(config)
     check_crop(processor, name, max_prepared_pixels)
-    note(f"{name} has no {PREPROCESSOR_CONFIG}; preparing images as the apple/mobilevitv2 checkpoints expect: "
+    where = f"there is no {PREPROCESSOR_CONFIG} beside {name}" if Path(name).is_file() else f"{name} has no {PREPROCESSOR_CONFIG}"
+    note(f"{where}; preparing images as the apple/mobilevitv2 checkpoints expect: "
          f"shortest edge {processor.size['shortest_edge']}, center crop {config.image_size}, BGR, values in [0, 1]", quiet)
     return processor
 
@@ -977,6 +993,8 @@ def _main(argv: list[str] | None) -> int:
             pass
     old_handlers = _catch_signals()
     try:
+        if getattr(args, "model", None) is not None:
+            args.model = model_location(args.model)
         return args.func(args)
     except UsageError as e:
         parser.exit(EXIT_USAGE, f"{PROG} {args.command}: error: {printable(e)}\n")

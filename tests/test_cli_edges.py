@@ -218,3 +218,32 @@ def test_misspelt_local_folder_is_named_as_such(classifier, tmp_path, many_photo
             assert_no_traceback(result)
             assert result.returncode == 1 and f"cannot load model {name}: no such folder or file" in result.stderr
         assert hub.log == []
+
+
+# --------------------------------------------------------------------------------------------
+# What --model takes
+# --------------------------------------------------------------------------------------------
+
+
+def test_model_as_a_weights_file_a_config_file_or_empty(classifier, many_photos, tmp_path):
+    image = many_photos / "p00.png"
+    folder = run_cli("classify", image, "--model", classifier, "--json")
+    assert folder.returncode == 0, folder.stderr
+    # a weights file with preprocessor_config.json beside it, and a path to either JSON file: the same run
+    for model in (classifier / "model.safetensors", classifier / "config.json", classifier / "preprocessor_config.json"):
+        result = run_cli("classify", image, "--model", model, "--json")
+        assert result.returncode == 0 and result.stderr == "", (model, result.stderr)
+        assert result.stdout == folder.stdout
+    # a weights file alone: the default processor settings, said once in a note
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.safetensors").write_bytes((classifier / "model.safetensors").read_bytes())
+    result = run_cli("classify", image, "--model", bare / "model.safetensors")
+    assert result.returncode == 0, result.stderr
+    notes = result.stderr.strip().splitlines()
+    assert len(notes) == 1 and f"there is no preprocessor_config.json beside {bare / 'model.safetensors'}" in notes[0]
+    assert run_cli("info", "--model", classifier / "model.safetensors").returncode == 0
+    # '' is not the current folder
+    result = run_cli("classify", image, "--model", "")
+    assert_no_traceback(result)
+    assert result.returncode == 2 and "--model '': an empty name" in result.stderr and "--model ." in result.stderr
