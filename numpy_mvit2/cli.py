@@ -479,30 +479,37 @@ def run_batches(items: list[Item], args, model, processor, reporter: Reporter, f
 
 
 def _run_batch(batch: list[Item], model, reporter: Reporter, finish) -> None:
+    """One forward pass per input shape in the batch, then ``finish`` for each image in input order
+    (the passes come grouped by shape; the text output must follow the inputs, as --json does).
+    The logits of a whole batch are small next to its inputs: [L, h/16, w/16] for segment."""
+    logits: dict[int, np.ndarray] = {}  # id(item) -> its logits
     for group in _same_shape_groups(batch):
         try:
-            logits = model(np.concatenate([item.pixels for item in group])).logits
-            outputs = list(zip(group, logits))
+            logits.update(zip(map(id, group), model(np.concatenate([item.pixels for item in group])).logits))
         except Exception:  # noqa: BLE001
-            outputs = []
             for item in group:
                 try:
-                    outputs.append((item, model(item.pixels).logits[0]))
+                    logits[id(item)] = model(item.pixels).logits[0]
                 except Exception as e:  # noqa: BLE001
                     _fail(item, e, reporter)
+        for item in group:
+            item.pixels = None  # the model input is no longer needed
         del group
-        for item, item_logits in outputs:
-            check_output()  # before segment's two PNGs of each image, too
-            try:
-                if not np.isfinite(item_logits).all():  # NaN would also be invalid JSON
-                    raise ValueError("the model gave scores that are not finite numbers (NaN or infinity): "
-                                     "its weights may be damaged")
-                finish(item, item_logits)
-            except Exception as e:  # noqa: BLE001
-                _fail(item, e, reporter)
-            else:
-                item.image = item.pixels = None  # free the memory as we go
-                reporter.step()
+    for item in batch:
+        item_logits = logits.pop(id(item), None)
+        if item_logits is None:  # its forward pass failed, and was reported
+            continue
+        check_output()  # before segment's two PNGs of each image, too
+        try:
+            if not np.isfinite(item_logits).all():  # NaN would also be invalid JSON
+                raise ValueError("the model gave scores that are not finite numbers (NaN or infinity): "
+                                 "its weights may be damaged")
+            finish(item, item_logits)
+        except Exception as e:  # noqa: BLE001
+            _fail(item, e, reporter)
+        else:
+            item.image = None  # free the memory as we go
+            reporter.step()
 
 
 def _fail(item: Item, e: BaseException, reporter: Reporter) -> None:

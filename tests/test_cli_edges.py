@@ -247,3 +247,21 @@ def test_model_as_a_weights_file_a_config_file_or_empty(classifier, many_photos,
     result = run_cli("classify", image, "--model", "")
     assert_no_traceback(result)
     assert result.returncode == 2 and "--model '': an empty name" in result.stderr and "--model ." in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Output order
+# --------------------------------------------------------------------------------------------
+
+
+def test_text_output_follows_the_inputs(classifier, segmenter, many_photos, tmp_path):
+    """The photos alternate between three shapes, and a batch runs one pass per shape: the text
+    lines still come in input order, as the JSON records do."""
+    names = sorted(str(p) for p in many_photos.iterdir())[:12]
+    shuffled = names[5:] + names[:5]
+    result = run_cli("segment", *shuffled, "--model", segmenter, "-o", tmp_path / "out", "-b", "8")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(": ")[0] for line in result.stdout.splitlines()] == shuffled
+    result = run_cli("classify", *shuffled, "--model", classifier, "-b", "8", "-k", "1")
+    assert result.returncode == 0, result.stderr
+    assert [line[:-1] for line in result.stdout.splitlines() if not line.startswith(" ")] == shuffled
