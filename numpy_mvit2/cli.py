@@ -563,6 +563,9 @@ def cmd_classify(args) -> int:
     model = load_model(MobileViTV2ForImageClassification, args.model, "classify", DEFAULT_CLASSIFIER)
     processor = load_processor(args.model, model.config, args.quiet, args.max_prepared_pixels)
     function = "sigmoid" if model.config.problem_type == "multi_label_classification" else "softmax"
+    if args.top_k > model.config.num_labels:  # capped by the model, and said so rather than silently
+        note(f"--top-k {args.top_k}: the model has {model.config.num_labels} labels; showing all "
+             f"{model.config.num_labels}", args.quiet)
     reporter = _start(args, items, "classify")
 
     def finish(item: Item, logits: np.ndarray) -> None:
@@ -893,7 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify = images_command("classify", "Classify images: the top-k labels with their probabilities.",
                               DEFAULT_CLASSIFIER, CLASSIFY_JSON)
     classify.add_argument("--top-k", "-k", type=_positive_int, default=5, metavar="K",
-                          help="how many labels to show per image (default: 5)")
+                          help="how many labels to show per image (default: 5; at most the model's number of "
+                               "labels, with a note when K is more)")
     classify.set_defaults(func=cmd_classify)
 
     segment = images_command("segment", "Segment images: a label PNG and an overlay PNG per image, at the photo's size. "

@@ -265,3 +265,65 @@ def test_text_output_follows_the_inputs(classifier, segmenter, many_photos, tmp_
     result = run_cli("classify", *shuffled, "--model", classifier, "-b", "8", "-k", "1")
     assert result.returncode == 0, result.stderr
     assert [line[:-1] for line in result.stdout.splitlines() if not line.startswith(" ")] == shuffled
+
+
+# --------------------------------------------------------------------------------------------
+# Caps and words
+# --------------------------------------------------------------------------------------------
+
+
+def test_top_k_over_the_labels_is_said(classifier, many_photos):
+    result = run_cli("classify", many_photos / "p00.png", "--model", classifier, "--top-k", "5000", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "--top-k 5000: the model has 7 labels; showing all 7" in result.stderr
+    import json
+
+    assert len(json.loads(result.stdout)[0]["predictions"]) == 7
+    quiet = run_cli("classify", many_photos / "p00.png", "--model", classifier, "--top-k", "5000", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_an_empty_file_is_called_empty(classifier, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    result = run_cli("classify", tmp_path / "empty.jpg", "--model", classifier)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"numpy-mvit2: error: {tmp_path / 'empty.jpg'}: empty file (0 bytes)"
+
+
+def test_library_messages_name_the_way_out(classifier, segmenter, tmp_path):
+    """In process: a PIL image or a file name given to the model points at the processor; one
+    channel is "1 channel"; a checkpoint of the other head says so; float64 input warns."""
+    import warnings
+
+    from numpy_mvit2 import (
+        CheckpointError,
+        MobileViTV2ForImageClassification,
+        MobileViTV2ForSemanticSegmentation,
+        MobileViTV2Model,
+    )
+
+    model = MobileViTV2ForImageClassification.from_pretrained(classifier)
+    photo = Image.fromarray(photo_array(0, 64, 64))
+    for value, what in ((photo, "got a PIL image"), ("photo.jpg", "got a file name ('photo.jpg')"),
+                        ([photo], "got a list whose first item is a PIL image"),
+                        (np.zeros((64, 64, 3), np.float32), "got shape (64, 64, 3)")):
+        with pytest.raises(ValueError, match="MobileViTImageProcessor") as error:
+            model(value)
+        assert what in str(error.value)
+    with pytest.raises(ValueError, match=r"has 1 channel \(shape"):
+        model(np.zeros((1, 1, 64, 64), np.float32))
+    with pytest.raises(CheckpointError, match="this is a semantic segmentation checkpoint .*"
+                                              "load it with MobileViTV2ForSemanticSegmentation"):
+        MobileViTV2ForImageClassification.from_pretrained(segmenter)
+    with pytest.raises(CheckpointError, match="this is an image classification checkpoint .*"
+                                              "load it with MobileViTV2ForImageClassification"):
+        MobileViTV2ForSemanticSegmentation.from_pretrained(classifier)
+    assert MobileViTV2Model.from_pretrained(segmenter).head == "base"  # a backbone takes either
+    x = np.random.default_rng(0).random((1, 3, 64, 64))
+    with pytest.warns(UserWarning, match=r"float64 .* dtype=np\.float64"):
+        out = model(x)
+    assert out.logits.dtype == np.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x.astype(np.float32))  # float32 input: no warning
+        MobileViTV2ForImageClassification.from_pretrained(classifier, dtype=np.float64)(x)  # asked for: none
