@@ -29,6 +29,7 @@ import signal
 import stat
 import sys
 import tempfile
+import textwrap
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from PIL import Image
 
 from . import __version__
 from .config import MobileViTV2Config
-from .hub import resolve_file
+from .hub import PROBE_TIMEOUT, resolve_file
 from .modeling import (
     MobileViTV2ForImageClassification,
     MobileViTV2ForSemanticSegmentation,
@@ -86,12 +87,30 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # EPIPE instead, so the status is given by hand).
 EXIT_BROKEN_PIPE = 141
 
+# The help texts below are filled to the terminal's width by HelpFormatter: lines that start with
+# a space (examples, JSON shapes) are kept as they are, the others are joined into paragraphs.
 LIMITS_HELP = """\
 An image is refused, from its header before it is decoded, when it has more pixels than
 --max-pixels, or more than --max-prepared-pixels once resized as the checkpoint says (a 1x20000
 strip becomes 288x5,760,000 at shortest edge 288). Only regular files are read: a FIFO or a device
 is named and skipped. Formats: JPEG, PNG, GIF, BMP, TIFF, WebP, PNM (not ICO/ICNS, whose header
 may hide a larger image)."""
+
+MODEL_HELP = f"""\
+MODEL (--model) is a checkpoint folder (config.json, model.safetensors, preprocessor_config.json),
+a weights file (with the config.json and preprocessor_config.json beside it, if any), the folder's
+config.json, or a Hugging Face repo id: read from the Hugging Face cache, downloaded if missing
+unless HF_HUB_OFFLINE=1. A Hub that does not answer within {PROBE_TIMEOUT:g} s (or HF_HUB_ETAG_TIMEOUT) is taken
+as out of reach: only the cache is read."""
+
+EXIT_HELP = """\
+Exit status:
+  0    all done
+  1    some input, or the model, failed
+  2    usage error
+  130  interrupted (SIGINT, Ctrl-C)
+  141  stdout closed (`| head` exited): the run stops at once, quietly
+  143  terminated (SIGTERM)"""
 
 JSON_TEXT = """\
 
@@ -104,11 +123,12 @@ and undecodable bytes as \\xNN."""
 CLASSIFY_JSON = LIMITS_HELP + """
 
 --json prints one JSON array to stdout, one object per input image, in input order:
-  {"file": "cat.jpg", "predictions": [{"label": "tabby, tabby cat", "index": 281, "score": 0.61}, ...]}
-  (predictions best first, top-k of them; score: softmax probability, or sigmoid for a
-  multi-label model) or, for an input that failed,
+  {"file": "cat.jpg", "predictions": [
+    {"label": "tabby, tabby cat", "index": 281, "score": 0.61}, ...]}
+or, for an input that failed,
   {"file": "broken.jpg", "error": "truncated or corrupt image data (...)"}
-Errors are also named on stderr, and the exit status is 1 if any input failed.
+The predictions are the top-k, best first; score is the softmax probability (a sigmoid for a
+multi-label model). Errors are also named on stderr, and the exit status is 1 if any input failed.
 """ + JSON_TEXT
 
 SEGMENT_JSON = LIMITS_HELP + """
@@ -117,16 +137,46 @@ Writes, per image, <stem>_labels.png (a palette PNG whose pixel values are the c
 VOC colours) and <stem>_overlay.png (the photo with the class colours blended over it), both at
 the photo's own size (after EXIF rotation). Names are given in input order: a stem whose names are
 already taken in this run (compared without case, as on a case-insensitive disk) gets -2, -3, ...
-appended (x-2.jpg, x.jpg, x.png -> x-2, x, x-3); a result of the same run is never replaced. An existing file is replaced only with --overwrite
-(atomically: a symbolic link there is replaced, never followed); without it the image is named
-on stderr and skipped. Files are written through temporary files in DIR (.NAME.XXXXXXXX.tmp),
-removed if the run fails or is interrupted.
+appended (x-2.jpg, x.jpg, x.png -> x-2, x, x-3); a result of the same run is never replaced. An
+existing file is replaced only with --overwrite (atomically: a symbolic link there is replaced,
+never followed); without it the image is named on stderr and skipped. Files are written through
+temporary files in DIR (.NAME.XXXXXXXX.tmp), removed if the run fails or is interrupted.
 
 --json prints one JSON array to stdout, one object per input image, in input order:
-  {"file": "cat.jpg", "labels": "out/cat_labels.png", "overlay": "out/cat_overlay.png",
-   "size": [width, height], "classes": [{"label": "cat", "index": 8, "fraction": 0.41}, ...]}
-  (classes present, largest area first) or {"file": "broken.jpg", "error": "..."}.
+  {"file": "cat.jpg", "labels": "out/cat_labels.png",
+   "overlay": "out/cat_overlay.png", "size": [width, height],
+   "classes": [{"label": "cat", "index": 8, "fraction": 0.41}, ...]}
+(the classes present, largest area first) or {"file": "broken.jpg", "error": "..."}.
 """ + JSON_TEXT
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, for descriptions and epilogs that hold paragraphs and examples: blank
+    lines separate paragraphs; a line that starts with a space is an example, kept as it is (and
+    broken at a space, with a deeper indent, only where it is wider than the terminal); the other
+    lines of a paragraph are joined and filled to the terminal's width (COLUMNS), as argparse
+    fills the options' help."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        width = max(width, 20)
+        out: list[str] = []
+        for paragraph in re.split(r"\n[ \t]*\n", text.strip("\n")):
+            words: list[str] = []
+            for line in paragraph.split("\n") + [" "]:  # a last " " flushes the words
+                if line.startswith((" ", "\t")):
+                    if words:
+                        out.append(textwrap.fill(" ".join(words), width, initial_indent=indent,
+                                                 subsequent_indent=indent, break_on_hyphens=False))
+                        words = []
+                    if line.strip():
+                        lead = line[: len(line) - len(line.lstrip())]
+                        out.append(textwrap.fill(line.strip(), width, initial_indent=indent + lead,
+                                                 subsequent_indent=indent + lead + "    ", break_long_words=False,
+                                                 break_on_hyphens=False))
+                else:
+                    words.append(line.strip())
+            out.append("")
+        return "\n".join(out).rstrip("\n")
 
 
 class UsageError(Exception):
@@ -861,24 +911,22 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=PROG, formatter_class=HelpFormatter,
         description="MobileViTV2 in plain NumPy: classify and segment images on the CPU, describe a model.",
-        epilog="Exit status: 0 all done, 1 some input or the model failed, 2 usage error, 130 interrupted "
-               "(SIGINT), 143 terminated (SIGTERM). "
-               "MODEL is a folder (config.json, model.safetensors, preprocessor_config.json) or a Hugging Face "
-               "repo id (read from the Hugging Face cache, downloaded if missing unless HF_HUB_OFFLINE=1).",
+        epilog=f"{MODEL_HELP}\n\n{EXIT_HELP}",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def images_command(name, help_text, default_model, epilog):
-        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=epilog,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  epilog=f"{epilog}\n\n{MODEL_HELP}\n\n{EXIT_HELP}", formatter_class=HelpFormatter)
+        sub.set_defaults(subparser=sub)  # for the errors only found once it has parsed (main)
         sub.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                          help="image files, and folders whose image files (" + " ".join(IMAGE_EXTENSIONS)
                               + ", sorted by name, not recursive) are all used")
-        sub.add_argument("--model", "-m", default=default_model, metavar="ID_OR_FOLDER",
-                         help=f"checkpoint folder or Hugging Face repo id (default: {default_model})")
+        sub.add_argument("--model", "-m", default=default_model, metavar="MODEL",
+                         help=f"checkpoint folder, weights file or Hugging Face repo id (default: {default_model})")
         sub.add_argument("--batch-size", "-b", type=_positive_int, default=8, metavar="N",
                          help="images per forward pass, at most (default: 8; a batch also holds at most "
                               "--max-prepared-pixels of model input)")
@@ -913,9 +961,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="Parameters, MACs and output shapes per stage.",
                                description="Parameters, multiply-accumulates (MACs) and output shapes per stage of a "
-                                           "model, from its config.json alone (no weights are read).")
-    info.add_argument("--model", "-m", default=DEFAULT_CLASSIFIER, metavar="ID_OR_FOLDER",
-                      help=f"checkpoint folder, config.json or Hugging Face repo id (default: {DEFAULT_CLASSIFIER})")
+                                           "model, from its config.json alone (no weights are read).",
+                               epilog=f"{MODEL_HELP}\n\n{EXIT_HELP}", formatter_class=HelpFormatter)
+    info.set_defaults(subparser=info)
+    info.add_argument("--model", "-m", default=DEFAULT_CLASSIFIER, metavar="MODEL",
+                      help=f"checkpoint folder, its config.json, a weights file or Hugging Face repo id "
+                           f"(default: {DEFAULT_CLASSIFIER})")
     info.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                       help="input height and width (default: the config's image_size)")
     info.add_argument("--head", choices=("base", "classification", "segmentation"),
@@ -992,7 +1043,13 @@ def silence_closed_output() -> None:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # parse_args would report them with the top-level usage, though they follow the
+        # subcommand (`classify x --bogus`): its own usage says what it takes
+        before_command = args.command in argv and any(arg in argv[: argv.index(args.command)] for arg in unknown)
+        (parser if before_command else args.subparser).error(f"unrecognized arguments: {' '.join(unknown)}")
     quiet_hub_logging()
     if getattr(args, "max_pixels", None) is not None:
         # --max-pixels replaces Pillow's decompression-bomb limit for this process

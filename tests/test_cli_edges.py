@@ -327,3 +327,35 @@ def test_library_messages_name_the_way_out(classifier, segmenter, tmp_path):
         warnings.simplefilter("error")
         model(x.astype(np.float32))  # float32 input: no warning
         MobileViTV2ForImageClassification.from_pretrained(classifier, dtype=np.float64)(x)  # asked for: none
+
+
+# --------------------------------------------------------------------------------------------
+# Help and usage
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["classify"], ["segment"], ["info"]])
+def test_help_is_filled_to_the_terminal(command):
+    result = run_cli(*command, "--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, max(lines, key=len)  # the bar is 100; argparse fills to 78
+    text = result.stdout
+    for status in ("130  interrupted", "141  stdout closed", "143  terminated", "2    usage error"):
+        assert status in text
+    assert "a weights file" in text and "HF_HUB_OFFLINE" in text
+    wide = run_cli(*command, "--help", env={"COLUMNS": "200"})
+    assert max(map(len, wide.stdout.splitlines())) > 100  # paragraphs follow the terminal, not a fixed width
+
+
+@pytest.mark.parametrize(("args", "usage"), [
+    (["classify", "x.jpg", "--bogus"], "usage: numpy-mvit2 classify"),
+    (["segment", "x.jpg", "-o", "out", "--bogus"], "usage: numpy-mvit2 segment"),
+    (["info", "--bogus"], "usage: numpy-mvit2 info"),
+    (["--bogus", "info"], "usage: numpy-mvit2 [-h]"),
+])
+def test_unknown_options_get_their_commands_usage(args, usage):
+    result = run_cli(*args)
+    assert_no_traceback(result)
+    assert result.returncode == 2 and result.stderr.startswith(usage), result.stderr
+    assert "unrecognized arguments: --bogus" in result.stderr
