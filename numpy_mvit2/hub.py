@@ -115,8 +115,9 @@ def _probe_timeout() -> float:
 def hub_unreachable(repo_id: str, revision: str | None = None) -> str | None:
     """None when the Hub answers a request for the repo's config.json (any HTTP answer, an error
     status included: the Hub is there); else why not. One request through huggingface_hub's own
-    session (its proxies and headers), in a thread given ``PROBE_TIMEOUT`` (or HF_HUB_ETAG_TIMEOUT)
-    plus half a second, which bounds what the request's own timeouts do not: the name lookup."""
+    session (its proxies and headers), in a thread waited on for ``PROBE_TIMEOUT`` (or
+    HF_HUB_ETAG_TIMEOUT) in all: that bounds what the request's own timeouts do not (making the
+    session, the name lookup), and the thread, a daemon, is left to finish on its own."""
     import huggingface_hub
     from huggingface_hub import constants
 
@@ -139,7 +140,7 @@ def hub_unreachable(repo_id: str, revision: str | None = None) -> str | None:
 
     thread = threading.Thread(target=probe, name="numpy_mvit2 Hub probe", daemon=True)  # daemon: never holds up exit
     thread.start()
-    thread.join(timeout + 0.5)
+    thread.join(timeout)
     if outcome.get("answered"):
         _unreachable.pop(endpoint, None)
         return None
