@@ -181,6 +181,9 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None, cache_
     offline = is_offline()
     where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
     local = "" if Path(repo_id).exists() else no_local_copy(repo_id, " either")
+    # how to get a local copy: not offered when a local name close to this one exists (a typo,
+    # most likely, rather than a repository to download)
+    download = () if "did you mean" in local else _local_folder_hint(repo_id)
 
     def not_cached() -> CheckpointNotFoundError | None:  # None: a file the repo may lack, and the repo is cached
         cached = _repo_cached(repo_id, cache_dir)
@@ -192,10 +195,10 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None, cache_
             return CheckpointNotFoundError(message(f"{where}: not available offline", missing,
                                                    "and HF_HUB_OFFLINE is set, so nothing is downloaded "
                                                    "(unset HF_HUB_OFFLINE to download it)",
-                                                   local, *_local_folder_hint(repo_id)))
+                                                   local, *download))
         why = unreachable or "huggingface_hub found no connection to it"  # (the latter after its own retries)
         return CheckpointNotFoundError(message(f"{where}: the Hub cannot be reached", why, "and " + missing,
-                                               local, *_local_folder_hint(repo_id)))
+                                               local, *download))
 
     if unreachable is not None and not offline:
         # The cache read directly: hf_hub_download, even with local_files_only, first builds request
