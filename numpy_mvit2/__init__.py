@@ -14,6 +14,8 @@ README "Speed") work as before.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 # typing.TYPE_CHECKING without importing typing (a few milliseconds): type checkers read it the same way
 TYPE_CHECKING = False
@@ -58,6 +60,22 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+
+
+def _run_by_an_older_console_script() -> bool:
+    """True in a ``numpy-mvit2`` console script written before its entry point became
+    ``numpy_mvit2.__main__:main`` (one installed earlier and not reinstalled): it imports
+    ``numpy_mvit2.cli``, and with it NumPy, before its first line of ours runs. Only the program
+    itself is looked at, the file ``__main__`` runs: importing the package anywhere else installs
+    nothing."""
+    program = os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "")
+    return program in ("numpy-mvit2", "numpy-mvit2-script.py")
+
+
+if _run_by_an_older_console_script():  # the Ctrl-C handling numpy_mvit2.__main__ gives the new one
+    from .__main__ import take_signals
+
+    take_signals()
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported the ordinary way

@@ -25,10 +25,15 @@ def _exit_now(signum, frame):
     os._exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM, as the shell reports a signalled process
 
 
-def main() -> int:
+def take_signals() -> None:
+    """SIGINT and SIGTERM end the process at once, as above (unless whoever started us ignores them)."""
     for signum in _WORDS:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored by whoever started us (nohup, `&`): left so
             signal.signal(signum, _exit_now)
+
+
+def main() -> int:
+    take_signals()
     from .cli import Interrupted, remove_temporary_files
     from .cli import main as cli_main
 
