@@ -7,8 +7,9 @@
 (also ``python -m numpy_mvit2 ...``). Results go to stdout; errors, notes and the progress bar to
 stderr. A bad image is named on stderr with the reason and the others are still processed. Exit
 status: 0 all done, 1 some input (or the model) failed, 2 usage error, 130 interrupted (SIGINT,
-Ctrl-C), 143 terminated (SIGTERM): 128 + the signal's number, as a shell reports a process the
-signal killed; temporary files are removed first.
+Ctrl-C), 141 stdout closed (``| head`` exited: the run stops at once, quietly), 143 terminated
+(SIGTERM): 128 + the signal's number, as a shell reports a process the signal killed (141 is
+SIGPIPE's, which kills other Unix tools in a pipe); temporary files are removed first.
 
 File names and labels come from strangers: in text output (and on stderr) control characters are
 shown escaped (``\\n``, ``\\x1b``) so that a name cannot forge a line or drive the terminal, and
@@ -23,9 +24,12 @@ import json
 import logging
 import os
 import re
+import select
 import signal
+import stat
 import sys
 import tempfile
+import textwrap
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -36,7 +40,7 @@ from PIL import Image
 
 from . import __version__
 from .config import MobileViTV2Config
-from .hub import resolve_file
+from .hub import PROBE_TIMEOUT, resolve_file
 from .modeling import (
     MobileViTV2ForImageClassification,
     MobileViTV2ForSemanticSegmentation,
@@ -78,13 +82,35 @@ DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 8_500_000}
 #   panorama at shortest edge 544: 0.57 GB, 8 s).
 DEFAULT_MAX_PREPARED_PIXELS = {"classify": 4_000_000, "segment": 800_000}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# stdout's reader has gone (`numpy-mvit2 classify photos/ | head -2`): 128 + SIGPIPE, the status a
+# shell reports for the Unix tools SIGPIPE kills in such a pipe (Python ignores SIGPIPE and gets
+# EPIPE instead, so the status is given by hand).
+EXIT_BROKEN_PIPE = 141
 
+# The help texts below are filled to the terminal's width by HelpFormatter: lines that start with
+# a space (examples, JSON shapes) are kept as they are, the others are joined into paragraphs.
 LIMITS_HELP = """\
 An image is refused, from its header before it is decoded, when it has more pixels than
 --max-pixels, or more than --max-prepared-pixels once resized as the checkpoint says (a 1x20000
 strip becomes 288x5,760,000 at shortest edge 288). Only regular files are read: a FIFO or a device
 is named and skipped. Formats: JPEG, PNG, GIF, BMP, TIFF, WebP, PNM (not ICO/ICNS, whose header
 may hide a larger image)."""
+
+MODEL_HELP = f"""\
+MODEL (--model) is a checkpoint folder (config.json, model.safetensors, preprocessor_config.json),
+a weights file (with the config.json and preprocessor_config.json beside it, if any), the folder's
+config.json, or a Hugging Face repo id: read from the Hugging Face cache, downloaded if missing
+unless HF_HUB_OFFLINE=1. A Hub that does not answer within {PROBE_TIMEOUT:g} s (or HF_HUB_ETAG_TIMEOUT) is taken
+as out of reach: only the cache is read."""
+
+EXIT_HELP = """\
+Exit status:
+  0    all done
+  1    some input, or the model, failed
+  2    usage error
+  130  interrupted (SIGINT, Ctrl-C)
+  141  stdout closed (`| head` exited): the run stops at once, quietly
+  143  terminated (SIGTERM)"""
 
 JSON_TEXT = """\
 
@@ -97,11 +123,12 @@ and undecodable bytes as \\xNN."""
 CLASSIFY_JSON = LIMITS_HELP + """
 
 --json prints one JSON array to stdout, one object per input image, in input order:
-  {"file": "cat.jpg", "predictions": [{"label": "tabby, tabby cat", "index": 281, "score": 0.61}, ...]}
-  (predictions best first, top-k of them; score: softmax probability, or sigmoid for a
-  multi-label model) or, for an input that failed,
+  {"file": "cat.jpg", "predictions": [
+    {"label": "tabby, tabby cat", "index": 281, "score": 0.61}, ...]}
+or, for an input that failed,
   {"file": "broken.jpg", "error": "truncated or corrupt image data (...)"}
-Errors are also named on stderr, and the exit status is 1 if any input failed.
+The predictions are the top-k, best first; score is the softmax probability (a sigmoid for a
+multi-label model). Errors are also named on stderr, and the exit status is 1 if any input failed.
 """ + JSON_TEXT
 
 SEGMENT_JSON = LIMITS_HELP + """
@@ -110,16 +137,46 @@ Writes, per image, <stem>_labels.png (a palette PNG whose pixel values are the c
 VOC colours) and <stem>_overlay.png (the photo with the class colours blended over it), both at
 the photo's own size (after EXIF rotation). Names are given in input order: a stem whose names are
 already taken in this run (compared without case, as on a case-insensitive disk) gets -2, -3, ...
-appended (x-2.jpg, x.jpg, x.png -> x-2, x, x-3); a result of the same run is never replaced. An existing file is replaced only with --overwrite
-(atomically: a symbolic link there is replaced, never followed); without it the image is named
-on stderr and skipped. Files are written through temporary files in DIR (.NAME.XXXXXXXX.tmp),
-removed if the run fails or is interrupted.
+appended (x-2.jpg, x.jpg, x.png -> x-2, x, x-3); a result of the same run is never replaced. An
+existing file is replaced only with --overwrite (atomically: a symbolic link there is replaced,
+never followed); without it the image is named on stderr and skipped. Files are written through
+temporary files in DIR (.NAME.XXXXXXXX.tmp), removed if the run fails or is interrupted.
 
 --json prints one JSON array to stdout, one object per input image, in input order:
-  {"file": "cat.jpg", "labels": "out/cat_labels.png", "overlay": "out/cat_overlay.png",
-   "size": [width, height], "classes": [{"label": "cat", "index": 8, "fraction": 0.41}, ...]}
-  (classes present, largest area first) or {"file": "broken.jpg", "error": "..."}.
+  {"file": "cat.jpg", "labels": "out/cat_labels.png",
+   "overlay": "out/cat_overlay.png", "size": [width, height],
+   "classes": [{"label": "cat", "index": 8, "fraction": 0.41}, ...]}
+(the classes present, largest area first) or {"file": "broken.jpg", "error": "..."}.
 """ + JSON_TEXT
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, for descriptions and epilogs that hold paragraphs and examples: blank
+    lines separate paragraphs; a line that starts with a space is an example, kept as it is (and
+    broken at a space, with a deeper indent, only where it is wider than the terminal); the other
+    lines of a paragraph are joined and filled to the terminal's width (COLUMNS), as argparse
+    fills the options' help."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        width = max(width, 20)
+        out: list[str] = []
+        for paragraph in re.split(r"\n[ \t]*\n", text.strip("\n")):
+            words: list[str] = []
+            for line in paragraph.split("\n") + [" "]:  # a last " " flushes the words
+                if line.startswith((" ", "\t")):
+                    if words:
+                        out.append(textwrap.fill(" ".join(words), width, initial_indent=indent,
+                                                 subsequent_indent=indent, break_on_hyphens=False))
+                        words = []
+                    if line.strip():
+                        lead = line[: len(line) - len(line.lstrip())]
+                        out.append(textwrap.fill(line.strip(), width, initial_indent=indent + lead,
+                                                 subsequent_indent=indent + lead + "    ", break_long_words=False,
+                                                 break_on_hyphens=False))
+                else:
+                    words.append(line.strip())
+            out.append("")
+        return "\n".join(out).rstrip("\n")
 
 
 class UsageError(Exception):
@@ -199,6 +256,12 @@ def printable(text) -> str:
     return _UNPRINTABLE.sub(_escape, str(text))
 
 
+def printable_lines(text) -> str:
+    """``printable`` line by line: a message of several lines (the library's: a first line, then
+    indented details) keeps its line breaks, and nothing else in it can break a line."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))
+
+
 # In JSON, C0 controls are escaped by json.dumps itself; these are valid JSON raw but not as UTF-8
 # (lone surrogates) or not safe on a terminal (C1, bidi controls): written as \uXXXX escapes.
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -237,11 +300,14 @@ class Reporter:
             self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def _write(self, text: str, stream) -> None:
-        if self.bar is not None:
-            self.bar.clear()
-        print(text, file=stream, flush=True)
-        if self.bar is not None:
-            self.bar.refresh()
+        try:
+            if self.bar is not None:
+                self.bar.clear()
+            print(text, file=stream, flush=True)
+            if self.bar is not None:
+                self.bar.refresh()
+        except BrokenPipeError:  # a BaseException, so that no per-image handler takes it for the image's error
+            raise OutputClosed from None
 
     def out(self, text: str) -> None:
         self._write(text, sys.stdout)
@@ -257,6 +323,33 @@ class Reporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class OutputClosed(BaseException):
+    """stdout (or stderr) is a pipe whose reader has gone (``| head -1`` has exited). Like
+    ``Interrupted``, not an Exception: it unwinds past the per-image handlers (which would otherwise
+    report each image as failed with "Broken pipe"), and the run stops at once."""
+
+
+def reader_gone(stream) -> bool:
+    """True when ``stream`` is a pipe whose reading end is closed. Checked before each image, so
+    that a run whose output nobody reads stops before the next image rather than after it (and
+    ``--json``, written at the end, does not process every image for nothing): the kernel flags the
+    writing end of such a pipe (POLLERR on Linux, POLLHUP on the BSDs) without a write."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, 0)  # no events asked for: only the error and hang-up flags, always reported
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no fileno (a replaced stream), no poll (Windows)
+        return False
+
+
+def check_output() -> None:
+    if reader_gone(sys.stdout):
+        raise OutputClosed
 
 
 def note(text: str, quiet: bool) -> None:
@@ -286,9 +379,24 @@ HEAD_WORDS = {"base": "a backbone-only (MobileViTV2Model)", "classification": "a
               "segmentation": "a semantic segmentation"}
 
 
+def model_location(name: str) -> str:
+    """--model as given, with a checkpoint's config.json or preprocessor_config.json standing for
+    the folder it lies in (the weights are there too). An empty name is refused: Path("") is the
+    current folder, which nobody means by it."""
+    if not name:
+        raise UsageError("--model '': an empty name; give a checkpoint folder (--model . for the current one), "
+                         "a weights file or a Hugging Face repo id")
+    path = Path(name)
+    if path.is_file() and path.name in ("config.json", PREPROCESSOR_CONFIG):
+        return str(path.parent)
+    return name
+
+
 def load_model(cls, name: str, command: str, default: str):
-    config_path = Path(name) / "config.json"
-    if config_path.is_file():  # a folder: say plainly when it holds the other kind of model
+    path = Path(name)
+    # a folder, or a weights file with its config.json beside it (as from_pretrained reads them)
+    config_path = (path.parent if path.is_file() else path) / "config.json"
+    if config_path.is_file():  # say plainly when it holds the other kind of model
         try:
             head = guess_head(MobileViTV2Config.from_pretrained(config_path), default=None)
         except LOAD_ERRORS:
@@ -333,7 +441,8 @@ def load_processor(name: str, config: MobileViTV2Config, quiet: bool,
         raise ModelError(f"cannot load the image processor settings of {name}: {_reason(name, e)}") from None
     processor = MobileViTImageProcessor.for_model_config(config)
     check_crop(processor, name, max_prepared_pixels)
-    note(f"{name} has no {PREPROCESSOR_CONFIG}; preparing images as the apple/mobilevitv2 checkpoints expect: "
+    where = f"there is no {PREPROCESSOR_CONFIG} beside {name}" if Path(name).is_file() else f"{name} has no {PREPROCESSOR_CONFIG}"
+    note(f"{where}; preparing images as the apple/mobilevitv2 checkpoints expect: "
          f"shortest edge {processor.size['shortest_edge']}, center crop {config.image_size}, BGR, values in [0, 1]", quiet)
     return processor
 
@@ -399,6 +508,7 @@ def run_batches(items: list[Item], args, model, processor, reporter: Reporter, f
     for item in items:
         if item.error is not None:
             continue
+        check_output()
         try:
             prepare(item, args, processor, keep_photo)
         except Exception as e:  # noqa: BLE001 - any failure is this file's, reported, never a traceback
@@ -419,29 +529,37 @@ def run_batches(items: list[Item], args, model, processor, reporter: Reporter, f
 
 
 def _run_batch(batch: list[Item], model, reporter: Reporter, finish) -> None:
+    """One forward pass per input shape in the batch, then ``finish`` for each image in input order
+    (the passes come grouped by shape; the text output must follow the inputs, as --json does).
+    The logits of a whole batch are small next to its inputs: [L, h/16, w/16] for segment."""
+    logits: dict[int, np.ndarray] = {}  # id(item) -> its logits
     for group in _same_shape_groups(batch):
         try:
-            logits = model(np.concatenate([item.pixels for item in group])).logits
-            outputs = list(zip(group, logits))
+            logits.update(zip(map(id, group), model(np.concatenate([item.pixels for item in group])).logits))
         except Exception:  # noqa: BLE001
-            outputs = []
             for item in group:
                 try:
-                    outputs.append((item, model(item.pixels).logits[0]))
+                    logits[id(item)] = model(item.pixels).logits[0]
                 except Exception as e:  # noqa: BLE001
                     _fail(item, e, reporter)
+        for item in group:
+            item.pixels = None  # the model input is no longer needed
         del group
-        for item, item_logits in outputs:
-            try:
-                if not np.isfinite(item_logits).all():  # NaN would also be invalid JSON
-                    raise ValueError("the model gave scores that are not finite numbers (NaN or infinity): "
-                                     "its weights may be damaged")
-                finish(item, item_logits)
-            except Exception as e:  # noqa: BLE001
-                _fail(item, e, reporter)
-            else:
-                item.image = item.pixels = None  # free the memory as we go
-                reporter.step()
+    for item in batch:
+        item_logits = logits.pop(id(item), None)
+        if item_logits is None:  # its forward pass failed, and was reported
+            continue
+        check_output()  # before segment's two PNGs of each image, too
+        try:
+            if not np.isfinite(item_logits).all():  # NaN would also be invalid JSON
+                raise ValueError("the model gave scores that are not finite numbers (NaN or infinity): "
+                                 "its weights may be damaged")
+            finish(item, item_logits)
+        except Exception as e:  # noqa: BLE001
+            _fail(item, e, reporter)
+        else:
+            item.image = None  # free the memory as we go
+            reporter.step()
 
 
 def _fail(item: Item, e: BaseException, reporter: Reporter) -> None:
@@ -495,6 +613,9 @@ def cmd_classify(args) -> int:
     model = load_model(MobileViTV2ForImageClassification, args.model, "classify", DEFAULT_CLASSIFIER)
     processor = load_processor(args.model, model.config, args.quiet, args.max_prepared_pixels)
     function = "sigmoid" if model.config.problem_type == "multi_label_classification" else "softmax"
+    if args.top_k > model.config.num_labels:  # capped by the model, and said so rather than silently
+        note(f"--top-k {args.top_k}: the model has {model.config.num_labels} labels; showing all "
+             f"{model.config.num_labels}", args.quiet)
     reporter = _start(args, items, "classify")
 
     def finish(item: Item, logits: np.ndarray) -> None:
@@ -790,24 +911,22 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=PROG, formatter_class=HelpFormatter,
         description="MobileViTV2 in plain NumPy: classify and segment images on the CPU, describe a model.",
-        epilog="Exit status: 0 all done, 1 some input or the model failed, 2 usage error, 130 interrupted "
-               "(SIGINT), 143 terminated (SIGTERM). "
-               "MODEL is a folder (config.json, model.safetensors, preprocessor_config.json) or a Hugging Face "
-               "repo id (read from the Hugging Face cache, downloaded if missing unless HF_HUB_OFFLINE=1).",
+        epilog=f"{MODEL_HELP}\n\n{EXIT_HELP}",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def images_command(name, help_text, default_model, epilog):
-        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=epilog,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  epilog=f"{epilog}\n\n{MODEL_HELP}\n\n{EXIT_HELP}", formatter_class=HelpFormatter)
+        sub.set_defaults(subparser=sub)  # for the errors only found once it has parsed (main)
         sub.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                          help="image files, and folders whose image files (" + " ".join(IMAGE_EXTENSIONS)
                               + ", sorted by name, not recursive) are all used")
-        sub.add_argument("--model", "-m", default=default_model, metavar="ID_OR_FOLDER",
-                         help=f"checkpoint folder or Hugging Face repo id (default: {default_model})")
+        sub.add_argument("--model", "-m", default=default_model, metavar="MODEL",
+                         help=f"checkpoint folder, weights file or Hugging Face repo id (default: {default_model})")
         sub.add_argument("--batch-size", "-b", type=_positive_int, default=8, metavar="N",
                          help="images per forward pass, at most (default: 8; a batch also holds at most "
                               "--max-prepared-pixels of model input)")
@@ -825,7 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify = images_command("classify", "Classify images: the top-k labels with their probabilities.",
                               DEFAULT_CLASSIFIER, CLASSIFY_JSON)
     classify.add_argument("--top-k", "-k", type=_positive_int, default=5, metavar="K",
-                          help="how many labels to show per image (default: 5)")
+                          help="how many labels to show per image (default: 5; at most the model's number of "
+                               "labels, with a note when K is more)")
     classify.set_defaults(func=cmd_classify)
 
     segment = images_command("segment", "Segment images: a label PNG and an overlay PNG per image, at the photo's size. "
@@ -841,9 +961,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="Parameters, MACs and output shapes per stage.",
                                description="Parameters, multiply-accumulates (MACs) and output shapes per stage of a "
-                                           "model, from its config.json alone (no weights are read).")
-    info.add_argument("--model", "-m", default=DEFAULT_CLASSIFIER, metavar="ID_OR_FOLDER",
-                      help=f"checkpoint folder, config.json or Hugging Face repo id (default: {DEFAULT_CLASSIFIER})")
+                                           "model, from its config.json alone (no weights are read).",
+                               epilog=f"{MODEL_HELP}\n\n{EXIT_HELP}", formatter_class=HelpFormatter)
+    info.set_defaults(subparser=info)
+    info.add_argument("--model", "-m", default=DEFAULT_CLASSIFIER, metavar="MODEL",
+                      help=f"checkpoint folder, its config.json, a weights file or Hugging Face repo id "
+                           f"(default: {DEFAULT_CLASSIFIER})")
     info.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                       help="input height and width (default: the config's image_size)")
     info.add_argument("--head", choices=("base", "classification", "segmentation"),
@@ -890,8 +1013,43 @@ def _catch_signals():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv``: the arguments, default ``sys.argv[1:]``); returns the exit status."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here, not at exit: a reader that has gone is then caught below, rather than
+            # reported by Python as "Exception ignored ... BrokenPipeError" (--help ends in SystemExit).
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except (OutputClosed, BrokenPipeError):  # `numpy-mvit2 classify photos/ | head -2`: stop quietly
+        remove_temporary_files()
+        silence_closed_output()
+        return EXIT_BROKEN_PIPE
+
+
+def silence_closed_output() -> None:
+    """Point stdout (and stderr, if its reader has gone too) at /dev/null: what Python still holds
+    for them is then flushed there at exit instead of raising BrokenPipeError once more."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is sys.stdout or reader_gone(stream):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (AttributeError, ValueError, OSError):  # a replaced stream without a file descriptor
+                pass
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # parse_args would report them with the top-level usage, though they follow the
+        # subcommand (`classify x --bogus`): its own usage says what it takes
+        before_command = args.command in argv and any(arg in argv[: argv.index(args.command)] for arg in unknown)
+        (parser if before_command else args.subparser).error(f"unrecognized arguments: {' '.join(unknown)}")
     quiet_hub_logging()
     if getattr(args, "max_pixels", None) is not None:
         # --max-pixels replaces Pillow's decompression-bomb limit for this process
@@ -903,21 +1061,21 @@ def main(argv: list[str] | None = None) -> int:
             pass
     old_handlers = _catch_signals()
     try:
+        if getattr(args, "model", None) is not None:
+            args.model = model_location(args.model)
         return args.func(args)
     except UsageError as e:
         parser.exit(EXIT_USAGE, f"{PROG} {args.command}: error: {printable(e)}\n")
     except ModelError as e:
-        print(f"{PROG}: error: {printable(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {printable_lines(e)}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, Interrupted) as e:
         remove_temporary_files()
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"{PROG}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
         return 128 + signum  # 130 for SIGINT, 143 for SIGTERM
-    except BrokenPipeError:  # e.g. `numpy-mvit2 classify photos/ | head`
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILED
+    except (OutputClosed, BrokenPipeError):
+        raise  # main's: not an internal error
     except Exception as e:
         if os.environ.get("NUMPY_MVIT2_DEBUG"):
             raise

@@ -111,6 +111,25 @@ class SemanticSegmenterOutput(ModelOutput):
 
 _DTYPES = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
 
+_PROCESSOR_HINT = ("turn images into pixel_values with MobileViTImageProcessor: "
+                   "processor(images, return_tensors='np')['pixel_values'] "
+                   "(processor = MobileViTImageProcessor.from_pretrained(checkpoint))")
+
+
+def _is_image_or_path(value) -> bool:
+    """A PIL image, a file name, or a list of them: what a processor takes, not the model."""
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return isinstance(value, (str, bytes, os.PathLike)) or type(value).__module__.startswith("PIL.")
+
+
+def _what_it_is(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} whose first item is {_what_it_is(value[0])}"
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return f"a file name ({value!r})" if len(str(value)) <= 200 else "a file name"
+    return f"a PIL image ({type(value).__name__})"
+
 
 def _resolve_dtype(dtype):
     if dtype is None:
@@ -243,19 +262,29 @@ class MobileViTV2PreTrainedModel:
     def _pixels(self, pixel_values) -> np.ndarray:
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
+        if _is_image_or_path(pixel_values):  # np.asarray would make it an array of shape () or (H, W, 3)
+            raise ValueError(f"pixel_values must be an array (batch, channels, height, width), got "
+                             f"{_what_it_is(pixel_values)}; {_PROCESSOR_HINT}")
         x = np.asarray(pixel_values)
         if x.ndim != 4:
-            raise ValueError(f"pixel_values must be a 4-D array (batch, channels, height, width), got shape {x.shape}")
+            raise ValueError(f"pixel_values must be a 4-D array (batch, channels, height, width), got shape {x.shape}"
+                             + (f"; {_PROCESSOR_HINT}" if x.ndim in (2, 3) else ""))
         if x.shape[1] != self.config.num_channels:
             raise ValueError(
-                f"pixel_values has {x.shape[1]} channels (shape {x.shape}) but the config expects "
-                f"num_channels={self.config.num_channels}; arrays are channels-first (B, C, H, W)"
+                f"pixel_values has {x.shape[1]} channel{'' if x.shape[1] == 1 else 's'} (shape {x.shape}) but the "
+                f"config expects num_channels={self.config.num_channels}; arrays are channels-first (B, C, H, W)"
             )
         if x.shape[0] == 0:
             raise ValueError("pixel_values holds an empty batch")
         if x.dtype.kind not in "biuf":
             raise ValueError(f"pixel_values must hold numbers, got dtype {x.dtype}")
         self.config.check_input_size(*x.shape[-2:])
+        if x.dtype == np.float64 and self.dtype is np.float32:
+            # once per calling line (Python's default warning filter): float64 input is computed in
+            # float32, and a user who wanted double precision needs to know how to get it
+            warnings.warn("pixel_values are float64 but the model runs in float32: the input is cast to float32 "
+                          "and the outputs are float32; load the model with dtype=np.float64 to run in double "
+                          "precision", UserWarning, stacklevel=4)  # the caller of model(...)
         return np.ascontiguousarray(x, dtype=self.dtype)
 
     def rebuild_fast_plan(self) -> None:

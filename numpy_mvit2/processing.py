@@ -289,6 +289,8 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: 
     with file:
         head = file.read(4)
         file.seek(0)
+        if not head:  # said as it is: "not an image file that Pillow can read" hides what is wrong
+            raise ImageLoadError(name, "empty file (0 bytes)")
         if formats is None or {"PNG", "PPM", "JPEG"} & set(formats):
             try:
                 reason = _header_reason(file)

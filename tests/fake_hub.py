@@ -5,6 +5,9 @@
 (the bytes), with the ``X-Error-Code`` headers the real Hub sends for a missing repository,
 revision or file. Point a child process at it with ``HF_ENDPOINT``.
 
+``BlackHole`` (takes connections, never answers) and ``closed_port_endpoint`` (refuses them)
+stand for a Hub that cannot be reached.
+
 ``write_cache_repo`` lays files out as huggingface_hub stores them in ``HF_HUB_CACHE``:
 ``models--owner--name/blobs/<etag>``, ``snapshots/<commit>/<filename>`` (a relative symlink to the
 blob) and ``refs/<revision>`` holding the commit hash.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -114,3 +118,26 @@ def write_cache_repo(cache: Path, repo_id: str, files: dict[str, bytes], revisio
     ref.parent.mkdir(parents=True, exist_ok=True)
     ref.write_text(commit)
     return snapshot
+
+
+class BlackHole:
+    """An endpoint on loopback that takes connections and never answers: the kernel completes each
+    handshake into the listening socket's backlog, and nothing ever reads or replies."""
+
+    def __enter__(self):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        return self
+
+    def __exit__(self, *exc):
+        self.socket.close()
+
+
+def closed_port_endpoint() -> str:
+    """An endpoint on loopback where nothing listens (connection refused): a port the kernel just
+    handed out, closed again."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"

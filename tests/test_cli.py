@@ -222,8 +222,9 @@ def test_missing_model(photos, tmp_path):
     result = run_cli("classify", photos / "a_portrait.jpg", "--model", tmp_path / "no_such_model")
     assert_no_traceback(result)
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cannot load model" in lines[0] and "no_such_model" in lines[0]
+    first, *details = result.stderr.rstrip().splitlines()  # one error: its first line, then indented details
+    assert first.startswith("numpy-mvit2: error: cannot load model") and "no_such_model: no such folder" in first
+    assert all(line.startswith("  ") for line in details), result.stderr
     assert result.stdout == ""
 
 
@@ -232,8 +233,10 @@ def test_default_model_offline_gives_one_clear_message(photos, tmp_path):
     result = run_cli("classify", photos / "a_portrait.jpg", env={"HF_HOME": str(tmp_path / "hf")})
     assert_no_traceback(result)
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "apple/mobilevitv2-1.0-imagenet1k-256" in lines[0], result.stderr
+    first, *details = result.stderr.rstrip().splitlines()  # one error: its first line, then indented details
+    assert first.startswith("numpy-mvit2: error:") and "apple/mobilevitv2-1.0-imagenet1k-256" in first, result.stderr
+    assert details and all(line.startswith("  ") for line in details), result.stderr
+    assert any("there is no local folder or file named apple/mobilevitv2-1.0-imagenet1k-256" in line for line in details)
     result = run_cli("segment", photos / "a_portrait.jpg", "-o", tmp_path / "out", env={"HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 1 and "apple/mobilevitv2-1.0-voc-deeplabv3" in result.stderr
     assert not (tmp_path / "out").exists()  # nothing written when the model cannot be loaded

@@ -424,7 +424,8 @@ def test_float32_default(classifier, x):
     out = classifier(x, output_hidden_states=True)
     assert out.logits.dtype == np.float32
     assert all(h.dtype == np.float32 for h in out.hidden_states)
-    assert classifier(x.astype(np.float64)).logits.dtype == np.float32
+    with pytest.warns(UserWarning, match=r"float64 .* dtype=np\.float64"):  # cast, and said so
+        assert classifier(x.astype(np.float64)).logits.dtype == np.float32
 
 
 @pytest.mark.parametrize("dtype", ["float16", np.float16, int, np.int32, "int64", "bfloat16", "nonsense", object])

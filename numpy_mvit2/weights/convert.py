@@ -58,6 +58,10 @@ def check_state_dict(state: dict, config: MobileViTV2Config, head: str, source: 
         return
     lines = [f"{source} does not match the config (width_multiplier={config.width_multiplier}, "
              f"num_labels={config.num_labels}, head={head}):"]
+    other = _other_head(state, head)
+    if other is not None:  # the first thing to say: the rest of the list follows from it
+        lines.append(f" this is {HEAD_CLASSES[other][0]} checkpoint (it holds {other}* tensors and no "
+                     f"{HEAD_PREFIX[head]}*): load it with {HEAD_CLASSES[other][1]}")
     if missing:
         lines.append(f" {len(missing)} missing key(s):")
         lines += [f"  {k} {expected[k]}" for k in missing]
@@ -70,6 +74,24 @@ def check_state_dict(state: dict, config: MobileViTV2Config, head: str, source: 
         lines.append(f" {len(mismatched)} shape mismatch(es):")
         lines += mismatched
     raise CheckpointError("\n".join(lines))
+
+
+# The prefix of each head's tensors, and how a message names the head and the class that loads it.
+HEAD_PREFIX = {"classification": "classifier.", "segmentation": "segmentation_head."}
+HEAD_CLASSES = {"classifier.": ("an image classification", "MobileViTV2ForImageClassification"),
+                "segmentation_head.": ("a semantic segmentation", "MobileViTV2ForSemanticSegmentation")}
+
+
+def _other_head(state: dict, head: str) -> str | None:
+    """The prefix of the other head's tensors, when the state dict holds that head and not this one
+    (a segmentation checkpoint given to the classifier, or the other way round)."""
+    if head not in HEAD_PREFIX:
+        return None
+    own = HEAD_PREFIX[head]
+    other = next(p for p in HEAD_PREFIX.values() if p != own)
+    if any(k.startswith(other) for k in state) and not any(k.startswith(own) for k in state):
+        return other
+    return None
 
 
 def fold_all_batch_norms(state: dict, eps: float = 1e-5) -> dict:
