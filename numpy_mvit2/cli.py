@@ -39,7 +39,8 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
-from .config import MobileViTV2Config
+from .config import BEHAVIORS, DEFAULT_BEHAVIOR, MobileViTV2Config
+from .errors import CheckpointNotFoundError
 from .hub import PROBE_TIMEOUT, resolve_file
 from .modeling import (
     MobileViTV2ForImageClassification,
@@ -392,7 +393,12 @@ def model_location(name: str) -> str:
     return name
 
 
-def load_model(cls, name: str, command: str, default: str):
+def behavior_overrides(behavior: str | None) -> dict:
+    """``from_pretrained``'s keywords for ``--behavior`` (none: the checkpoint's own framework's)."""
+    return {} if behavior is None else {"behavior": behavior}
+
+
+def load_model(cls, name: str, command: str, default: str, behavior: str | None = None):
     path = Path(name)
     # a folder, or a weights file with its config.json beside it (as from_pretrained reads them)
     config_path = (path.parent if path.is_file() else path) / "config.json"
@@ -405,7 +411,7 @@ def load_model(cls, name: str, command: str, default: str):
             raise ModelError(f"{name} is {HEAD_WORDS[head]} checkpoint (config.json's architectures); "
                              f"`{command}` needs {HEAD_WORDS[cls.head]} one, such as {default}")
     try:
-        return cls.from_pretrained(name)
+        return cls.from_pretrained(name, **behavior_overrides(behavior))
     except LOAD_ERRORS as e:
         raise ModelError(f"cannot load model {name}: {_reason(name, e)}") from None
 
@@ -610,7 +616,7 @@ def _finish_run(args, items: list[Item], reporter: Reporter) -> int:
 
 def cmd_classify(args) -> int:
     items = expand_inputs(args.inputs)
-    model = load_model(MobileViTV2ForImageClassification, args.model, "classify", DEFAULT_CLASSIFIER)
+    model = load_model(MobileViTV2ForImageClassification, args.model, "classify", DEFAULT_CLASSIFIER, args.behavior)
     processor = load_processor(args.model, model.config, args.quiet, args.max_prepared_pixels)
     function = "sigmoid" if model.config.problem_type == "multi_label_classification" else "softmax"
     if args.top_k > model.config.num_labels:  # capped by the model, and said so rather than silently
@@ -790,7 +796,7 @@ def cmd_segment(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: exists and is not a folder")
     items = expand_inputs(args.inputs)
-    model = load_model(MobileViTV2ForSemanticSegmentation, args.model, "segment", DEFAULT_SEGMENTER)
+    model = load_model(MobileViTV2ForSemanticSegmentation, args.model, "segment", DEFAULT_SEGMENTER, args.behavior)
     processor = load_processor(args.model, model.config, args.quiet)
     # The whole photo is segmented: resized as the checkpoint says but not center-cropped (the
     # network is fully convolutional), so every pixel of the photo gets a label and the mask lines
@@ -860,9 +866,24 @@ def guess_head(config: MobileViTV2Config, default: str | None = "classification"
     return default
 
 
+def info_config(name: str, behavior: str | None) -> MobileViTV2Config:
+    """The config ``info`` describes: the checkpoint's config.json, else (a local ml-cvnets
+    checkpoint) the YAML beside its weights; ``behavior`` as ``from_pretrained`` would choose it."""
+    from .hub import find_cvnets_yaml
+
+    overrides = {} if behavior is None else {"behavior": behavior, "patch_remainder": None, "dilate_local_conv": None}
+    try:
+        return MobileViTV2Config.from_pretrained(name, **overrides)
+    except CheckpointNotFoundError:
+        found = find_cvnets_yaml(name) if name and Path(name).exists() else None
+        if found is None:
+            raise
+        return MobileViTV2Config.from_cvnets_yaml(found, **overrides)
+
+
 def cmd_info(args) -> int:
     try:
-        config = MobileViTV2Config.from_pretrained(args.model)
+        config = info_config(args.model, args.behavior)
     except LOAD_ERRORS as e:
         raise ModelError(f"cannot load the config of {args.model}: {_reason(args.model, e)}") from None
     head = args.head or guess_head(config)
@@ -872,14 +893,16 @@ def cmd_info(args) -> int:
     except ValueError as e:
         raise UsageError(f"--image-size {height} {width}: {e}") from None
     if args.json:
-        print(json.dumps({"model": args.model, "head": head, "input_shape": [config.num_channels, height, width],
+        print(json.dumps({"model": args.model, "head": head, "behavior": config.behavior or DEFAULT_BEHAVIOR,
+                          "input_shape": [config.num_channels, height, width],
                           "macs": sum(r.macs for r in rows), "params": sum(r.params for r in rows),
                           "params_folded": sum(r.params_folded for r in rows),
                           "rows": [r.to_dict() for r in rows]}, indent=2))
         return EXIT_OK
     title = (f"{args.model}: MobileViTV2, width multiplier {config.width_multiplier}, {head} head"
              + (f" ({config.num_labels} labels)" if head != "base" else "")
-             + f", output stride {config.output_stride}; input {config.num_channels}x{height}x{width}")
+             + f", output stride {config.output_stride}, behavior {config.behavior or DEFAULT_BEHAVIOR}"
+             + f"; input {config.num_channels}x{height}x{width}")
     print(format_summary(rows, title=title))
     return EXIT_OK
 
@@ -939,7 +962,14 @@ def build_parser() -> argparse.ArgumentParser:
                                            f"says (default: {DEFAULT_MAX_PREPARED_PIXELS[name]:,})")
         sub.add_argument("--quiet", "-q", action="store_true",
                          help="no progress bar and no notes (errors are still printed)")
+        add_behavior(sub)
         return sub
+
+    def add_behavior(sub):
+        sub.add_argument("--behavior", choices=tuple(BEHAVIORS), metavar="FRAMEWORK",
+                         help="whose function to compute, " + ", ".join(BEHAVIORS) + " (default: the checkpoint's "
+                              "own framework's, from its config or its tensor names; they differ at sizes the patch "
+                              "size does not divide and in the dilated stages of segmentation models)")
 
     classify = images_command("classify", "Classify images: the top-k labels with their probabilities.",
                               DEFAULT_CLASSIFIER, CLASSIFY_JSON)
@@ -972,8 +1002,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--head", choices=("base", "classification", "segmentation"),
                       help="which model (default: from config.json's architectures, else classification)")
     info.add_argument("--per-layer", action="store_true", help="one row per layer instead of per stage")
+    add_behavior(info)
     info.add_argument("--json", action="store_true",
-                      help="print {model, head, input_shape, params, params_folded, macs, rows: [{name, stage, kind, "
+                      help="print {model, head, behavior, input_shape, params, params_folded, macs, rows: [{name, stage, kind, "
                            "output_shape, params, params_folded, macs}]} as JSON")
     info.set_defaults(func=cmd_info)
     return parser

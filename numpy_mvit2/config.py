@@ -689,6 +689,7 @@ class MobileViTV2Config:
         if "pretrained_cfg" in data:
             kwargs["timm_pretrained_cfg"] = copy.deepcopy(data["pretrained_cfg"])
         kwargs["timm_architecture"] = arch
+        kwargs["behavior"] = "timm"  # a timm checkpoint computes timm's function unless told otherwise
         return cls(**{**kwargs, **overrides})
 
     @classmethod
@@ -720,14 +721,14 @@ class MobileViTV2Config:
     def from_cvnets_yaml(cls, path: str | os.PathLike, **overrides) -> "MobileViTV2Config":
         """The config of an ml-cvnets model from the YAML file it was trained with (see
         ``numpy_mvit2.cvnets_yaml``): width, activation, and for DeepLabV3 the output stride, atrous
-        rates, ASPP width and number of classes. The behavior stays unset: ``from_pretrained``
-        chooses it by the weights' names (ml-cvnets' names: ``"ml-cvnets"``)."""
+        rates, ASPP width and number of classes; ``behavior`` is ``"ml-cvnets"`` (ml-cvnets' own
+        function) unless given."""
         from .cvnets_yaml import config_fields, read_flat_yaml
 
         path = Path(path)
         if not path.exists():
             raise CheckpointNotFoundError(f"{path}: no such config file")
-        kwargs = config_fields(read_flat_yaml(path), str(path))
+        kwargs = {"behavior": "ml-cvnets", **config_fields(read_flat_yaml(path), str(path))}
         try:
             return cls(**{**kwargs, **overrides})
         except ConfigError as e:

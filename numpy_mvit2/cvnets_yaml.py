@@ -135,8 +135,10 @@ def config_fields(flat: dict, where: str) -> dict:
         kwargs["aspp_out_channels"] = get("model.segmentation.deeplabv3.aspp_out_channels", 256)
         kwargs["aspp_dropout_prob"] = get("model.segmentation.deeplabv3.aspp_dropout", 0.1)
         kwargs["num_labels"] = get("model.segmentation.n_classes", 21)
+        kwargs["architectures"] = ["MobileViTV2ForSemanticSegmentation"]  # as transformers names the head
     else:
         kwargs["num_labels"] = get("model.classification.n_classes", 1000)
+        kwargs["architectures"] = ["MobileViTV2ForImageClassification"]
     width, height = get("sampler.bs.crop_size_width"), get("sampler.bs.crop_size_height")
     if isinstance(width, int) and not isinstance(width, bool) and width == height:
         kwargs["image_size"] = width

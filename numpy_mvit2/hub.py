@@ -341,6 +341,18 @@ def _cvnets_yaml_beside(weights: Path) -> Path | None:
     return None
 
 
+def find_cvnets_yaml(name_or_path: str | os.PathLike) -> Path | None:
+    """The ml-cvnets YAML config of a local checkpoint folder or weights file (see
+    ``_cvnets_yaml_beside``), or None."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        try:
+            return _cvnets_yaml_beside(find_weights(path))
+        except CheckpointError:
+            return None
+    return _cvnets_yaml_beside(path) if path.is_file() else None
+
+
 def _local_config(weights: Path, config_given: bool) -> Path | None:
     if config_given:
         return None

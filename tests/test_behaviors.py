@@ -367,7 +367,7 @@ def test_cvnets_yaml_fields():
         path.write_text(cvnets_yaml(config, segmentation=True))
         read = MobileViTV2Config.from_cvnets_yaml(path)
     assert (read.width_multiplier, read.output_stride, read.aspp_out_channels, read.atrous_rates, read.num_labels,
-            read.hidden_act, read.image_size, read.behavior) == (1.5, 16, 512, [6, 12, 18], 21, "swish", 256, None)
+            read.hidden_act, read.image_size, read.behavior) == (1.5, 16, 512, [6, 12, 18], 21, "swish", 256, "ml-cvnets")
 
 
 def test_cvnets_yaml_defaults_are_ml_cvnets_argument_defaults(tmp_path):
@@ -467,3 +467,51 @@ def test_crosscheck_under_each_behavior(tmp_path):
     ours = OURS["segmentation"].from_pretrained(tmp_path, behavior="ml-cvnets", dtype=np.float64)
     report = crosscheck(ours, hf, height=67, width=53)
     assert report.passed and any("ml-cvnets" in note for note in report.notes)
+
+
+# --------------------------------------------------------------------------------------------
+# The command line: --behavior on classify, segment and info
+# --------------------------------------------------------------------------------------------
+
+
+def run_cli(*args, cwd):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "numpy_mvit2", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+def test_cli_behavior_on_segment_classify_and_info(tmp_path):
+    from PIL import Image
+
+    make_cvnets_checkpoint(tmp_path / "seg", 0.5, "segmentation", 16)
+    make_cvnets_checkpoint(tmp_path / "cls", 0.5, "classification", 32)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+
+    info = run_cli("info", "--model", str(tmp_path / "seg"), "--json", cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["behavior"] == "ml-cvnets" and data["head"] == "segmentation"  # from the YAML
+    info = run_cli("info", "--model", str(tmp_path / "seg"), "--behavior", "transformers", cwd=tmp_path)
+    assert info.returncode == 0 and "behavior transformers" in info.stdout.splitlines()[0]
+
+    scores = {}
+    for behavior in (None, "ml-cvnets", "transformers"):
+        extra = () if behavior is None else ("--behavior", behavior)
+        out = run_cli("segment", "photo.png", "--model", str(tmp_path / "seg"), "-o", f"out-{behavior}", "--json",
+                      "--quiet", *extra, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        scores[behavior] = [item["classes"] for item in json.loads(out.stdout)]
+    assert scores[None] == scores["ml-cvnets"] != scores["transformers"]
+    for behavior in ("timm", "transformers"):
+        out = run_cli("classify", "photo.png", "--model", str(tmp_path / "cls"), "--behavior", behavior, "--quiet",
+                      cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    bad = run_cli("classify", "photo.png", "--model", str(tmp_path / "cls"), "--behavior", "cvnets", cwd=tmp_path)
+    assert bad.returncode == 2 and "choose from 'transformers', 'timm', 'ml-cvnets'" in bad.stderr
+    assert "Traceback" not in bad.stderr
