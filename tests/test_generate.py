@@ -1,4 +1,5 @@
-"""``python -m numpy_mvit2.generate``: generated checkpoints (random weights, never presented as pretrained).
+"""``python -m numpy_mvit2.generate``: generated checkpoints (random weights, never presented as pretrained),
+and ``numpy_mvit2.demo``, which finds or makes them for the notebooks.
 
 The command runs in a subprocess, as a user runs it. Small widths and inputs keep each case to a
 second or two; the full-size checkpoints are what the notebooks and the README use.
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import quick, require
 from import_blocker import BLOCKER
+from PIL import Image
 from reference import relative_error
 
 from numpy_mvit2 import (
@@ -26,6 +28,7 @@ from numpy_mvit2 import (
     MobileViTV2ForSemanticSegmentation,
     MobileViTV2Model,
 )
+from numpy_mvit2 import demo as demo_module
 from numpy_mvit2.generate import (
     FILES,
     MARKER,
@@ -199,3 +202,72 @@ def test_transformers_loads_it_and_agrees(tmp_path, head):
     with torch.no_grad():
         expected = theirs.eval()(torch.from_numpy(pixels())).logits.numpy()
     assert relative_error(ours(pixels()).logits, expected) <= 2e-5
+
+
+# --------------------------------------------------------------------------------------------
+# numpy_mvit2.demo: the notebooks' preamble
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_real_checkpoints(monkeypatch, tmp_path):
+    """No real checkpoint to find: the variables unset, an empty Hugging Face cache."""
+    for task in demo_module.TASKS.values():
+        monkeypatch.delenv(task.variable, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("NUMPY_MVIT2_GENERATED_DIR", str(tmp_path / "generated"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def photo():
+    y, x = np.mgrid[0:90, 0:70]
+    return Image.fromarray(np.stack([x * 3, y * 2, (x + y) % 256], -1).astype(np.uint8))
+
+
+@pytest.mark.slow  # two full-size checkpoints generated and loaded
+def test_load_demo_makes_the_generated_checkpoint_once(no_real_checkpoints, tmp_path, capsys):
+    demo = demo_module.load_demo("classification", image=photo())
+    assert not demo.pretrained and "NOT pretrained" in capsys.readouterr().out
+    assert demo.checkpoint == tmp_path / "generated" / "classification-1.0-seed0"
+    assert demo.pixel_values.shape == (1, 3, 256, 256) and demo.rgb.shape == (256, 256, 3) and demo.rgb.dtype == np.uint8
+    np.testing.assert_array_equal(demo.rgb, demo.pixel_values[0, ::-1].transpose(1, 2, 0) * 255)  # the same crop, in RGB
+    assert "HF_HUB_OFFLINE" not in os.environ  # set only while a real checkpoint is looked up
+    made = (demo.checkpoint / "model.safetensors").stat().st_mtime_ns
+
+    again = demo_module.load_demo("classification", image=photo(), quiet=True)
+    assert again.checkpoint == demo.checkpoint and (demo.checkpoint / "model.safetensors").stat().st_mtime_ns == made
+    np.testing.assert_array_equal(again.model(again.pixel_values).logits, demo.model(demo.pixel_values).logits)
+
+    with open(demo.checkpoint / "model.safetensors", "r+b") as f:  # a damaged copy is made again
+        f.truncate(1000)
+    repaired = demo_module.load_demo("classification", image=photo(), quiet=True)
+    np.testing.assert_array_equal(repaired.model(repaired.pixel_values).logits, demo.model(demo.pixel_values).logits)
+
+    segmentation = demo_module.load_demo("segmentation", image=photo(), quiet=True)
+    assert segmentation.pixel_values.shape == (1, 3, 512, 512) and not segmentation.pretrained
+
+
+def test_a_generated_checkpoint_counts_as_generated_wherever_it_is(no_real_checkpoints, tmp_path, monkeypatch, capsys):
+    """Named by NUMPY_MVIT2_IMAGENET_CHECKPOINT, a generated checkpoint is still said to be random."""
+    folder = generate_checkpoint(tmp_path / "named", width=0.5, image_size=64)
+    monkeypatch.setenv("NUMPY_MVIT2_IMAGENET_CHECKPOINT", str(folder))
+    demo = demo_module.load_demo("classification", image=photo())
+    assert demo.checkpoint == folder and not demo.pretrained
+    assert "NOT pretrained" in capsys.readouterr().out
+    assert demo.pixel_values.shape == (1, 3, 64, 64)
+    assert not (tmp_path / "generated").exists()  # found, so nothing was generated
+
+
+def test_a_real_checkpoint_folder_is_used(no_real_checkpoints, tmp_path, monkeypatch, capsys):
+    """A folder without the generated marker is a real checkpoint: used, and said to be pretrained;
+    without a preprocessor_config.json its settings come from the config."""
+    model = MobileViTV2ForSemanticSegmentation(MobileViTV2Config(width_multiplier=0.5, image_size=64), seed=4)
+    folder = tmp_path / "real"
+    model.config.save_pretrained(folder)
+    from safetensors.numpy import save_file
+
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    monkeypatch.setenv("NUMPY_MVIT2_VOC_CHECKPOINT", str(folder))
+    demo = demo_module.load_demo("segmentation", image=photo())
+    assert demo.pretrained and demo.checkpoint == folder and "pretrained, from" in capsys.readouterr().out
+    assert "for_model_config" in demo.processor_from and demo.pixel_values.shape == (1, 3, 64, 64)
