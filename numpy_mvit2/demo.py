@@ -81,6 +81,15 @@ def generated_dir() -> Path:
     return Path(cache) / "numpy_mvit2" / "generated"
 
 
+def _shown(path) -> str:
+    """A path for messages, the home folder written ``~``."""
+    path, home = Path(path), Path.home()
+    try:
+        return str(Path("~") / path.relative_to(home))
+    except ValueError:
+        return str(path)
+
+
 def _matches(folder: Path, head: str, seed: int, random_norms: bool) -> bool:
     """``folder`` holds the generated checkpoint these arguments make (of this format)."""
     import json
@@ -95,21 +104,25 @@ def _matches(folder: Path, head: str, seed: int, random_norms: bool) -> bool:
 
 
 def generated_checkpoint(task: str = "classification", *, seed: int = 0, random_norms: bool = False,
-                         folder: str | os.PathLike | None = None, regenerate: bool = False) -> Path:
+                         folder: str | os.PathLike | None = None, regenerate: bool = False, quiet: bool = False) -> Path:
     """The generated checkpoint for ``task`` (width 1.0, the published checkpoint's shapes): found in
     ``folder`` (default: a folder in ``generated_dir()`` named after the arguments), or made there
-    with ``numpy_mvit2.generate``. If that place cannot be written, a temporary folder is used."""
+    with ``numpy_mvit2.generate`` (which it says, unless ``quiet``). If that place cannot be
+    written, a temporary folder is used."""
     _task(task)
     head = task  # the generated checkpoint's head has the task's name
     name = f"{head}-1.0-seed{seed}" + ("-random-norms" if random_norms else "")
     folder = Path(folder) if folder is not None else generated_dir() / name
     if not regenerate and _matches(folder, head, seed, random_norms):
         return folder
+    if not quiet:
+        print(f"making the generated checkpoint {_shown(folder)} (numpy_mvit2.generate; once, then reused)")
     try:
         return generate_checkpoint(folder, head, seed=seed, random_norms=random_norms, overwrite=True)
     except (GenerateError, OSError) as error:  # not writable, or other files there: a folder of our own
         fallback = Path(tempfile.mkdtemp(prefix="numpy_mvit2-generated-")) / name
-        print(f"cannot write {folder} ({error}); using {fallback}")
+        if not quiet:
+            print(f"cannot write {_shown(folder)} ({error}); using {fallback}")
         return generate_checkpoint(fallback, head, seed=seed, random_norms=random_norms)
 
 
@@ -164,12 +177,12 @@ def load_model(task: str = "classification", *, seed: int = 0, random_norms: boo
             continue
         folder = Path(source) if Path(source).is_dir() else Path(model.weights_file).parent
         return model, folder, source
-    folder = generated_checkpoint(task, seed=seed, random_norms=random_norms)
+    folder = generated_checkpoint(task, seed=seed, random_norms=random_norms, quiet=quiet)
     try:
         model = spec.model_class.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as error:  # a damaged copy in the cache: make it again
         say(f"could not load {folder} ({type(error).__name__}: {str(error)[:200]}); generating it again")
-        folder = generated_checkpoint(task, seed=seed, random_norms=random_norms, regenerate=True)
+        folder = generated_checkpoint(task, seed=seed, random_norms=random_norms, regenerate=True, quiet=quiet)
         model = spec.model_class.from_pretrained(folder, **kwargs)
     return model, folder, str(folder)
 
@@ -195,13 +208,13 @@ def load_demo(task: str = "classification", *, image=None, seed: int = 0, random
     model, folder, source = load_model(task, seed=seed, random_norms=random_norms, quiet=quiet, **kwargs)
     pretrained = not is_generated(model.config)
     if pretrained:
-        say(f"Weights: pretrained, from {source}" + ("" if str(folder) == source else f" (at {folder})"))
+        say(f"Weights: pretrained, from {source}" + ("" if str(folder) == source else f" (at {_shown(folder)})"))
     else:
         say(f"Weights: GENERATED, seed {model.config.extra[MARKER].get('seed')}: random, NOT pretrained "
-            f"(from {folder}); its predictions mean nothing")
+            f"(from {_shown(folder)}); its predictions mean nothing")
     if (folder / "preprocessor_config.json").is_file():
         processor = MobileViTImageProcessor.from_pretrained(folder)
-        processor_from = f"{folder / 'preprocessor_config.json'}"
+        processor_from = _shown(folder / "preprocessor_config.json")
     else:
         processor = MobileViTImageProcessor.for_model_config(model.config)
         processor_from = "derived from the config (for_model_config): the checkpoint has no preprocessor_config.json"
