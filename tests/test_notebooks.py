@@ -43,13 +43,14 @@ MIN_DPI = 80
 
 # Run before the notebook's own cells: wraps matplotlib's Text.draw, which draws every piece of text
 # (titles, labels, tick labels, legends, colorbars, annotations), to record what is drawn, at which
-# size and dpi, in which code cell (counted by IPython's pre_execute event: the inline backend
-# saves a cell's figures after the cell, before the next one starts). The inline backend draws each
-# figure as it saves it, so this sees the pictures as saved. Pure Python over public methods.
-# The probe imports nothing heavy: matplotlib (and with it NumPy) is wrapped once a cell has
-# imported it, from a post_execute callback that runs before the inline backend's (registered
-# later), because notebook 02 sets BLAS's thread count before NumPy is first imported.
+# size and dpi, in which code cell (counted by IPython's pre_execute event). The inline backend draws
+# each figure as it saves it, so this sees the pictures as saved. Pure Python over public APIs.
+# The probe imports nothing heavy: notebook 02 sets BLAS's thread count before NumPy is first
+# imported, and matplotlib imports NumPy. So Text.draw is wrapped the moment a cell imports
+# matplotlib.text, by an import hook, before any figure of that cell can be drawn.
 PROBE = """
+import importlib.abc
+import importlib.util
 import sys
 
 from IPython import get_ipython
@@ -61,10 +62,7 @@ def _next_cell():
     _code_cell[0] += 1
 
 
-def _wrap_text_draw():
-    text_module = sys.modules.get("matplotlib.text")
-    if text_module is None or getattr(text_module.Text.draw, "_records", False):
-        return
+def _wrap_text_draw(text_module):
     draw = text_module.Text.draw
 
     def recording_draw(self, renderer, *args, **kwargs):
@@ -75,12 +73,30 @@ def _wrap_text_draw():
             _drawn_texts.append((_code_cell[0], text[:60], float(self.get_fontsize()), float(renderer.dpi), offset))
         return draw(self, renderer, *args, **kwargs)
 
-    recording_draw._records = True
     text_module.Text.draw = recording_draw
 
 
+class _WrapOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "matplotlib.text":
+            return None
+        sys.meta_path.remove(self)  # once: find the real module with the other finders
+        spec = importlib.util.find_spec(name)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_wrap(module):
+            exec_module(module)
+            _wrap_text_draw(module)
+
+        spec.loader.exec_module = exec_and_wrap
+        return spec
+
+
 get_ipython().events.register("pre_execute", _next_cell)
-get_ipython().events.register("post_execute", _wrap_text_draw)
+if "matplotlib.text" in sys.modules:  # a kernel that imported it already
+    _wrap_text_draw(sys.modules["matplotlib.text"])
+else:
+    sys.meta_path.insert(0, _WrapOnImport())
 """
 REPORT = "import json; print(json.dumps(_drawn_texts))"
 
