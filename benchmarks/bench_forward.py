@@ -362,20 +362,11 @@ def available_sides(want_onnx: bool) -> list[str]:
 
 
 def make_checkpoint(width: float, folder: Path, size: int) -> None:
-    """Random weights (seeded), batch norms unfolded, saved as transformers saves a checkpoint."""
-    import numpy as np
-    from safetensors.numpy import save_file
+    """Random weights (seeded), batch norms unfolded, saved as transformers saves a checkpoint: what
+    ``python -m numpy_mvit2.generate`` writes."""
+    from numpy_mvit2.generate import generate_checkpoint
 
-    from numpy_mvit2 import MobileViTV2Config, MobileViTV2ForImageClassification
-
-    config = MobileViTV2Config(width_multiplier=width, num_labels=1000, image_size=size)
-    model = MobileViTV2ForImageClassification(config, seed=0, fold_batch_norm=False, fast=False)
-    state = model.state_dict()
-    for key in [k for k in state if k.endswith(".normalization.running_mean")]:  # as torch saves them
-        state[key.replace("running_mean", "num_batches_tracked")] = np.zeros((), np.int64)
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(folder)
-    save_file(state, str(folder / "model.safetensors"))
+    generate_checkpoint(folder, "classification", width=width, seed=0, image_size=size)
 
 
 def machine() -> str:

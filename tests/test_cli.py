@@ -1,7 +1,8 @@
 """The ``numpy-mvit2`` command line, run as a user runs it: ``python -m numpy_mvit2`` in a subprocess.
 
-The checkpoints are small generated ones (random weights, not pretrained), written with
-``save_file(model.state_dict())`` beside a ``config.json`` and a ``preprocessor_config.json``.
+The checkpoints are small generated ones (random weights, not pretrained), written by
+``numpy_mvit2.generate`` (what ``python -m numpy_mvit2.generate`` writes: ``config.json``,
+``model.safetensors`` in transformers' layout, ``preprocessor_config.json``, ``README.md``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import numpy as np
 import pytest
 from conftest import quick
 from PIL import Image
-from safetensors.numpy import save_file
 
 from numpy_mvit2 import (
     MobileViTImageProcessor,
@@ -31,6 +31,7 @@ from numpy_mvit2 import (
     load_image,
     post_process_semantic_segmentation,
 )
+from numpy_mvit2.generate import generate_checkpoint
 
 LABELS = {i: name for i, name in enumerate(["cat", "dog", "bird", "fish", "horse", "sheep", "cow"])}
 VOC = {i: name for i, name in enumerate(["background", "aeroplane", "bicycle", "bird", "boat"])}
@@ -47,30 +48,21 @@ def assert_no_traceback(result):
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
 
 
-def write_checkpoint(folder: Path, model, processor: MobileViTImageProcessor, architecture: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    config = MobileViTV2Config.from_dict(model.config.to_dict(), architectures=[architecture])
-    config.save_pretrained(folder)
-    save_file(model.state_dict(), str(folder / "model.safetensors"))
-    processor.save_pretrained(folder)
-    return folder
+def small_processor() -> MobileViTImageProcessor:
+    return MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size=64, resample="bilinear")
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     """A small generated classifier (width 0.5, 64x64 crops, 7 named labels)."""
-    config = MobileViTV2Config(width_multiplier=0.5, image_size=64, id2label=LABELS)
-    model = MobileViTV2ForImageClassification(config, seed=1)
-    processor = MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size=64, resample="bilinear")
-    return write_checkpoint(tmp_path_factory.mktemp("classifier"), model, processor, "MobileViTV2ForImageClassification")
+    return generate_checkpoint(tmp_path_factory.mktemp("classifier"), "classification", width=0.5, seed=1, image_size=64,
+                               id2label=LABELS, processor=small_processor())
 
 
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory):
-    config = MobileViTV2Config(width_multiplier=0.5, image_size=64, id2label=VOC, output_stride=16, aspp_out_channels=32)
-    model = MobileViTV2ForSemanticSegmentation(config, seed=2)
-    processor = MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size=64, resample="bilinear")
-    return write_checkpoint(tmp_path_factory.mktemp("segmenter"), model, processor, "MobileViTV2ForSemanticSegmentation")
+    return generate_checkpoint(tmp_path_factory.mktemp("segmenter"), "segmentation", width=0.5, seed=2, image_size=64,
+                               id2label=VOC, output_stride=16, aspp_out_channels=32, processor=small_processor())
 
 
 def photo_array(seed: int, height: int, width: int) -> np.ndarray:
