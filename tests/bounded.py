@@ -101,3 +101,16 @@ def run_bounded(args: list[str], *, memory: int = MEMORY_LIMIT, cpu: int = CPU_L
 def run_python_bounded(code: str, **kwargs) -> Bounded:
     """``python -c code`` under the caps (see ``run_bounded``)."""
     return run_bounded(["-c", code], **kwargs)
+
+
+def signal_and_wait(process: subprocess.Popen, signum: int, timeout: float = 300) -> str:
+    """Send ``signum`` to a running child, wait for it (generously: a busy machine), and return its
+    stderr; a child still running after ``timeout`` is killed, so no test leaves one behind."""
+    try:
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return stderr.decode()

@@ -38,7 +38,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import quick, require
 from reference import (
     OURS,
@@ -47,7 +46,6 @@ from reference import (
     make_timm_reference,
     randomize_,
     relative_error,
-    run_reference,
     save_reference,
     save_timm_reference,
 )
@@ -56,7 +54,11 @@ torch = require("torch")
 require("transformers")
 require("timm")
 
-from numpy_mvit2 import MobileViTV2Config, MobileViTV2ForImageClassification, MobileViTV2Model  # noqa: E402
+from numpy_mvit2 import (  # noqa: E402
+    MobileViTV2Config,
+    MobileViTV2ForImageClassification,
+    MobileViTV2Model,
+)
 from numpy_mvit2.config import BEHAVIORS  # noqa: E402
 from numpy_mvit2.crosscheck import apply_behavior, crosscheck  # noqa: E402
 from numpy_mvit2.errors import ConfigError  # noqa: E402

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from bounded import signal_and_wait
 from test_cli import assert_no_traceback, classifier, photo_array, run_cli, segmenter  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,18 +149,11 @@ def test_ctrl_c_at_any_moment(form, classifier, many_photos, tmp_path):
     for moment in moments:
         process = subprocess.Popen([sys.executable, *command, *map(str, args)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, env=cli_env())
-        try:
-            time.sleep(moment)
-            if process.poll() is not None:  # done already (a fast machine): nothing to interrupt
-                process.communicate()
-                continue
-            process.send_signal(signal.SIGINT)
-            _, stderr = process.communicate(timeout=300)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-        stderr = stderr.decode()
+        time.sleep(moment)
+        if process.poll() is not None:  # done already (a fast machine): nothing to interrupt
+            process.communicate()
+            continue
+        stderr = signal_and_wait(process, signal.SIGINT)
         if landed_before_our_code(process.returncode, stderr):
             continue
         landed += 1

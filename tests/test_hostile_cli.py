@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bounded import BOUNDED_ENV, run_bounded
+from bounded import BOUNDED_ENV, run_bounded, signal_and_wait
 from PIL import Image
 from safetensors.numpy import save_file
 
@@ -312,13 +312,11 @@ def test_signal_during_writes(segmenter, tmp_path, signum, status, word):
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "no result written in time"
             time.sleep(0.05)
-        process.send_signal(signum)  # the run has started writing: the signal lands among the writes
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    stderr = stderr.decode()
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    stderr = signal_and_wait(process, signum)  # the run has started writing: the signal lands among the writes
     assert process.returncode == status, stderr
     assert word in stderr and "Traceback" not in stderr
     names = [p.name for p in out.iterdir()]

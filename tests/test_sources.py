@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import quick, require
 from reference import (
     cvnets_checkpoint,
@@ -45,7 +43,12 @@ from numpy_mvit2 import (  # noqa: E402
     MobileViTV2Model,
 )
 from numpy_mvit2.weights import check_state_dict  # noqa: E402
-from numpy_mvit2.weights.names import cvnets_name, detect_source, timm_name, to_transformers_names  # noqa: E402
+from numpy_mvit2.weights.names import (  # noqa: E402
+    cvnets_name,
+    detect_source,
+    timm_name,
+    to_transformers_names,
+)
 from numpy_mvit2.weights.shapes import infer_config  # noqa: E402
 
 TOL = 2e-5  # max|ours - torch| / (1 + max|torch|), float32, as in test_parity.py
