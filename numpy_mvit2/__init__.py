@@ -42,8 +42,10 @@ _EXPORTS = {
     "post_process_semantic_segmentation": "processing",
     "summarize": "summary",
 }
-# submodules that used to be imported with the package (``numpy_mvit2.fast.THREADS = 2`` without an import)
-_SUBMODULES = ("fast", "team")
+# submodules reachable as attributes of the package without an import of their own
+# (``numpy_mvit2.fast.THREADS = 2``, ``numpy_mvit2.summary.summarize``), as when the package imported them
+_SUBMODULES = ("blocks", "cli", "config", "crosscheck", "cvnets_yaml", "demo", "errors", "fast", "generate", "hub",
+               "modeling", "ops", "processing", "safeio", "summary", "team", "weights")
 
 __all__ = sorted(_EXPORTS)
 

@@ -1081,6 +1081,10 @@ def _main(argv: list[str] | None) -> int:
         # subcommand (`classify x --bogus`): its own usage says what it takes
         before_command = args.command in argv and any(arg in argv[: argv.index(args.command)] for arg in unknown)
         (parser if before_command else args.subparser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if sys.stdout is None and args.command in ("classify", "segment"):  # `numpy-mvit2 classify x.jpg >&-`
+        print(f"{PROG} {args.command}: error: standard output is closed; its results would be lost "
+              "(redirect it to a file or /dev/null instead)", file=sys.stderr)
+        return EXIT_FAILED
     quiet_hub_logging()
     if getattr(args, "max_pixels", None) is not None:
         # --max-pixels replaces Pillow's decompression-bomb limit for this process

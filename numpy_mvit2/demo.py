@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,21 +125,6 @@ def generated_checkpoint(task: str = "classification", *, seed: int = 0, random_
         return generate_checkpoint(fallback, head, seed=seed, random_norms=random_norms)
 
 
-@contextmanager
-def _offline():
-    """HF_HUB_OFFLINE=1 for the block: a repo id reads the Hugging Face cache only, and a machine
-    without network never waits on retries. The variable is restored afterwards."""
-    before = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["HF_HUB_OFFLINE"]
-        else:
-            os.environ["HF_HUB_OFFLINE"] = before
-
-
 def _task(task: str) -> Task:
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -169,9 +153,11 @@ def load_model(task: str = "classification", *, seed: int = 0, random_norms: boo
     spec = _task(task)
     say = (lambda *a: None) if quiet else print
     for source in _real_checkpoints(spec):
+        if not Path(source).exists():  # a folder is meant: nothing is ever asked of the Hub here
+            say(f"{source}: no such folder; {spec.variable} names a checkpoint folder")
+            continue
         try:
-            with _offline():
-                model = spec.model_class.from_pretrained(source, **kwargs)
+            model = spec.model_class.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as error:  # not loadable (CheckpointError is a ValueError): say why, go on
             say(f"could not load {source}: {type(error).__name__}: {str(error)[:200]}")
             continue

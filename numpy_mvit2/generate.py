@@ -146,9 +146,13 @@ def model_card(config: MobileViTV2Config, head: str, seed: int, random_norms: bo
 
 
 def _replaceable(path: Path) -> bool:
-    """An empty folder, or a generated checkpoint (its config.json carries the marker)."""
-    if not any(path.iterdir()):
+    """An empty folder, or a generated checkpoint and nothing else: only the files this module
+    writes, regular files (not links), its config.json carrying the marker."""
+    entries = list(path.iterdir())
+    if not entries:
         return True
+    if not all(p.name in FILES and p.is_file() and not p.is_symlink() for p in entries):
+        return False  # someone's other files are there too: never deleted with the checkpoint
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -159,14 +163,17 @@ def _replaceable(path: Path) -> bool:
 def _check_target(folder: Path, overwrite: bool) -> None:
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise GenerateError(f"{folder} exists and is not a folder; choose another path")
+    if folder.is_dir() and Path.cwd().resolve().is_relative_to(folder.resolve()):
+        raise GenerateError(f"{folder} is the current folder or holds it, and is not replaced; name a folder "
+                            "inside it (e.g. ./generated) or run from elsewhere")
     if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
             raise GenerateError(f"{folder} exists and is not empty; pass --overwrite (overwrite=True) to replace "
                                 "a generated checkpoint there, or choose another folder")
         if not _replaceable(folder):
-            raise GenerateError(f"{folder} holds files that are not a generated checkpoint (no \"{MARKER}\" in its "
-                                "config.json); it is not replaced, even with --overwrite: remove it yourself or "
-                                "choose another folder")
+            raise GenerateError(f"{folder} holds more than a generated checkpoint (other files, links, or no "
+                                f"\"{MARKER}\" in its config.json); it is not replaced, even with --overwrite: "
+                                "remove it yourself or choose another folder")
 
 
 def generate_checkpoint(folder: str | os.PathLike, head: str = "classification", *, width: float = 1.0, seed: int = 0,
@@ -257,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "output stride 16; base: MobileViTV2Model, the backbone alone")
     parser.add_argument("--width", type=float, default=1.0, metavar="W",
                         help="width multiplier, as in mobilevitv2-W (0.5, 0.75, 1.0, ..., 2.0; default 1.0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--num-labels", type=int, metavar="N", help="number of labels (default: 1000, or 21 for segmentation)")
     parser.add_argument("--image-size", type=int, metavar="S",
                         help="input size the preprocessing crops to (default 256, or 512 for segmentation)")
@@ -268,7 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**32 - 1, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**32 - 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # nothing half-written: the files are renamed into place whole, or not at all
+        print("python -m numpy_mvit2.generate: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     fields = {name: value for name, value in (("num_labels", args.num_labels), ("image_size", args.image_size))

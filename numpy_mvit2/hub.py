@@ -146,7 +146,7 @@ def hub_unreachable(repo_id: str, revision: str | None = None) -> str | None:
         return None
     error = outcome.get("error")
     if error is None or isinstance(error, TimeoutError) or "Timeout" in type(error).__name__:
-        reason = f"{endpoint} did not answer within {timeout:g} s (set HF_HUB_ETAG_TIMEOUT to wait longer)"
+        reason = f"{endpoint} did not answer within {timeout:g} s (set HF_HUB_ETAG_TIMEOUT to a whole number of seconds to wait longer)"
     else:
         reason = f"{endpoint} cannot be reached ({type(error).__name__}: {error})" if str(error) else \
             f"{endpoint} cannot be reached ({type(error).__name__})"
@@ -260,6 +260,9 @@ def _hub_name(name: str) -> str:
     """``name`` if it may be asked of the Hub, else the error saying there is no such local file.
     Checked with huggingface_hub's own rules before anything is sent (``a--b``, ``x.git`` are not
     repo ids)."""
+    if os.path.lexists(name):  # on disk, but neither a folder nor a regular file: never a repo id
+        raise CheckpointNotFoundError(message(f"{name}: not a folder or a regular file",
+                                              "a checkpoint is a folder, a weights file, or a Hugging Face repo id"))
     if not looks_like_repo_id(name):
         raise _not_a_repo_id(name)
     try:

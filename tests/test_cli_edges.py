@@ -377,3 +377,26 @@ def test_unknown_options_get_their_commands_usage(args, usage):
     assert_no_traceback(result)
     assert result.returncode == 2 and result.stderr.startswith(usage), result.stderr
     assert "unrecognized arguments: --bogus" in result.stderr
+
+
+def test_names_on_disk_that_are_not_checkpoints_and_closed_stdout(classifier, tmp_path):
+    """A device or a FIFO given as --model is said to be neither a folder nor a file (never sent to
+    the Hub as a repo id); with stdout closed, classify refuses to run rather than lose its results."""
+    os.mkfifo(tmp_path / "fifo")
+    Image.fromarray(photo_array(0, 40, 50)).save(tmp_path / "a.png")
+    for model in ("/dev/null", str(tmp_path / "fifo")):
+        out = run_cli("classify", str(tmp_path / "a.png"), "--model", model)
+        assert out.returncode == 1 and "not a folder or a regular file" in out.stderr, out.stderr
+        assert_no_traceback(out)
+    closed = subprocess.run([sys.executable, "-m", "numpy_mvit2", "classify", str(tmp_path / "a.png"), "--model",
+                             str(classifier), "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(), timeout=600, close_fds=True, preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 1 and "standard output is closed" in closed.stderr and "Traceback" not in closed.stderr
+
+
+def test_submodules_are_attributes_of_the_package():
+    code = ("import numpy_mvit2, sys; numpy_mvit2.summary.summarize; numpy_mvit2.weights.check_state_dict; "
+            "numpy_mvit2.crosscheck.apply_behavior; numpy_mvit2.config.BEHAVIORS; "
+            "assert 'torch' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert done.returncode == 0, done.stderr

@@ -123,8 +123,24 @@ def test_existing_folders(tmp_path):
     mine.mkdir()
     (mine / "cat.jpg").write_bytes(b"not generated")
     kept = generate(mine, *SMALL, "--overwrite")
-    assert kept.returncode == 1 and "not a generated checkpoint" in kept.stderr
+    assert kept.returncode == 1 and "more than a generated checkpoint" in kept.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["cat.jpg"]
+
+    # a generated checkpoint with someone's files beside it, or its config.json a link: kept whole
+    (folder / "notes.txt").write_text("mine")
+    kept = generate(folder, *SMALL, "--overwrite")
+    assert kept.returncode == 1 and (folder / "notes.txt").read_text() == "mine"
+    (folder / "notes.txt").unlink()
+    linked = tmp_path / "thesis"
+    linked.mkdir()
+    (linked / "thesis.tex").write_text("years of work")
+    (linked / "config.json").symlink_to(folder / "config.json")
+    assert generate(linked, *SMALL, "--overwrite").returncode == 1 and (linked / "thesis.tex").is_file()
+    # the current folder (or one holding it) is never replaced
+    here = subprocess.run([sys.executable, "-m", "numpy_mvit2.generate", ".", *SMALL, "--overwrite"], cwd=folder,
+                          capture_output=True, text=True, timeout=600)
+    assert here.returncode == 1 and "current folder" in here.stderr and "Traceback" not in here.stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -160,6 +176,8 @@ def test_nothing_half_written(tmp_path, monkeypatch):
 
 def test_usage_errors_and_help(tmp_path):
     assert generate(tmp_path / "x", "--width", "100").returncode == 2
+    negative = generate(tmp_path / "x", "--seed", "-1")
+    assert negative.returncode == 2 and "--seed" in negative.stderr and "Traceback" not in negative.stderr
     assert generate(tmp_path / "x", "--head", "base", "--num-labels", "3").returncode == 2
     assert not (tmp_path / "x").exists()
     shown = generate("--help")
