@@ -121,18 +121,41 @@ def write_cache_repo(cache: Path, repo_id: str, files: dict[str, bytes], revisio
 
 
 class BlackHole:
-    """An endpoint on loopback that takes connections and never answers: the kernel completes each
-    handshake into the listening socket's backlog, and nothing ever reads or replies."""
+    """An endpoint on loopback that takes connections and never answers: each one is accepted,
+    counted (``connections``) and held open, and nothing is ever read or replied. Counting them
+    says how often a client tried, whatever the machine's speed."""
 
     def __enter__(self):
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.bind(("127.0.0.1", 0))
         self.socket.listen(64)
         self.endpoint = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.held = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
         return self
 
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:  # closed by __exit__
+                return
+            self.held.append(connection)
+
+    @property
+    def connections(self) -> int:
+        return len(self.held)
+
     def __exit__(self, *exc):
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
         self.socket.close()
+        self.thread.join(timeout=30)
+        for connection in self.held:
+            connection.close()
 
 
 def closed_port_endpoint() -> str:
