@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import __version__
+from ._version import __version__
 from .config import BEHAVIORS, DEFAULT_BEHAVIOR, MobileViTV2Config
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointError, CheckpointNotFoundError
 from .hub import PROBE_TIMEOUT, resolve_file
 from .modeling import (
     MobileViTV2ForImageClassification,
@@ -58,7 +58,6 @@ from .processing import (
 )
 from .safeio import read_settings_json
 from .summary import format_summary, summarize
-from .weights import CheckpointError
 
 PROG = "numpy-mvit2"
 DEFAULT_CLASSIFIER = "apple/mobilevitv2-1.0-imagenet1k-256"
