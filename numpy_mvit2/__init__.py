@@ -9,6 +9,11 @@ The names below are imported when first used (PEP 562), not with the package: ``
 to take Ctrl-C before NumPy is imported (see ``numpy_mvit2.__main__``). ``from numpy_mvit2 import
 X``, ``numpy_mvit2.X`` and the submodules (``numpy_mvit2.fast.THREADS``, ``numpy_mvit2.team.start()``,
 README "Speed") work as before.
+
+Nothing of the package is imported here but two modules that import nothing of it (``_version``,
+``_signals``): so no module that imports the package back (``from . import blocks``) can close an
+import cycle through it. (So there is no ``if TYPE_CHECKING:`` block importing the public names for
+type checkers and editors: it would be such a cycle. They are in the modules ``_EXPORTS`` names.)
 """
 
 from __future__ import annotations
@@ -17,15 +22,12 @@ import importlib
 import os
 import sys
 
-# typing.TYPE_CHECKING without importing typing (a few milliseconds): type checkers read it the same way
-TYPE_CHECKING = False
-
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 # public name -> the module that defines it
 _EXPORTS = {
     "BaseModelOutputWithPoolingAndNoAttention": "modeling",
-    "CheckpointError": "weights",
+    "CheckpointError": "errors",
     "ConfigError": "errors",
     "ImageClassifierOutputWithNoAttention": "modeling",
     "ImageLoadError": "processing",
@@ -44,7 +46,7 @@ _EXPORTS = {
 }
 # submodules reachable as attributes of the package without an import of their own
 # (``numpy_mvit2.fast.THREADS = 2``, ``numpy_mvit2.summary.summarize``), as when the package imported them
-_SUBMODULES = ("blocks", "cli", "config", "crosscheck", "cvnets_yaml", "demo", "errors", "fast", "generate", "hub",
+_SUBMODULES = ("blocks", "cli", "config", "crosscheck", "cvnets_yaml", "demo", "errors", "fast", "generate", "hub", "layout",
                "modeling", "ops", "processing", "safeio", "summary", "team", "weights")
 
 __all__ = sorted(_EXPORTS)
@@ -75,30 +77,7 @@ def _run_by_an_older_console_script() -> bool:
 
 
 if _run_by_an_older_console_script():  # the Ctrl-C handling numpy_mvit2.__main__ gives the new one
-    from .__main__ import take_signals
+    from ._signals import take_signals
 
     take_signals()
 
-
-if TYPE_CHECKING:  # for type checkers and editors: the same names, imported the ordinary way
-    from . import fast, team  # noqa: F401
-    from .config import MobileViTV2Config, make_divisible  # noqa: F401
-    from .errors import ConfigError  # noqa: F401
-    from .modeling import (  # noqa: F401
-        BaseModelOutputWithPoolingAndNoAttention,
-        ImageClassifierOutputWithNoAttention,
-        MobileViTV2ForImageClassification,
-        MobileViTV2ForSemanticSegmentation,
-        MobileViTV2Model,
-        MobileViTV2PreTrainedModel,
-        SemanticSegmenterOutput,
-    )
-    from .processing import (  # noqa: F401
-        ImageLoadError,
-        MobileViTImageProcessor,
-        load_image,
-        post_process_image_classification,
-        post_process_semantic_segmentation,
-    )
-    from .summary import summarize  # noqa: F401
-    from .weights import CheckpointError  # noqa: F401

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import __version__
+from ._version import __version__
 from .config import BEHAVIORS, DEFAULT_BEHAVIOR, MobileViTV2Config
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointError, CheckpointNotFoundError
 from .hub import PROBE_TIMEOUT, resolve_file
 from .modeling import (
     MobileViTV2ForImageClassification,
@@ -58,7 +58,6 @@ from .processing import (
 )
 from .safeio import read_settings_json
 from .summary import format_summary, summarize
-from .weights import CheckpointError
 
 PROG = "numpy-mvit2"
 DEFAULT_CLASSIFIER = "apple/mobilevitv2-1.0-imagenet1k-256"
@@ -67,20 +66,18 @@ DEFAULT_SEGMENTER = "apple/mobilevitv2-1.0-voc-deeplabv3"
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".pbm", ".pgm", ".ppm", ".pnm",
                     ".tif", ".tiff", ".webp")
 # The limits on one image, per command: the largest image they admit must stay under 1 GB of memory
-# and 10 CPU seconds (the hostile-input bar), measured with one BLAS thread on noisy photos, the
-# worst aspect ratio the prepared limit admits, JPEG and RGBA PNG:
-# - decoded pixels. classify holds the photo decoded and converted to RGB (up to 8 bytes a pixel):
-#   at 40 MP, 0.50 GB and 2.8 CPU s with a width-2.0 model. segment also upsamples the label scores
-#   to the photo's size, holds its class map and writes two PNGs that size (about 0.35 CPU
-#   microseconds a pixel): at 12.5 MP 0.35 GB / 7 s with a small model and 0.63 GB / 11-14 s with
-#   width 2.0, too close to the bar; at 8.5 MP (a 4K frame) 0.27 GB / 5.5 s small, 0.61 GB / 10 s
-#   width 2.0, most of it the network on 800,000 prepared pixels. Pillow's own limit (89,478,485)
-#   would need about 1.2 GB for segment.
+# and 10 CPU seconds (the hostile-input bar), with one BLAS thread, on noisy photos at the worst
+# aspect ratio the prepared limit admits, JPEG and RGBA PNG (the measurements behind the numbers:
+# benchmarks/README.md, "The limits on one image"):
+# - decoded pixels. classify holds the photo decoded and converted to RGB (up to 8 bytes a pixel)
+#   and little else. segment also upsamples the label scores to the photo's size, holds its class
+#   map and writes two PNGs that size, so its limit is lower, a 4K frame, where a width-2.0 model
+#   just meets the bar (most of it the network on the prepared pixels). Pillow's own limit
+#   (89,478,485) would take segment past the memory bar.
 DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 8_500_000}
 # - pixels after the checkpoint's resize (before classify's center crop): the resize turns a 1x20000
-#   strip into 288x5,760,000. classify only resizes and rescales them (4 MP: 0.49 GB); segment runs
-#   the network on all of them (width 2.0: about 6 CPU microseconds a pixel; 800,000 = a 2.7:1
-#   panorama at shortest edge 544: 0.57 GB, 8 s).
+#   strip into 288x5,760,000. classify only resizes and rescales them; segment runs the network on
+#   all of them (800,000 = a 2.7:1 panorama at shortest edge 544).
 DEFAULT_MAX_PREPARED_PIXELS = {"classify": 4_000_000, "segment": 800_000}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # stdout's reader has gone (`numpy-mvit2 classify photos/ | head -2`): 128 + SIGPIPE, the status a

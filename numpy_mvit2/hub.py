@@ -35,13 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .weights.files import (
-    WEIGHT_FILES,
-    CheckpointError,
-    CheckpointNotFoundError,
-    find_weights,
-    shard_names,
-)
+from .errors import CheckpointError, CheckpointNotFoundError
+from .layout import WEIGHT_FILES, find_weights, shard_names
 
 # owner/name, as the Hub spells repo ids (a bare name is accepted too: canonical models have none)
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import MobileViTV2Config
-from ..errors import cut
+from ..errors import CheckpointError, cut
 from ..ops import fold_batch_norm
-from .files import CheckpointError
 from .shapes import BASE_PREFIX, expected_shapes, folded_shapes
 
 HEAD_PREFIXES = ("classifier.", "segmentation_head.")

@@ -31,13 +31,23 @@ from pathlib import Path
 
 import numpy as np
 
+# This module reads weights files and, by a file's name, dispatches to the right reader (read_weights,
+# read_checkpoint_folder); the PyTorch reader (torch_files) lies below it and does not import it.
+# The file names, the one a folder holds and the shard index are numpy_mvit2.layout's, below both.
 from ..errors import CheckpointError, CheckpointNotFoundError, shown  # noqa: F401 - re-exported: weights.files was their home
-from ..safeio import open_regular_file, read_json, refuse_constant
-
-SAFETENSORS_NAME = "model.safetensors"
-SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
-TORCH_NAME = "pytorch_model.bin"
-TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
+from ..layout import (  # noqa: F401 - re-exported: weights.files was their home
+    MAX_SHARD_NAME,
+    SAFETENSORS_INDEX_NAME,
+    SAFETENSORS_NAME,
+    TORCH_INDEX_NAME,
+    TORCH_NAME,
+    WEIGHT_FILES,
+    find_weights,
+    read_sharded,
+    shard_names,
+)
+from ..safeio import open_regular_file, refuse_constant
+from .torch_files import read_sharded_torch, read_torch_checkpoint
 
 
 # safetensors dtype -> NumPy's little-endian dtype; "BF16" is widened to float32 by hand. The
@@ -52,7 +62,6 @@ MAX_SAFETENSORS_HEADER = 16 * 2**20
 MAX_SAFETENSORS_TENSORS = 2**18  # in one file; large language models hold a few thousand
 MAX_SAFETENSORS_RANK = 64
 MAX_SAFETENSORS_SIZE = 2**62
-MAX_SHARD_NAME = 255  # bytes: a file name (NAME_MAX)
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -165,66 +174,15 @@ def read_tensor(f, data_start: int, name: str, dtype: str, shape: tuple, begin: 
     return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
-def shard_names(index_path: str | os.PathLike) -> list[str]:
-    """The shard file names a sharded checkpoint's ``.index.json`` lists (each checked to be a plain
-    file name in the index's folder)."""
-    return sorted(set(_weight_map(Path(index_path)).values()))
-
-
-def _weight_map(index_path: Path) -> dict[str, str]:
-    """The index's ``weight_map`` (tensor name -> shard file name), read as a bounded JSON file
-    (``safeio.read_json``: a regular file, never blocking, size and nesting bounded)."""
-    index = read_json(index_path, CheckpointError, what="shard index")
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{index_path}: not a valid shard index (expected an object with a \"weight_map\" object)")
-    for shard in weight_map.values():
-        if (not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", "..") or "\0" in shard
-                or len(os.fsencode(shard)) > MAX_SHARD_NAME):
-            raise CheckpointError(f"{index_path}: shard name {shown(shard)} must be a file name in the same folder "
-                                  f"(at most {MAX_SHARD_NAME} bytes, no NUL)")
-    return weight_map
-
-
 def read_sharded_safetensors(index_path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The tensors of a sharded safetensors checkpoint, following ``weight_map`` in its ``.index.json``."""
     return read_sharded(index_path, read_safetensors)
-
-
-def read_sharded(index_path: str | os.PathLike, read_shard) -> dict[str, np.ndarray]:
-    """Each shard named in the index's ``weight_map`` read with ``read_shard``; the tensors each
-    shard is listed for are kept (an index that lists a tensor its shard lacks is an error)."""
-    index_path = Path(index_path)
-    weight_map = _weight_map(index_path)
-    by_shard: dict[str, set[str]] = {}  # one pass over the map: an index of n shards costs n, not n**2
-    for name, file in weight_map.items():
-        by_shard.setdefault(file, set()).add(name)
-    state: dict[str, np.ndarray] = {}
-    for shard in sorted(by_shard):
-        shard_path = index_path.parent / shard
-        tensors = read_shard(shard_path)
-        wanted = by_shard.pop(shard)
-        absent = sorted(wanted - tensors.keys())
-        if absent:
-            raise CheckpointError(f"{shard_path}: the index lists tensors this shard does not hold: "
-                                  f"{', '.join(map(shown, absent[:10]))}")
-        state.update({name: tensors[name] for name in wanted})
-    return state
-
-
-# transformers' order of preference when a folder or repo holds several weight files
-WEIGHT_FILES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, TORCH_NAME, TORCH_INDEX_NAME)
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The tensors of one weights file, by its name: ``*.safetensors``, a sharded index
     (``*.safetensors.index.json`` or ``*.bin.index.json``), or a PyTorch file (``.bin``, ``.pt``,
     ``.pth``, ``.ckpt``; read without PyTorch, see ``torch_files``)."""
-    from .torch_files import (  # torch_files builds on this module
-        read_sharded_torch,
-        read_torch_checkpoint,
-    )
-
     path = Path(path)
     name = path.name
     if name.endswith(".safetensors"):
@@ -234,30 +192,6 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if name.endswith(".index.json"):
         return read_sharded_torch(path)
     return read_torch_checkpoint(path)
-
-
-def find_weights(folder: str | os.PathLike) -> Path:
-    """The weights file of a checkpoint folder, in transformers' order of preference:
-    ``model.safetensors``, ``model.safetensors.index.json``, ``pytorch_model.bin``,
-    ``pytorch_model.bin.index.json``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a folder (expected a checkpoint folder with config.json and weights)")
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    present = sorted(p.name for p in folder.iterdir())
-    # ml-cvnets saves its weights under names of its own (mobilevitv2-1.0.pt, checkpoint_best.pt)
-    torch_files = [name for name in present if name.endswith((".pt", ".pth")) and (folder / name).is_file()]
-    if len(torch_files) == 1:
-        return folder / torch_files[0]
-    if torch_files:
-        raise CheckpointError(f"{folder}: no {WEIGHT_FILES[0]} and several PyTorch files ({', '.join(torch_files[:10])}); "
-                              "pass the one to load")
-    raise CheckpointError(
-        f"{folder}: no weights found; expected one of {', '.join(WEIGHT_FILES)}, or one .pt / .pth file "
-        f"(the folder holds: {', '.join(present[:20]) or 'nothing'})"
-    )
 
 
 def read_checkpoint_folder(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], Path]:

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import cut
-from .files import CheckpointError
+from ..errors import CheckpointError, cut
 from .shapes import BASE_PREFIX
 
 SOURCES = ("transformers", "timm", "cvnets")

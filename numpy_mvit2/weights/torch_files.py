@@ -121,9 +121,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import cut, shown
+from ..errors import CheckpointError, cut, shown
+from ..layout import read_sharded
 from ..safeio import open_regular_file
-from .files import CheckpointError, read_sharded
 
 # Storage type (torch.<name>) -> element type as NumPy spells it; "bfloat16" is decoded by hand.
 STORAGE_DTYPES = {
