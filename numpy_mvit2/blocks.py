@@ -7,6 +7,22 @@ and each block takes its sub-dicts as keyword arguments (``inverted_residual(x, 
 the argument names below are the checkpoint's own names. Hyper-parameters that the weights do not
 carry (strides, dilations, activation) come from ``MobileViTV2Config`` and its ``StageSpec``.
 
+Read top-down, from the three whole models at the end of the file: ``backbone`` (pixels -> the
+five stages' feature maps), ``image_classification`` (pixels -> class logits) and
+``semantic_segmentation`` (pixels -> per-pixel class logits), each composing the blocks above it.
+The layers with weights, with their channels, kernels, strides and dilations, are listed once in
+``numpy_mvit2.architecture``; the functions here read the same ``config.stages``.
+
+Intermediate values are observed through one optional hook, ``record(name, array)``, called at
+every named output, in forward order, under transformers' module names (backbone prefix left out):
+``conv_stem``; ``encoder.layer.{i}.layer.{j}`` (inverted residuals); ``encoder.layer.{i}.
+downsampling_layer``, ``.conv_kxk``, ``.conv_1x1``, ``.transformer.layer.{j}.attention.scores``
+(the context scores), ``.attention``, ``.ffn``, ``.transformer.layer.{j}`` (the layer's output),
+``.layernorm``, ``.fold`` (the input of ``conv_projection``), ``.conv_projection``; each stage's
+output ``encoder.layer.{i}``; ``pooler``, ``classifier``; ``segmentation_head.aspp``,
+``segmentation_head.classifier``. The models' ``output_hidden_states`` and ``output_attentions``
+and ``numpy_mvit2.crosscheck`` read them there, so nothing else repeats the forward pass.
+
 Shapes: ``B`` batch, ``C`` channels, ``H x W`` feature map, ``d`` attention width,
 ``P = patch_size**2`` pixels per patch, ``N`` patches.
 """
@@ -24,9 +40,14 @@ from .ops import (
     global_avg_pool,
     group_norm,
     interpolate_bilinear,
+    linear,
     separable_attention,
     unfold_patches,
 )
+
+
+def ignore(name, array):
+    """The default ``record``: keeps nothing."""
 
 
 def conv_layer(x, convolution, normalization=None, *, stride=1, dilation=1, activation=None):  # [B, Cin, H, W] -> [B, Cout, Ho, Wo]
@@ -69,15 +90,19 @@ def feed_forward(x, conv1, conv2, *, act):  # [B, d, P, N] -> [B, d, P, N]
     return conv_layer(conv_layer(x, **conv1, activation=act), **conv2)
 
 
-def transformer_layer(x, layernorm_before, attention, layernorm_after, ffn, *, act, eps, attentions=None):  # [B, d, P, N] -> [B, d, P, N]
+def transformer_layer(x, layernorm_before, attention, layernorm_after, ffn, *, act, eps, name="", record=ignore):  # [B, d, P, N] -> [B, d, P, N]
     """Pre-norm transformer layer: ``x + attention(norm(x))``, then ``x + ffn(norm(x))``, the norms
-    being group norms with one group. If ``attentions`` is a list, the layer's context scores
-    ([B, 1, P, N]) are appended to it."""
+    being group norms with one group. ``name``: the layer's checkpoint prefix, under which its
+    context scores ([B, 1, P, N]), its two branches and its output are recorded."""
     attn_out, scores = linear_self_attention(group_norm(x, 1, **layernorm_before, eps=eps), **attention)
-    if attentions is not None:
-        attentions.append(scores)
+    record(f"{name}.attention.scores", scores)
+    record(f"{name}.attention", attn_out)
     x = x + attn_out
-    return x + feed_forward(group_norm(x, 1, **layernorm_after, eps=eps), **ffn, act=act)
+    ffn_out = feed_forward(group_norm(x, 1, **layernorm_after, eps=eps), **ffn, act=act)
+    record(f"{name}.ffn", ffn_out)
+    x = x + ffn_out
+    record(name, x)
+    return x
 
 
 def resize_to_patch_multiple(x, patch_size):  # [B, C, H, W] -> [B, C, ceil(H/p)*p, ceil(W/p)*p]
@@ -88,7 +113,7 @@ def resize_to_patch_multiple(x, patch_size):  # [B, C, H, W] -> [B, C, ceil(H/p)
     return x if size == (height, width) else interpolate_bilinear(x, size, align_corners=True)
 
 
-def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, layernorm, conv_projection, *, spec: StageSpec, config: MobileViTV2Config, attentions=None):  # [B, Cin, H, W] -> [B, Cout, H/s, W/s]
+def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, layernorm, conv_projection, *, spec: StageSpec, config: MobileViTV2Config, name="", record=ignore):  # [B, Cin, H, W] -> [B, Cout, H/s, W/s]
     """The MobileViTV2 block (``MobileViTV2Layer``): downsample with an inverted residual; local
     representation with a depthwise k x k conv (+BN+act) and a 1x1 projection to d channels;
     global representation with transformer layers over unfolded patches ([B, d, P, N]); a group
@@ -97,49 +122,35 @@ def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, laye
     Where the frameworks differ (``config.choices``): with ``patch_remainder == "resize"`` (timm,
     ml-cvnets) the downsampled map is first resized up to a multiple of the patch size, while
     transformers' unfold drops the remainder and fold leaves it zero; the local conv is dilated by
-    ``spec.local_dilation`` (timm, ml-cvnets: the stage's dilation; transformers: 1).
-    ``attentions``: a list to collect each transformer layer's context scores in, or None."""
-    act = config.hidden_act
+    ``spec.local_dilation`` (timm, ml-cvnets: the stage's dilation; transformers: 1)."""
+    act, eps = config.hidden_act, config.layer_norm_eps
     x = inverted_residual(x, **downsampling_layer, stride=spec.stride, dilation=spec.downsample_dilation, act=act)
+    record(f"{name}.downsampling_layer", x)
     if config.choices.patch_remainder == "resize":
         x = resize_to_patch_multiple(x, config.patch_size)
     x = conv_layer(x, **conv_kxk, dilation=spec.local_dilation, activation=act)
+    record(f"{name}.conv_kxk", x)
     x = conv_layer(x, **conv_1x1)
+    record(f"{name}.conv_1x1", x)
     height, width = x.shape[-2:]
     patches = unfold_patches(x, config.patch_size)
-    for layer in transformer["layer"]:
-        patches = transformer_layer(patches, **layer, act=act, eps=config.layer_norm_eps, attentions=attentions)
-    patches = group_norm(patches, 1, **layernorm, eps=config.layer_norm_eps)
+    for j, layer in enumerate(transformer["layer"]):
+        patches = transformer_layer(patches, **layer, act=act, eps=eps, name=f"{name}.transformer.layer.{j}", record=record)
+    patches = group_norm(patches, 1, **layernorm, eps=eps)
+    record(f"{name}.layernorm", patches)
     x = fold_patches(patches, (height, width), config.patch_size)
-    return conv_layer(x, **conv_projection)
-
-
-def mobilenet_layer(x, layer, *, spec: StageSpec, config: MobileViTV2Config):  # [B, Cin, H, W] -> [B, Cout, H/s, W/s]
-    """A stack of inverted residuals; only the first one strides."""
-    for i, block in enumerate(layer):
-        x = inverted_residual(x, **block, stride=spec.stride if i == 0 else 1, act=config.hidden_act)
+    record(f"{name}.fold", x)
+    x = conv_layer(x, **conv_projection)
+    record(f"{name}.conv_projection", x)
     return x
 
 
-def run_encoder(x, layer, *, config: MobileViTV2Config, attentions=None):  # [B, C0, H/2, W/2] -> list of 5 x [B, Ci, Hi, Wi]
-    """The five stages in order; returns every stage's output (the last is ``last_hidden_state``).
-    If ``attentions`` is a list, every transformer layer of stages 3 to 5 appends its context
-    scores ([B, 1, P, N]) to it, in order."""
-    hidden_states = []
-    for spec, stage in zip(config.stages, layer):
-        if spec.kind == "mobilenet":
-            x = mobilenet_layer(x, **stage, spec=spec, config=config)
-        else:
-            x = mobilevit_layer(x, **stage, spec=spec, config=config, attentions=attentions)
-        hidden_states.append(x)
-    return hidden_states
-
-
-def backbone(pixel_values, conv_stem, encoder, *, config: MobileViTV2Config, attentions=None):  # [B, C, H, W] -> list of 5 x [B, Ci, Hi, Wi]
-    """``MobileViTV2Model`` without pooling: a stride-2 3x3 conv stem (+BN+act), then the encoder.
-    ``attentions``: None, or a list that receives each transformer layer's context scores."""
-    x = conv_layer(pixel_values, **conv_stem, stride=2, activation=config.hidden_act)
-    return run_encoder(x, **encoder, config=config, attentions=attentions)
+def mobilenet_layer(x, layer, *, spec: StageSpec, config: MobileViTV2Config, name="", record=ignore):  # [B, Cin, H, W] -> [B, Cout, H/s, W/s]
+    """A stack of inverted residuals; only the first one strides."""
+    for j, block in enumerate(layer):
+        x = inverted_residual(x, **block, stride=spec.stride if j == 0 else 1, act=config.hidden_act)
+        record(f"{name}.layer.{j}", x)
+    return x
 
 
 def atrous_pyramid(x, convs, project, *, config: MobileViTV2Config):  # [B, C, H, W] -> [B, A, H, W]
@@ -155,6 +166,50 @@ def atrous_pyramid(x, convs, project, *, config: MobileViTV2Config):  # [B, C, H
     return conv_layer(np.concatenate(branches, axis=1), **project, activation="relu")
 
 
-def deeplabv3(x, aspp, classifier, *, config: MobileViTV2Config):  # [B, C, H, W] -> [B, num_labels, H, W]
+def deeplabv3(x, aspp, classifier, *, config: MobileViTV2Config, record=ignore):  # [B, C, H, W] -> [B, num_labels, H, W]
     """DeepLabV3 head on the last feature map: ASPP, then a 1x1 conv (with bias) to class logits."""
-    return conv_layer(atrous_pyramid(x, **aspp, config=config), **classifier)
+    x = atrous_pyramid(x, **aspp, config=config)
+    record("segmentation_head.aspp", x)
+    logits = conv_layer(x, **classifier)
+    record("segmentation_head.classifier", logits)
+    return logits
+
+
+# --------------------------------------------------------------------------------------------
+# The three models, pixels in
+# --------------------------------------------------------------------------------------------
+
+
+def backbone(pixel_values, conv_stem, encoder, *, config: MobileViTV2Config, record=ignore):  # [B, C, H, W] -> [B, C5, H/32, W/32]
+    """``MobileViTV2Model``: a stride-2 3x3 conv stem (+BN+act), then the five stages, two of
+    inverted residuals and three of MobileViT blocks; returns the last stage's output
+    (``last_hidden_state``) and records each stage's output as ``encoder.layer.{i}``."""
+    x = conv_layer(pixel_values, **conv_stem, stride=2, activation=config.hidden_act)
+    record("conv_stem", x)
+    for spec, stage in zip(config.stages, encoder["layer"]):
+        name = f"encoder.layer.{spec.index}"
+        run_stage = mobilenet_layer if spec.kind == "mobilenet" else mobilevit_layer
+        x = run_stage(x, **stage, spec=spec, config=config, name=name, record=record)
+        record(name, x)
+    return x
+
+
+def image_classification(pixel_values, mobilevitv2, classifier=None, *, config: MobileViTV2Config, record=ignore):  # [B, C, H, W] -> [B, num_labels]
+    """``MobileViTV2ForImageClassification``: the backbone, global average pooling of its last
+    stage (``pooler``, [B, C5]), a linear classifier (none when ``num_labels`` is 0: the pooled
+    features are the output)."""
+    pooled = global_avg_pool(backbone(pixel_values, **mobilevitv2, config=config, record=record))
+    record("pooler", pooled)
+    if classifier is None:
+        record("classifier", pooled)  # transformers' classifier is then an nn.Identity
+        return pooled
+    logits = linear(pooled, **classifier)
+    record("classifier", logits)
+    return logits
+
+
+def semantic_segmentation(pixel_values, mobilevitv2, segmentation_head, *, config: MobileViTV2Config, record=ignore):  # [B, C, H, W] -> [B, num_labels, H/os, W/os]
+    """``MobileViTV2ForSemanticSegmentation``: the backbone (its last stages dilated instead of
+    strided for ``output_stride`` 16 or 8), then the DeepLabV3 head on its last stage."""
+    features = backbone(pixel_values, **mobilevitv2, config=config, record=record)
+    return deeplabv3(features, **segmentation_head, config=config, record=record)

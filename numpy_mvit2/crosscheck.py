@@ -14,10 +14,10 @@ one call in ``numpy_mvit2.blocks``::
 PyTorch and transformers are needed only here, and are imported inside the functions that use
 them: ``import numpy_mvit2`` never loads them.
 
-Our side is an instrumented re-run: :func:`trace` composes the functions of ``numpy_mvit2.blocks``
-exactly as the models do and keeps every intermediate. So that it can never silently drift from
-the models, :func:`crosscheck` also compares the model's own output (its ``__call__``, whatever
-path that takes) with PyTorch's, as the table's last row.
+Our side is the model's readable path with its ``record`` hook (:func:`trace`): the values
+``numpy_mvit2.blocks`` computes on the way, not a re-run of our own. :func:`crosscheck` also
+compares the model's own output (its ``__call__``, whatever path that takes, fast by default)
+with PyTorch's, as the table's last row.
 
 The relative error of a layer is the project's measure ``max|ours - torch| / (1 + max|torch|)``.
 """
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import blocks
-from .ops import fold_patches, global_avg_pool, group_norm, linear, unfold_patches
+from .architecture import describe
+from .ops import global_avg_pool
 
 DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 """Relative error beyond which a layer is said to diverge: float32 round-off through the whole
@@ -61,90 +61,66 @@ _TORCH_CLASSES = {
 # --------------------------------------------------------------------------------------------
 
 
+# The compared outputs: for each layer of ``architecture.describe``, the module whose output is
+# compared (the parts of an inverted residual, of an attention or of a feed-forward network are
+# compared as one); after a transformer layer's ``ffn``, the layer itself; after a stage's
+# ``layernorm``, ``fold``; the pooled features and the classifier (an identity without labels).
+_UNITS = (".expand_1x1", ".conv_3x3", ".reduce_1x1", ".qkv_proj", ".out_proj", ".conv1", ".conv2")
+
+
+def _unit(name: str) -> str | None:
+    if name.endswith((".layernorm_before", ".layernorm_after")):
+        return None  # inside the attention and ffn branches
+    if name.startswith("segmentation_head.aspp."):
+        return "segmentation_head.aspp"
+    return name.rsplit(".", 1)[0] if name.endswith(_UNITS) else name
+
+
 def layer_names(config, head: str = "base", expand_output: bool = True) -> list[tuple[str, str]]:
-    """``(name, stage label)`` of every recorded layer, in forward order.
+    """``(name, stage label)`` of every compared output, in forward order: the names
+    ``numpy_mvit2.blocks`` records them under, derived from the layers of
+    ``architecture.describe``.
 
     Per MobileViT stage: ``downsampling_layer``, the local representation (``conv_kxk``, then
     ``conv_1x1``), each transformer layer's ``attention`` and ``ffn`` branches and its output,
     ``layernorm``, ``fold`` (the patches folded back to a map: the input of ``conv_projection``)
     and ``conv_projection`` (the stage's output). Per MobileNet stage: each inverted residual.
     """
-    names = [("conv_stem", "stem")]
-    for spec in config.stages:
-        stage = f"encoder.layer.{spec.index}"
-        label = f"stage {spec.index + 1}"
-        if spec.kind == "mobilenet":
-            names += [(f"{stage}.layer.{j}", label) for j in range(spec.num_blocks)]
+    names: dict[str, str] = {}
+    for layer in describe(config, head):
+        unit = None if layer.kind == "linear" else _unit(layer.name)
+        if unit is None or unit in names:
             continue
-        names += [(f"{stage}.{part}", label) for part in ("downsampling_layer", "conv_kxk", "conv_1x1")]
-        for i in range(spec.n_attn_blocks):
-            layer = f"{stage}.transformer.layer.{i}"
-            names += [(f"{layer}.attention", label), (f"{layer}.ffn", label), (layer, label)]
-        names += [(f"{stage}.{part}", label) for part in ("layernorm", "fold", "conv_projection")]
-    if head == "base":
-        names += [("pooler", "head")] if expand_output else []
-    elif head == "classification":
-        names += [("pooler", "head"), ("classifier", "head")]
-    elif head == "segmentation":
-        names += [("segmentation_head.aspp", "head"), ("segmentation_head.classifier", "head")]
-    return names
+        if unit.endswith(".conv_projection"):
+            names[unit[: -len("conv_projection")] + "fold"] = layer.stage
+        names[unit] = layer.stage
+        if unit.endswith(".ffn"):
+            names[unit[: -len(".ffn")]] = layer.stage
+    if head == "base" and expand_output or head == "classification":
+        names["pooler"] = "head"
+    if head == "classification":  # a linear layer, or nn.Identity without labels
+        names["classifier"] = "head"
+    return list(names.items())
 
 
 def _head_of(model) -> str:
     return getattr(model, "head", "base")
 
 
-def _backbone_params(model) -> dict:
-    return model.params if _head_of(model) == "base" else model.params[model.base_model_prefix]
-
-
 def trace(model, pixel_values) -> dict[str, np.ndarray]:
-    """Run ``model`` (a ``numpy_mvit2`` model) on ``pixel_values`` and return every layer's output
-    under the names of :func:`layer_names`, in forward order. Composes ``numpy_mvit2.blocks`` the
-    way ``blocks.backbone`` does, keeping the intermediates."""
-    config, act, eps = model.config, model.config.hidden_act, model.config.layer_norm_eps
-    params = _backbone_params(model)
-    out = {}
-    x = blocks.conv_layer(model._pixels(pixel_values), **params["conv_stem"], stride=2, activation=act)
-    out["conv_stem"] = x
-    for spec, stage_params in zip(config.stages, params["encoder"]["layer"]):
-        stage = f"encoder.layer.{spec.index}"
-        if spec.kind == "mobilenet":
-            for j, block in enumerate(stage_params["layer"]):
-                x = blocks.inverted_residual(x, **block, stride=spec.stride if j == 0 else 1, act=act)
-                out[f"{stage}.layer.{j}"] = x
-            continue
-        x = blocks.inverted_residual(x, **stage_params["downsampling_layer"], stride=spec.stride,
-                                     dilation=spec.downsample_dilation, act=act)
-        out[f"{stage}.downsampling_layer"] = x
-        if config.choices.patch_remainder == "resize":  # timm's and ml-cvnets' behavior, not transformers'
-            x = blocks.resize_to_patch_multiple(x, config.patch_size)
-        x = out[f"{stage}.conv_kxk"] = blocks.conv_layer(x, **stage_params["conv_kxk"], dilation=spec.local_dilation,
-                                                         activation=act)
-        x = out[f"{stage}.conv_1x1"] = blocks.conv_layer(x, **stage_params["conv_1x1"])
-        size = x.shape[-2:]
-        patches = unfold_patches(x, config.patch_size)
-        for i, layer in enumerate(stage_params["transformer"]["layer"]):
-            name = f"{stage}.transformer.layer.{i}"
-            attn, _ = blocks.linear_self_attention(group_norm(patches, 1, **layer["layernorm_before"], eps=eps), **layer["attention"])
-            patches = patches + attn
-            ffn = blocks.feed_forward(group_norm(patches, 1, **layer["layernorm_after"], eps=eps), **layer["ffn"], act=act)
-            patches = patches + ffn
-            out[f"{name}.attention"], out[f"{name}.ffn"], out[name] = attn, ffn, patches
-        patches = out[f"{stage}.layernorm"] = group_norm(patches, 1, **stage_params["layernorm"], eps=eps)
-        x = out[f"{stage}.fold"] = fold_patches(patches, size, config.patch_size)
-        x = out[f"{stage}.conv_projection"] = blocks.conv_layer(x, **stage_params["conv_projection"])
+    """Run ``model`` (a ``numpy_mvit2`` model) on ``pixel_values`` on its readable path
+    (``numpy_mvit2.blocks``, whatever ``model.fast`` says) and return every output of
+    :func:`layer_names`, in forward order, as ``blocks``' ``record`` hook receives them."""
+    recorded: dict[str, np.ndarray] = {}
+    fast, model.fast = model.fast, False
+    try:
+        output = model._forward(pixel_values, recorded.__setitem__)
+    finally:
+        model.fast = fast
     head = _head_of(model)
     if head == "base" and getattr(model, "expand_output", True):
-        out["pooler"] = global_avg_pool(x)
-    elif head == "classification":
-        pooled = out["pooler"] = global_avg_pool(x)
-        out["classifier"] = linear(pooled, **model.params["classifier"]) if config.num_labels > 0 else pooled
-    elif head == "segmentation":
-        seg = model.params["segmentation_head"]
-        aspp = out["segmentation_head.aspp"] = blocks.atrous_pyramid(x, **seg["aspp"], config=config)
-        out["segmentation_head.classifier"] = blocks.conv_layer(aspp, **seg["classifier"])
-    return out
+        recorded["pooler"] = global_avg_pool(output)  # MobileViTV2Model's pooler_output
+    return {name: recorded[name] for name, _ in layer_names(model.config, head, getattr(model, "expand_output", True))}
 
 
 def reference_trace(torch_model, pixel_values, config=None) -> dict[str, np.ndarray]:

@@ -1014,3 +1014,54 @@ def _deeplabv3(x, head: DeepLabHead):  # [B, H, W, C] -> [B, num_labels, H, W]
     del cat
     logits = bias_act_(projected @ head.classifier.w, head.classifier.b, None)
     return np.ascontiguousarray(logits.reshape(batch, height, width, -1).transpose(0, 3, 1, 2))
+
+
+# ---- TEMPORARY shim (replaced by the fast package): the whole-model interface modeling calls
+_build_backbone_plan = build_plan
+
+
+@dataclass
+class _ModelPlan:
+    backbone: Plan
+    head: str
+    classifier: dict | None
+    segmentation: DeepLabHead | None
+    choices: tuple
+
+
+def build_plan(params, config, dtype, head="base"):  # noqa: F811
+    backbone_params = params if head == "base" else params["mobilevitv2"]
+    plan = _build_backbone_plan(backbone_params, config, dtype)
+    seg = build_head_plan(params["segmentation_head"], config, dtype) if head == "segmentation" else None
+    return _ModelPlan(plan, head, params.get("classifier") if head == "classification" else None, seg, plan.choices)
+
+
+def _last(pixel_values, plan, record):
+    attentions = None if record is None else []
+    states = backbone(pixel_values, plan.backbone, attentions, keep_hidden_states=record is not None)
+    if record is not None:
+        names = iter([f"encoder.layer.{i}.transformer.layer.{j}.attention.scores" for i, stage in enumerate(plan.backbone.stages)
+                      if isinstance(stage, MobileViTBlock) for j in range(len(stage.layers))])
+        for name, a in zip(names, attentions):
+            record(name, a)
+        for i, s in enumerate(states):
+            record(f"encoder.layer.{i}", s)
+    return states[-1]
+
+
+def mobilevitv2(pixel_values, plan, *, record=None):
+    return _last(pixel_values, plan, record)
+
+
+def image_classification(pixel_values, plan, *, record=None):
+    pooled = _last(pixel_values, plan, record).mean(axis=(2, 3))
+    if record is not None:
+        record("pooler", pooled)
+    return pooled if plan.classifier is None else linear(pooled, **plan.classifier)
+
+
+def semantic_segmentation(pixel_values, plan, *, record=None):
+    return deeplabv3(_last(pixel_values, plan, record).transpose(0, 2, 3, 1), plan.segmentation)
+
+
+backbone_model = mobilevitv2

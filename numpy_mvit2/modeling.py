@@ -2,7 +2,9 @@
 
 ``MobileViTV2Model``, ``MobileViTV2ForImageClassification`` and
 ``MobileViTV2ForSemanticSegmentation`` hold a config and a nested dict of NumPy parameters, and
-compose the functions of ``numpy_mvit2.blocks``. Inference only: every dropout is the identity.
+run their head's pixels -> output function: the readable one of ``numpy_mvit2.blocks``
+(``fast=False``) or its twin in ``numpy_mvit2.fast`` (the default), chosen in one place,
+``MobileViTV2PreTrainedModel._forward``. Inference only: every dropout is the identity.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from .ops import (
     cross_entropy,
     global_avg_pool,
     interpolate_bilinear,
-    linear,
     mse_loss,
 )
 from .weights import (
@@ -161,6 +162,7 @@ class MobileViTV2PreTrainedModel:
     """
 
     head = "base"
+    _function = "backbone"  # of numpy_mvit2.blocks and numpy_mvit2.fast: pixels -> this model's output
     base_model_prefix = "mobilevitv2"
     main_input_name = "pixel_values"
 
@@ -179,7 +181,7 @@ class MobileViTV2PreTrainedModel:
         # state_dict is our own dict (align_prefix made it): emptied layer by layer as it is cast,
         # which frees seeded random weights (drawn in float64) before the fast plan's copy is made
         self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm, consume=True)
-        self._plan = self._head_plan = None
+        self._plan = None
         self.fast = fast
         if fast:
             self.rebuild_fast_plan()
@@ -289,24 +291,39 @@ class MobileViTV2PreTrainedModel:
 
     def rebuild_fast_plan(self) -> None:
         """(Re)build the fast path's weight layout from ``self.params``."""
-        backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
-        self._plan = fast_path.build_plan(backbone_params, self.config, self.dtype)
-        if self.head == "segmentation":
-            self._head_plan = fast_path.build_head_plan(self.params["segmentation_head"], self.config, self.dtype)
+        self._plan = fast_path.build_plan(self.params, self.config, self.dtype, self.head)
 
-    def _backbone(self, pixel_values, attentions=None, keep_hidden_states=True) -> list[np.ndarray]:
-        """The five stage outputs (NCHW); the one place that picks the fast or the reference path.
-        ``attentions``: a list each transformer layer appends its context scores ``[B, 1, P, N]`` to.
-        The fast path returns NCHW views of its NHWC arrays, and without ``keep_hidden_states``
-        only the last stage's output (the others None), so dead stages can be freed early."""
+    def _forward(self, pixel_values, record=None):
+        """The head's pixels -> output function (``blocks.backbone``, ``blocks.image_classification``
+        or ``blocks.semantic_segmentation``, or its twin in ``numpy_mvit2.fast``), on checked pixels:
+        the one place that picks the fast or the readable path. ``record``: None, or the hook that
+        receives the named intermediate values (see ``numpy_mvit2.blocks``; the fast path records
+        the stage outputs, the context scores and the pooled features)."""
         pixels = self._pixels(pixel_values)
         if self.fast:
             if self._plan is None or self._plan.choices != fast_path.plan_choices(self.config):
                 self.rebuild_fast_plan()  # built for other choices (config.behavior set since)
-            return fast_path.backbone(pixels, self._plan, attentions=attentions, keep_hidden_states=keep_hidden_states)
-        backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
-        extra = {} if attentions is None else {"attentions": attentions}
-        return blocks.backbone(pixels, **backbone_params, config=self.config, **extra)
+            return getattr(fast_path, {"backbone": "mobilevitv2"}.get(self._function, self._function))(pixels, self._plan, record=record)
+        return getattr(blocks, self._function)(pixels, **self.params, config=self.config, record=record or blocks.ignore)
+
+    def _run(self, pixel_values, output_hidden_states, output_attentions):
+        """``_forward``, keeping what the caller asked for: (output, hidden_states, attentions),
+        the last two tuples or None (the five stage outputs; each transformer layer's context
+        scores [B, 1, P, N], stages 3 to 5 in order)."""
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        stages = [f"encoder.layer.{spec.index}" for spec in self.config.stages] if output_hidden_states else []
+        kept, scores = {}, []
+
+        def record(name, array):
+            if name in stages:
+                kept[name] = array
+            elif output_attentions and name.endswith(".attention.scores"):
+                scores.append(array)
+
+        output = self._forward(pixel_values, record if stages or output_attentions else None)
+        hidden_states = tuple(kept[name] for name in stages) if output_hidden_states else None
+        return output, hidden_states, (tuple(scores) if output_attentions else None)
 
     def _flags(self, output_hidden_states, return_dict):
         if output_hidden_states is None:
@@ -314,12 +331,6 @@ class MobileViTV2PreTrainedModel:
         if return_dict is None:
             return_dict = self.config.return_dict
         return output_hidden_states, return_dict
-
-    def _attention_list(self, output_attentions) -> list | None:
-        """A list to collect context scores in when they are asked for (default: the config's)."""
-        if output_attentions is None:
-            output_attentions = getattr(self.config, "output_attentions", False)
-        return [] if output_attentions else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r}, dtype={np.dtype(self.dtype).name})"
@@ -344,12 +355,8 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
         [B, 1, P, N] (softmax over the N patches), stages 3 to 5 in order. transformers offers no
         attentions for MobileViTV2; this is ours. With ``return_dict=False`` they come last."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
-        attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
-        last = hidden_states[-1]
+        last, hidden_states, attentions = self._run(pixel_values, output_hidden_states, output_attentions)
         pooled = global_avg_pool(last) if self.expand_output else None
-        hidden_states = tuple(hidden_states) if output_hidden_states else None
-        attentions = tuple(attentions) if attentions is not None else None
         if not return_dict:
             return tuple(v for v in (last, pooled, hidden_states, attentions) if v is not None)
         return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states,
@@ -360,21 +367,14 @@ class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
     """The backbone, its pooled features, and a linear classifier (the identity when num_labels is 0)."""
 
     head = "classification"
+    _function = "image_classification"
 
     def __call__(self, pixel_values=None, output_hidden_states=None, labels=None, return_dict=None, output_attentions=None):
         """``output_attentions=True`` adds the per-layer context scores (see ``MobileViTV2Model``;
         not offered by transformers)."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
-        attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
-        pooled = global_avg_pool(hidden_states[-1])
-        if self.config.num_labels > 0:
-            logits = (fast_path.linear if self.fast else linear)(pooled, **self.params["classifier"])
-        else:
-            logits = pooled
+        logits, hidden_states, attentions = self._run(pixel_values, output_hidden_states, output_attentions)
         loss = None if labels is None else self.loss_function(labels, logits)
-        hidden_states = tuple(hidden_states) if output_hidden_states else None
-        attentions = tuple(attentions) if attentions is not None else None
         if not return_dict:
             return tuple(v for v in (loss, logits, hidden_states, attentions) if v is not None)
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
@@ -410,6 +410,7 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
     1/output_stride of the input size."""
 
     head = "segmentation"
+    _function = "semantic_segmentation"
 
     def __call__(self, pixel_values=None, labels=None, output_hidden_states=None, return_dict=None, output_attentions=None):
         """``output_attentions=True`` fills ``attentions`` with the per-layer context scores (see
@@ -417,12 +418,7 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         if labels is not None and self.config.num_labels == 1:
             raise ValueError("The number of labels should be greater than one")
-        attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
-        if self.fast:
-            logits = fast_path.deeplabv3(hidden_states[-1].transpose(0, 2, 3, 1), self._head_plan)
-        else:
-            logits = blocks.deeplabv3(hidden_states[-1], **self.params["segmentation_head"], config=self.config)
+        logits, hidden_states, attentions = self._run(pixel_values, output_hidden_states, output_attentions)
         loss = None
         if labels is not None:
             labels = np.asarray(labels)
@@ -430,8 +426,6 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
                 raise ValueError(f"labels must have shape (batch, height, width) = ({logits.shape[0]}, H, W), got {labels.shape}")
             upsampled = interpolate_bilinear(logits, labels.shape[-2:])
             loss = cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
-        hidden_states = tuple(hidden_states) if output_hidden_states else None
-        attentions = tuple(attentions) if attentions is not None else None
         if not return_dict:
             return tuple(v for v in (loss, logits, hidden_states, attentions) if v is not None)
         return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)

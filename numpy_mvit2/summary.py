@@ -1,7 +1,7 @@
 """Parameters, multiply-accumulates and output shapes of a MobileViTV2, from its config alone.
 
-``summarize(config, height, width, head)`` walks the network as ``MobileViTV2Config.stages``
-describes it and returns one ``LayerSummary`` row per stage (stem, stages 1-5, head), or per
+``summarize(config, height, width, head)`` reads the network's layers as
+``numpy_mvit2.architecture.describe`` lists them and returns one ``LayerSummary`` row per stage (stem, stages 1-5, head), or per
 layer with ``per_layer=True``. No weights are needed, so a notebook can tabulate any width and
 input size. Counting rules:
 
@@ -28,9 +28,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .config import MobileViTV2Config, expanded_channels
-
-HEADS = ("base", "classification", "segmentation")
+from .architecture import HEADS, Layer, describe
+from .config import MobileViTV2Config
 
 
 @dataclass
@@ -53,91 +52,40 @@ class LayerSummary:
         return out
 
 
-def _conv(name, stage, cin, cout, kernel, out_hw, *, groups=1, stride=1, dilation=1, bias=False, norm=True, kind=None):
-    """A ``MobileViTV2ConvLayer``: its row, counted as above."""
-    weights = cout * (cin // groups) * kernel * kernel
-    params = weights + (cout if bias else 0) + (2 * cout if norm else 0)
-    folded = weights + (cout if (bias or norm) else 0)
-    macs = weights * out_hw[0] * out_hw[1]
-    if kind is None:
-        kind = f"conv {kernel}x{kernel}" + (" depthwise" if groups == cin == cout and groups > 1 else "")
-        kind += f" s{stride}" if stride != 1 else ""
-        kind += f" d{dilation}" if dilation != 1 else ""
-        kind += " +BN" if norm else ""
-    return LayerSummary(name, stage, kind, (cout, *out_hw), params, folded, macs)
+# what a layer is, where its name says more than its kernel (the last parts of the name)
+_ROLES = {
+    "attention.qkv_proj": "separable attention: q, k, v (1x1)",
+    "attention.out_proj": "separable attention: out (1x1)",
+    "ffn.conv1": "FFN 1x1",
+    "ffn.conv2": "FFN 1x1",
+    "convs.0": "ASPP conv 1x1 +BN",
+    "convs.4.conv_1x1": "ASPP pool + conv 1x1 +BN",
+    "aspp.project": "ASPP project 1x1 +BN",
+    "segmentation_head.classifier": "classifier 1x1",
+}
 
 
-def _inverted_residual(prefix, stage, cin, cout, hw_in, *, stride, dilation, expand_ratio):
-    hidden = expanded_channels(cin, expand_ratio)
-    hw_out = ((hw_in[0] - 1) // stride + 1, (hw_in[1] - 1) // stride + 1)
-    return [
-        _conv(f"{prefix}.expand_1x1", stage, cin, hidden, 1, hw_in),
-        _conv(f"{prefix}.conv_3x3", stage, hidden, hidden, 3, hw_out, groups=hidden, stride=stride, dilation=dilation),
-        _conv(f"{prefix}.reduce_1x1", stage, hidden, cout, 1, hw_out),
-    ], hw_out
-
-
-def _group_norm(name, stage, channels, shape):
-    return LayerSummary(name, stage, "group norm", shape, 2 * channels, 2 * channels, 0)
+def _kind(layer: Layer) -> str:
+    if layer.kind == "group_norm":
+        return "group norm"
+    if layer.kind == "linear":
+        return "global pool + linear"
+    role = next((role for suffix, role in _ROLES.items() if layer.name.endswith(suffix)), None)
+    if role is not None:
+        return role
+    if layer.name.startswith("segmentation_head.aspp.convs."):
+        return f"ASPP conv 3x3 d{layer.dilation} +BN"
+    k = layer.kernel_size
+    return (f"conv {k}x{k}" + (" depthwise" if layer.depthwise else "") + (f" s{layer.stride}" if layer.stride != 1 else "")
+            + (f" d{layer.dilation}" if layer.dilation != 1 else "") + (" +BN" if layer.norm else ""))
 
 
 def layer_rows(config: MobileViTV2Config, height: int, width: int, head: str = "classification") -> list[LayerSummary]:
-    """Every layer with weights, in forward order (see ``summarize``)."""
+    """Every layer with weights, in forward order (``architecture.describe``; see ``summarize``)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-    config.check_input_size(height, width)
-    rows = []
-    hw = ((height - 1) // 2 + 1, (width - 1) // 2 + 1)
-    rows.append(_conv("conv_stem", "stem", config.num_channels, config.stem_channels, 3, hw, stride=2))
-    for spec in config.stages:
-        stage, prefix = f"stage {spec.index + 1}", f"encoder.layer.{spec.index}"
-        if spec.kind == "mobilenet":
-            cin = spec.in_channels
-            for j in range(spec.num_blocks):
-                block, hw = _inverted_residual(f"{prefix}.layer.{j}", stage, cin, spec.out_channels, hw,
-                                               stride=spec.stride if j == 0 else 1, dilation=1,
-                                               expand_ratio=config.expand_ratio)
-                rows += block
-                cin = spec.out_channels
-            continue
-        c, d, p = spec.out_channels, spec.attn_unit_dim, config.patch_size
-        block, hw = _inverted_residual(f"{prefix}.downsampling_layer", stage, spec.in_channels, c, hw, stride=spec.stride,
-                                       dilation=spec.downsample_dilation, expand_ratio=config.expand_ratio)
-        rows += block
-        if config.choices.patch_remainder == "resize":  # timm / ml-cvnets: resized up to a multiple of p
-            hw = (-(-hw[0] // p) * p, -(-hw[1] // p) * p)
-        k = config.conv_kernel_size
-        rows.append(_conv(f"{prefix}.conv_kxk", stage, c, c, k, hw, groups=c, dilation=spec.local_dilation))
-        rows.append(_conv(f"{prefix}.conv_1x1", stage, c, d, 1, hw, norm=False))
-        patches = (p * p, (hw[0] // p) * (hw[1] // p))  # [P, N]
-        for j in range(spec.n_attn_blocks):
-            layer = f"{prefix}.transformer.layer.{j}"
-            rows.append(_group_norm(f"{layer}.layernorm_before", stage, d, (d, *patches)))
-            rows.append(_conv(f"{layer}.attention.qkv_proj", stage, d, 1 + 2 * d, 1, patches, bias=True, norm=False,
-                              kind="separable attention: q, k, v (1x1)"))
-            rows.append(_conv(f"{layer}.attention.out_proj", stage, d, d, 1, patches, bias=True, norm=False,
-                              kind="separable attention: out (1x1)"))
-            rows.append(_group_norm(f"{layer}.layernorm_after", stage, d, (d, *patches)))
-            rows.append(_conv(f"{layer}.ffn.conv1", stage, d, spec.ffn_dim, 1, patches, bias=True, norm=False, kind="FFN 1x1"))
-            rows.append(_conv(f"{layer}.ffn.conv2", stage, spec.ffn_dim, d, 1, patches, bias=True, norm=False, kind="FFN 1x1"))
-        rows.append(_group_norm(f"{prefix}.layernorm", stage, d, (d, *patches)))
-        rows.append(_conv(f"{prefix}.conv_projection", stage, d, c, 1, hw))
-    width_out = config.hidden_sizes[-1]
-    if head == "classification" and config.num_labels > 0:
-        n = config.num_labels
-        rows.append(LayerSummary("classifier", "head", "global pool + linear", (n,), width_out * n + n,
-                                 width_out * n + n, width_out * n))
-    elif head == "segmentation":
-        a, name = config.aspp_out_channels, "segmentation_head"
-        rows.append(_conv(f"{name}.aspp.convs.0", "head", width_out, a, 1, hw, kind="ASPP conv 1x1 +BN"))
-        for i, rate in enumerate(config.atrous_rates, start=1):
-            rows.append(_conv(f"{name}.aspp.convs.{i}", "head", width_out, a, 3, hw, dilation=rate,
-                              kind=f"ASPP conv 3x3 d{rate} +BN"))
-        rows.append(_conv(f"{name}.aspp.convs.4.conv_1x1", "head", width_out, a, 1, (1, 1), kind="ASPP pool + conv 1x1 +BN"))
-        rows.append(_conv(f"{name}.aspp.project", "head", 5 * a, a, 1, hw, kind="ASPP project 1x1 +BN"))
-        rows.append(_conv(f"{name}.classifier", "head", a, config.num_labels, 1, hw, bias=True, norm=False,
-                          kind="classifier 1x1"))
-    return rows
+    return [LayerSummary(layer.name, layer.stage, _kind(layer), layer.output_shape, layer.params, layer.params_folded,
+                         layer.macs) for layer in describe(config, head, height, width)]
 
 
 STAGE_KINDS = {"mobilenet": "inverted residuals", "mobilevit": "MobileViTV2 block"}

@@ -134,12 +134,11 @@ def test_attentions_match_reference(monkeypatch, height, width, batch):
     config = MobileViTV2Config(width_multiplier=0.5, n_attn_blocks=[2, 1, 3])
     model = MobileViTV2Model(config, seed=8)
     x = pixels(batch, height, width)
-    attentions = []
     model.fast = True
-    model._backbone(x, attentions=attentions)
+    attentions = model(x, output_attentions=True).attentions
     expected = capture_reference_scores(monkeypatch)
     model.fast = False
-    model._backbone(x)
+    model(x)
     assert len(attentions) == len(expected) == 6
     for a, b in zip(attentions, expected):
         assert a.shape == b.shape and a.shape[:2] == (batch, 1) and a.shape[2] == config.patch_size**2
@@ -180,8 +179,6 @@ def test_hidden_states_are_dropped_unless_asked():
     """Without output_hidden_states the fast path keeps only the last stage's output."""
     model = MobileViTV2Model(MobileViTV2Config(width_multiplier=0.5), seed=0)
     x = pixels(2, 64, 64)
-    states = model._backbone(x, keep_hidden_states=False)
-    assert states[:4] == [None] * 4 and states[4].shape == (2, 256, 2, 2)
     out = model(x)
     assert out.hidden_states is None
     assert relative_error(out.last_hidden_state, model(x, output_hidden_states=True).hidden_states[-1]) == 0
@@ -211,15 +208,15 @@ def test_threads_do_not_change_the_result(monkeypatch, n_threads, batch):
     x = pixels(batch, 70, 90)
     blas = fast_path._blas_api()
     before = blas.get() if blas.available else None
-    attentions = []
     model.fast = True
-    states = model._backbone(x, attentions=attentions)
+    out = model(x, output_hidden_states=True, output_attentions=True)
+    attentions, states = out.attentions, out.hidden_states
     fast, ref = both_paths(model, x)
     assert_same(fast, ref, BARS[np.float32])
     assert [s.shape for s in states] == [s.shape for s in ref.hidden_states]
     expected = capture_reference_scores(monkeypatch)
     model.fast = False
-    model._backbone(x)
+    model(x)
     assert len(attentions) == len(expected) == 9
     for a, b in zip(attentions, expected):
         assert relative_error(a, b) <= 1e-5  # probabilities: float32 round-off, accumulated over the layers

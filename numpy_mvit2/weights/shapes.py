@@ -7,92 +7,37 @@ initialisation read from.
 
 from __future__ import annotations
 
-from ..config import MobileViTV2Config, expanded_channels
-from ..errors import ConfigError
+from ..architecture import HEADS, describe
+from ..config import MobileViTV2Config
+from ..errors import CheckpointError, ConfigError
 
-HEADS = ("base", "classification", "segmentation")
 BASE_PREFIX = "mobilevitv2."
 
 
-def _conv(out: dict, prefix: str, cin: int, cout: int, kernel: int, *, groups: int = 1, bias: bool = False, norm: bool = True):
-    out[f"{prefix}.convolution.weight"] = (cout, cin // groups, kernel, kernel)
-    if bias:
-        out[f"{prefix}.convolution.bias"] = (cout,)
-    if norm:
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            out[f"{prefix}.normalization.{name}"] = (cout,)
-
-
-def _inverted_residual(out: dict, prefix: str, cin: int, cout: int, expand_ratio: float):
-    hidden = expanded_channels(cin, expand_ratio)
-    _conv(out, f"{prefix}.expand_1x1", cin, hidden, 1)
-    _conv(out, f"{prefix}.conv_3x3", hidden, hidden, 3, groups=hidden)
-    _conv(out, f"{prefix}.reduce_1x1", hidden, cout, 1)
-
-
-def _group_norm(out: dict, prefix: str, channels: int):
-    out[f"{prefix}.weight"] = (channels,)
-    out[f"{prefix}.bias"] = (channels,)
+def _tensors(layers) -> dict[str, tuple]:
+    return {f"{layer.name}.{tensor}": shape for layer in layers for tensor, shape in layer.tensors.items()}
 
 
 def backbone_shapes(config: MobileViTV2Config) -> dict[str, tuple]:
-    """``MobileViTV2Model``'s tensors (no prefix)."""
-    out: dict[str, tuple] = {}
-    _conv(out, "conv_stem", config.num_channels, config.stem_channels, 3)
-    for spec in config.stages:
-        stage = f"encoder.layer.{spec.index}"
-        if spec.kind == "mobilenet":
-            cin = spec.in_channels
-            for j in range(spec.num_blocks):
-                _inverted_residual(out, f"{stage}.layer.{j}", cin, spec.out_channels, config.expand_ratio)
-                cin = spec.out_channels
-            continue
-        c, d = spec.out_channels, spec.attn_unit_dim
-        _inverted_residual(out, f"{stage}.downsampling_layer", spec.in_channels, c, config.expand_ratio)
-        _conv(out, f"{stage}.conv_kxk", c, c, config.conv_kernel_size, groups=c)
-        _conv(out, f"{stage}.conv_1x1", c, d, 1, norm=False)
-        for j in range(spec.n_attn_blocks):
-            layer = f"{stage}.transformer.layer.{j}"
-            _group_norm(out, f"{layer}.layernorm_before", d)
-            _conv(out, f"{layer}.attention.qkv_proj", d, 1 + 2 * d, 1, bias=True, norm=False)
-            _conv(out, f"{layer}.attention.out_proj", d, d, 1, bias=True, norm=False)
-            _group_norm(out, f"{layer}.layernorm_after", d)
-            _conv(out, f"{layer}.ffn.conv1", d, spec.ffn_dim, 1, bias=True, norm=False)
-            _conv(out, f"{layer}.ffn.conv2", spec.ffn_dim, d, 1, bias=True, norm=False)
-        _group_norm(out, f"{stage}.layernorm", d)
-        _conv(out, f"{stage}.conv_projection", d, c, 1)
-    return out
+    """``MobileViTV2Model``'s tensors (no prefix), in forward order."""
+    return _tensors(describe(config, "base"))
 
 
 def head_shapes(config: MobileViTV2Config, head: str) -> dict[str, tuple]:
     """The head's tensors (the names a checkpoint gives them, at the top level)."""
-    out: dict[str, tuple] = {}
-    width = config.hidden_sizes[-1]
-    if head == "classification" and config.num_labels > 0:
-        out["classifier.weight"] = (config.num_labels, width)
-        out["classifier.bias"] = (config.num_labels,)
-    elif head == "segmentation":
-        a = config.aspp_out_channels
-        prefix = "segmentation_head.aspp"
-        _conv(out, f"{prefix}.convs.0", width, a, 1)
-        for i in range(1, 4):
-            _conv(out, f"{prefix}.convs.{i}", width, a, 3)
-        _conv(out, f"{prefix}.convs.4.conv_1x1", width, a, 1)
-        _conv(out, f"{prefix}.project", 5 * a, a, 1)
-        _conv(out, "segmentation_head.classifier", a, config.num_labels, 1, bias=True, norm=False)
-    return out
+    return _tensors(layer for layer in describe(config, head) if not layer.in_backbone)
 
 
 def expected_shapes(config: MobileViTV2Config, head: str) -> dict[str, tuple]:
     """All tensor names and shapes of a checkpoint for ``head`` in ("base", "classification",
-    "segmentation"), as transformers names them: the backbone under ``mobilevitv2.`` for the models
-    with a head, at the top level for the bare ``MobileViTV2Model``."""
+    "segmentation"), as transformers names them, in forward order (``architecture.describe``'s
+    layers, each layer's tensors as ``Layer.tensors`` lists them): the backbone under
+    ``mobilevitv2.`` for the models with a head, at the top level for the bare ``MobileViTV2Model``."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     prefix = "" if head == "base" else BASE_PREFIX
-    shapes = {prefix + name: shape for name, shape in backbone_shapes(config).items()}
-    shapes.update(head_shapes(config, head))
-    return shapes
+    return {(prefix if layer.in_backbone else "") + f"{layer.name}.{tensor}": shape
+            for layer in describe(config, head) for tensor, shape in layer.tensors.items()}
 
 
 def folded_shapes(shapes: dict[str, tuple]) -> dict[str, tuple]:
@@ -119,8 +64,6 @@ def infer_config(state: dict, head: str, *, source: str = "checkpoint", **overri
     shape matches), the number of transformer layers per stage, the number of labels and the ASPP
     width. What shapes cannot tell (``output_stride``, ``atrous_rates``, ``hidden_act``, label names)
     stays at the defaults unless given in ``overrides``."""
-    from .files import CheckpointError
-
     names = {(k[len(BASE_PREFIX):] if k.startswith(BASE_PREFIX) else k): v for k, v in state.items()}
     kwargs: dict = {}
     depth = []
