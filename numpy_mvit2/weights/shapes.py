@@ -1,8 +1,8 @@
 """Every tensor a checkpoint must hold, with its shape, as the config implies it.
 
-Names are transformers' ``state_dict`` keys. ``expected_shapes(config, head)`` is the single list
-both the strict loader (missing / unexpected / wrong-shape keys) and the seeded random
-initialisation read from.
+Names are transformers' ``state_dict`` keys. ``expected_shapes(config, head)``, the tensors of
+the layers ``architecture.describe`` lists, is the single list both the strict loader (missing /
+unexpected / wrong-shape keys) and the seeded random initialisation read from.
 """
 
 from __future__ import annotations
