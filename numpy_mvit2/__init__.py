@@ -7,7 +7,7 @@
 The names below are imported when first used (PEP 562), not with the package: ``numpy-mvit2`` and
 ``python -m numpy_mvit2`` import this package before their first line runs, and they must be able
 to take Ctrl-C before NumPy is imported (see ``numpy_mvit2.__main__``). ``from numpy_mvit2 import
-X``, ``numpy_mvit2.X`` and the submodules (``numpy_mvit2.fast.THREADS``, ``numpy_mvit2.team.start()``,
+X``, ``numpy_mvit2.X`` and the submodules (``numpy_mvit2.fast.executors.THREADS``, ``numpy_mvit2.team.start()``,
 README "Speed") work as before.
 """
 
@@ -43,7 +43,7 @@ _EXPORTS = {
     "summarize": "summary",
 }
 # submodules reachable as attributes of the package without an import of their own
-# (``numpy_mvit2.fast.THREADS = 2``, ``numpy_mvit2.summary.summarize``), as when the package imported them
+# (``numpy_mvit2.fast.executors.THREADS = 2``, ``numpy_mvit2.summary.summarize``), as when the package imported them
 _SUBMODULES = ("blocks", "cli", "config", "crosscheck", "cvnets_yaml", "demo", "errors", "fast", "generate", "hub",
                "modeling", "ops", "processing", "safeio", "summary", "team", "weights")
 

@@ -179,7 +179,7 @@ class MobileViTV2PreTrainedModel:
         # state_dict is our own dict (align_prefix made it): emptied layer by layer as it is cast,
         # which frees seeded random weights (drawn in float64) before the fast plan's copy is made
         self.params = to_params(state_dict, self.dtype, fold=fold_batch_norm, consume=True)
-        self._plan = self._head_plan = None
+        self._plan = None
         self.fast = fast
         if fast:
             self.rebuild_fast_plan()
@@ -289,21 +289,31 @@ class MobileViTV2PreTrainedModel:
 
     def rebuild_fast_plan(self) -> None:
         """(Re)build the fast path's weight layout from ``self.params``."""
-        backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
-        self._plan = fast_path.build_plan(backbone_params, self.config, self.dtype)
-        if self.head == "segmentation":
-            self._head_plan = fast_path.build_head_plan(self.params["segmentation_head"], self.config, self.dtype)
+        self._plan = fast_path.build_plan(self.params, self.config, self.dtype, self.head)
 
-    def _backbone(self, pixel_values, attentions=None, keep_hidden_states=True) -> list[np.ndarray]:
-        """The five stage outputs (NCHW); the one place that picks the fast or the reference path.
-        ``attentions``: a list each transformer layer appends its context scores ``[B, 1, P, N]`` to.
-        The fast path returns NCHW views of its NHWC arrays, and without ``keep_hidden_states``
-        only the last stage's output (the others None), so dead stages can be freed early."""
+    def _fast_pass(self, pixel_values, entry, output_hidden_states, attentions):
+        """``entry`` (the fast path's function for this head) on the checked input; returns its
+        output and the five stage outputs (when asked for). ``attentions``: a list for the context
+        scores, or None. Without either, the pass records nothing (dead stages are freed early)."""
         pixels = self._pixels(pixel_values)
-        if self.fast:
-            if self._plan is None or self._plan.choices != fast_path.plan_choices(self.config):
-                self.rebuild_fast_plan()  # built for other choices (config.behavior set since)
-            return fast_path.backbone(pixels, self._plan, attentions=attentions, keep_hidden_states=keep_hidden_states)
+        if self._plan is None or self._plan.choices != fast_path.plan_choices(self.config):
+            self.rebuild_fast_plan()  # built for other choices (config.behavior set since)
+        hidden_states = [] if output_hidden_states else None
+
+        def record(name, array):
+            if name.endswith(".attention.scores"):
+                if attentions is not None:
+                    attentions.append(array)
+            elif name.startswith("encoder.layer.") and hidden_states is not None:
+                hidden_states.append(array)
+
+        wanted = hidden_states is not None or attentions is not None
+        return entry(pixels, self._plan, record=record if wanted else None), hidden_states
+
+    def _backbone(self, pixel_values, attentions=None) -> list[np.ndarray]:
+        """The five stage outputs (NCHW) on the reference path. ``attentions``: a list each
+        transformer layer appends its context scores ``[B, 1, P, N]`` to."""
+        pixels = self._pixels(pixel_values)
         backbone_params = self.params if self.head == "base" else self.params[self.base_model_prefix]
         extra = {} if attentions is None else {"attentions": attentions}
         return blocks.backbone(pixels, **backbone_params, config=self.config, **extra)
@@ -345,8 +355,11 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
         attentions for MobileViTV2; this is ours. With ``return_dict=False`` they come last."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
-        last = hidden_states[-1]
+        if self.fast:
+            last, hidden_states = self._fast_pass(pixel_values, fast_path.mobilevitv2, output_hidden_states, attentions)
+        else:
+            hidden_states = self._backbone(pixel_values, attentions)
+            last = hidden_states[-1]
         pooled = global_avg_pool(last) if self.expand_output else None
         hidden_states = tuple(hidden_states) if output_hidden_states else None
         attentions = tuple(attentions) if attentions is not None else None
@@ -366,12 +379,13 @@ class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
         not offered by transformers)."""
         output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
         attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
-        pooled = global_avg_pool(hidden_states[-1])
-        if self.config.num_labels > 0:
-            logits = (fast_path.linear if self.fast else linear)(pooled, **self.params["classifier"])
+        if self.fast:
+            logits, hidden_states = self._fast_pass(pixel_values, fast_path.image_classification, output_hidden_states,
+                                                    attentions)
         else:
-            logits = pooled
+            hidden_states = self._backbone(pixel_values, attentions)
+            pooled = global_avg_pool(hidden_states[-1])
+            logits = linear(pooled, **self.params["classifier"]) if self.config.num_labels > 0 else pooled
         loss = None if labels is None else self.loss_function(labels, logits)
         hidden_states = tuple(hidden_states) if output_hidden_states else None
         attentions = tuple(attentions) if attentions is not None else None
@@ -418,10 +432,11 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
         if labels is not None and self.config.num_labels == 1:
             raise ValueError("The number of labels should be greater than one")
         attentions = self._attention_list(output_attentions)
-        hidden_states = self._backbone(pixel_values, attentions, keep_hidden_states=output_hidden_states)
         if self.fast:
-            logits = fast_path.deeplabv3(hidden_states[-1].transpose(0, 2, 3, 1), self._head_plan)
+            logits, hidden_states = self._fast_pass(pixel_values, fast_path.semantic_segmentation, output_hidden_states,
+                                                    attentions)
         else:
+            hidden_states = self._backbone(pixel_values, attentions)
             logits = blocks.deeplabv3(hidden_states[-1], **self.params["segmentation_head"], config=self.config)
         loss = None
         if labels is not None:

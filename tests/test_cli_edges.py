@@ -170,7 +170,7 @@ def test_the_package_imports_nothing_heavy():
     child = ("import sys, numpy_mvit2, numpy_mvit2.__main__, numpy_mvit2.cli, signal\n"
              "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # importing installs nothing\n"
              "from numpy_mvit2 import MobileViTV2Config, CheckpointError\n"
-             "assert numpy_mvit2.fast.THREADS is None and numpy_mvit2.team.start\n"
+             "assert numpy_mvit2.fast.executors.THREADS is None and numpy_mvit2.team.start\n"
              "assert set(numpy_mvit2.__all__) <= set(dir(numpy_mvit2))\n")
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=cli_env(), timeout=300)
     assert result.returncode == 0, result.stderr
