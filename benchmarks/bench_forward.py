@@ -22,7 +22,7 @@ Method (see benchmarks/README.md):
   and a reset of the kernel's peak-RSS counter (``/proc/self/clear_refs``): "added" = peak RSS
   during the pass - RSS before it; "process peak" = the highest ``VmHWM`` over loading and both
   passes. Measured the same way for every side; the NumPy side also reports tracemalloc's peak.
-- Separable attention: the attention sub-layer alone (``fast.separable_attention`` and
+- Separable attention: the attention sub-layer alone (``numpy_mvit2.fast.layers.separable_attention`` and
   transformers' ``MobileViTV2LinearSelfAttention``) on ``[1, d, P=4, N]`` tokens for growing N,
   with a plain quadratic softmax attention in NumPy for contrast.
 """
@@ -108,7 +108,7 @@ class Worker:
             out["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
             from numpy_mvit2 import fast, team
 
-            n = fast.threads()
+            n = fast.threads()  # (the team is opt-in: load() below starts it)
             out["single_images_on"] = (f"a team of {n} processes" if n > 1 and team.available() and team.enabled()
                                        else f"{n} thread(s)")
         elif self.side == "torch":
@@ -212,15 +212,16 @@ class Worker:
         for n in tokens:
             x = rng.standard_normal((1, 4, n, dim), dtype=np.float32)
             if self.side == "numpy":
-                from numpy_mvit2 import fast
+                from numpy_mvit2.fast.layers import separable_attention
+                from numpy_mvit2.fast.plan import Conv, TransformerLayer
 
-                layer = fast.TransformerLayer(*(fast.Conv(rng.standard_normal((dim, c), dtype=np.float32) / dim**0.5,
-                                                          np.zeros(c, np.float32)) for c in (2 * dim + 1, dim, 2 * dim, dim)))
+                layer = TransformerLayer(*(Conv(rng.standard_normal((dim, c), dtype=np.float32) / dim**0.5,
+                                                np.zeros(c, np.float32)) for c in (2 * dim + 1, dim, 2 * dim, dim)))
                 rows = 4 * n
                 bufs = (np.empty((rows, 2 * dim + 1), np.float32), np.empty((rows, dim), np.float32), np.empty((rows, dim), np.float32))
 
                 def run(x=x, layer=layer, bufs=bufs):
-                    return fast.separable_attention(x, layer, *bufs)
+                    return separable_attention(x, layer, *bufs)
 
                 q, k, v = (x[0] @ rng.standard_normal((dim, dim), dtype=np.float32) for _ in range(3))
 

@@ -303,7 +303,7 @@ class MobileViTV2PreTrainedModel:
         if self.fast:
             if self._plan is None or self._plan.choices != fast_path.plan_choices(self.config):
                 self.rebuild_fast_plan()  # built for other choices (config.behavior set since)
-            return getattr(fast_path, {"backbone": "mobilevitv2"}.get(self._function, self._function))(pixels, self._plan, record=record)
+            return getattr(fast_path, self._function)(pixels, self._plan, record=record)
         return getattr(blocks, self._function)(pixels, **self.params, config=self.config, record=record or blocks.ignore)
 
     def _run(self, pixel_values, output_hidden_states, output_attentions):

@@ -5,6 +5,12 @@ No torch needed: ``tests/test_parity.py`` runs both paths against transformers."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import quick
@@ -18,6 +24,7 @@ from numpy_mvit2 import (
     team,
 )
 from numpy_mvit2 import fast as fast_path
+from numpy_mvit2.fast import executors, layers
 
 MODELS = {
     "base": MobileViTV2Model,
@@ -99,7 +106,7 @@ def test_band_sizes_do_not_change_the_result(monkeypatch):
     ref = model(x, output_hidden_states=True)
     model.fast = True
     for band in (1, 5000, 1 << 30):
-        monkeypatch.setattr(fast_path, "BAND_ELEMENTS", band)
+        monkeypatch.setattr(layers, "BAND_ELEMENTS", band)
         assert_same(model(x, output_hidden_states=True), ref, BARS[np.float32])
 
 
@@ -129,13 +136,26 @@ def capture_reference_scores(monkeypatch):
     return scores
 
 
+def fast_records(model, x, entry=None):
+    """What the fast path's entry for the model's head records, as (name, array) pairs in order."""
+    entry = entry or {"base": fast_path.backbone, "classification": fast_path.image_classification,
+                      "segmentation": fast_path.semantic_segmentation}[model.head]
+    records = []
+    out = entry(model._pixels(x), model._plan, record=lambda name, array: records.append((name, array)))
+    return out, records
+
+
+def scores_of(records):
+    return [a for name, a in records if name.endswith(".attention.scores")]
+
+
 @pytest.mark.parametrize("height,width,batch", [(64, 64, 1), (75, 50, 3)])
 def test_attentions_match_reference(monkeypatch, height, width, batch):
     config = MobileViTV2Config(width_multiplier=0.5, n_attn_blocks=[2, 1, 3])
     model = MobileViTV2Model(config, seed=8)
     x = pixels(batch, height, width)
-    model.fast = True
-    attentions = model(x, output_attentions=True).attentions
+    _, records = fast_records(model, x)
+    attentions = scores_of(records)
     expected = capture_reference_scores(monkeypatch)
     model.fast = False
     model(x)
@@ -175,10 +195,36 @@ def test_from_pretrained_takes_fast(tmp_path):
     assert relative_error(loaded(x).logits, model(x).logits) <= BARS[np.float32]
 
 
+def test_records_name_every_stage_and_layer_in_forward_order():
+    """``record`` sees the stage outputs under ``encoder.layer.{i}``, the context scores under
+    ``encoder.layer.{i}.transformer.layer.{j}.attention.scores`` (before their stage's output) and,
+    for the classification head, ``pooler``; in forward order; the arrays outlive the call."""
+    config = MobileViTV2Config(width_multiplier=0.5, n_attn_blocks=[2, 1, 1], num_labels=4)
+    model = MobileViTV2ForImageClassification(config, seed=3)
+    x = pixels(2, 64, 64)
+    logits, records = fast_records(model, x)
+    names = [name for name, _ in records]
+    layers_of = {2: 2, 3: 1, 4: 1}
+    expected = []
+    for i in range(5):
+        expected += [f"encoder.layer.{i}.transformer.layer.{j}.attention.scores" for j in range(layers_of.get(i, 0))]
+        expected.append(f"encoder.layer.{i}")
+    assert names == expected + ["pooler"]
+    kept = [a.copy() for _, a in records]
+    fast_records(model, pixels(2, 64, 64, seed=1))
+    assert all(np.array_equal(a, b) for (_, a), b in zip(records, kept))
+    ref = model(x, output_hidden_states=True)
+    assert relative_error(logits, ref.logits) == 0
+    assert all(relative_error(a, b) == 0 for a, b in zip([a for n, a in records if n.count(".") == 2], ref.hidden_states))
+    assert records[-1][1].shape == (2, 256)
+
+
 def test_hidden_states_are_dropped_unless_asked():
-    """Without output_hidden_states the fast path keeps only the last stage's output."""
+    """Without a record the fast path keeps only the last stage's output."""
     model = MobileViTV2Model(MobileViTV2Config(width_multiplier=0.5), seed=0)
     x = pixels(2, 64, 64)
+    last = fast_path.backbone(x, model._plan)
+    assert last.shape == (2, 256, 2, 2)
     out = model(x)
     assert out.hidden_states is None
     assert relative_error(out.last_hidden_state, model(x, output_hidden_states=True).hidden_states[-1]) == 0
@@ -201,27 +247,29 @@ def test_threads_do_not_change_the_result(monkeypatch, n_threads, batch):
     """Batches split across threads, and single images split by rows and pixel positions (here
     down to the smallest pieces), give the reference numbers, the attention scores in batch order;
     OpenBLAS's thread count is restored afterwards."""
-    monkeypatch.setattr(fast_path, "THREADS", n_threads)
-    monkeypatch.setattr(fast_path, "PART_ELEMENTS", 1)
+    import threadpoolctl
+
+    monkeypatch.setattr(executors, "THREADS", n_threads)
+    monkeypatch.setattr(executors.Threads, "part_elements", 1)
     monkeypatch.setattr(team, "PROCESSES", False)  # threads (tests/test_team.py tests the processes)
     model = MobileViTV2ForSemanticSegmentation(MobileViTV2Config(width_multiplier=0.5, output_stride=16), seed=5)
     x = pixels(batch, 70, 90)
-    blas = fast_path._blas_api()
-    before = blas.get() if blas.available else None
+    before = [info["num_threads"] for info in threadpoolctl.threadpool_info()]
     model.fast = True
-    out = model(x, output_hidden_states=True, output_attentions=True)
-    attentions, states = out.attentions, out.hidden_states
+    _, records = fast_records(model, x)
+    attentions = scores_of(records)
+    states = [a for name, a in records if name.count(".") == 2]
     fast, ref = both_paths(model, x)
     assert_same(fast, ref, BARS[np.float32])
     assert [s.shape for s in states] == [s.shape for s in ref.hidden_states]
+    assert all(relative_error(a, b) <= BARS[np.float32] for a, b in zip(states, ref.hidden_states))
     expected = capture_reference_scores(monkeypatch)
     model.fast = False
     model(x)
     assert len(attentions) == len(expected) == 9
     for a, b in zip(attentions, expected):
         assert relative_error(a, b) <= 1e-5  # probabilities: float32 round-off, accumulated over the layers
-    if blas.available:
-        assert blas.get() == before
+    assert [info["num_threads"] for info in threadpoolctl.threadpool_info()] == before
 
 
 def test_concurrent_calls_from_user_threads(monkeypatch):
@@ -229,8 +277,8 @@ def test_concurrent_calls_from_user_threads(monkeypatch):
     other at the group norms) neither deadlock nor disturb each other."""
     import threading
 
-    monkeypatch.setattr(fast_path, "THREADS", 2)
-    monkeypatch.setattr(fast_path, "PART_ELEMENTS", 1)
+    monkeypatch.setattr(executors, "THREADS", 2)
+    monkeypatch.setattr(executors.Threads, "part_elements", 1)
     monkeypatch.setattr(team, "PROCESSES", False)
     model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=9)
     inputs = [pixels(1, 64, 80, seed=s) for s in range(4)]
@@ -251,3 +299,75 @@ def test_concurrent_calls_from_user_threads(monkeypatch):
     assert not any(w.is_alive() for w in workers)
     for i, e in enumerate(expected):
         assert relative_error(results[i], e) <= BARS[np.float32]
+
+
+# --------------------------------------------------------------------------------------------
+# No surprises: a library call starts no process and leaves the process as it found it
+# --------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILDREN = ('import glob\n'
+            'def children():  # the process ids this process (any of its threads) started and not yet reaped\n'
+            '    return {int(p) for f in glob.glob("/proc/self/task/*/children") for p in open(f).read().split()}\n')
+
+
+def run_script(script, **env):
+    """``script`` in a fresh interpreter, the team switched neither on nor off by the environment."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NUMPY_MVIT2_")}
+    environment.update(env, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", CHILDREN + textwrap.dedent(script)], capture_output=True, text=True,
+                          env=environment, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_model_call_starts_no_process_and_restores_blas_threads():
+    """On the default path (two threads: the fast path's own, BLAS limited during the pass), a
+    batch-1 and a batch-2 pass start no process, and every BLAS library's thread count is what
+    it was before numpy_mvit2 was imported."""
+    run_script("""
+        import numpy as np
+        import threadpoolctl
+        before = [(i["filepath"], i["num_threads"]) for i in threadpoolctl.threadpool_info()]
+        import numpy_mvit2
+        from numpy_mvit2 import MobileViTV2Config, MobileViTV2ForImageClassification
+        model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5, num_labels=3))
+        assert numpy_mvit2.fast.threads() == 2
+        for batch in (1, 2):
+            assert model(np.zeros((batch, 3, 64, 64), np.float32)).logits.shape == (batch, 3)
+        assert children() == set(), children()
+        after = [(i["filepath"], i["num_threads"]) for i in threadpoolctl.threadpool_info()]
+        assert after == before, (before, after)
+    """, NUMPY_MVIT2_THREADS="2")
+
+
+def test_importing_and_calling_registers_no_hooks():
+    """Importing numpy_mvit2, numpy_mvit2.fast and numpy_mvit2.team, and calling a model, registers
+    no at-fork and no atexit hook (the team registers its own when it is started)."""
+    out = run_script("""
+        import atexit, os
+        registered = []
+        real_fork, real_atexit = os.register_at_fork, atexit.register
+
+        def at_fork(**kwargs):
+            registered.append(("at-fork", [f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', '?')}" for f in kwargs.values()]))
+            return real_fork(**kwargs)
+
+        def at_exit(fn, *args, **kwargs):
+            registered.append(("atexit", f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"))
+            return real_atexit(fn, *args, **kwargs)
+
+        os.register_at_fork, atexit.register = at_fork, at_exit
+        import numpy as np
+        import numpy_mvit2, numpy_mvit2.fast, numpy_mvit2.team
+        from numpy_mvit2 import MobileViTV2Config, MobileViTV2ForSemanticSegmentation
+        model = MobileViTV2ForSemanticSegmentation(MobileViTV2Config(width_multiplier=0.5, num_labels=3))
+        for batch in (1, 2):
+            model(np.zeros((batch, 3, 64, 64), np.float32), output_hidden_states=True, output_attentions=True)
+        ours = [r for r in registered if "numpy_mvit2" in str(r)]
+        assert not ours, ours
+        print(registered)
+    """, NUMPY_MVIT2_THREADS="2")
+    assert "numpy_mvit2" not in out

@@ -29,7 +29,7 @@ from numpy_mvit2 import (
     MobileViTV2Model,
     team,
 )
-from numpy_mvit2 import fast as fast_path
+from numpy_mvit2.fast import executors, layers
 
 pytestmark = pytest.mark.skipif(not team.available(), reason="a team of processes needs Linux x86-64 (memfd, fd passing)")
 
@@ -56,7 +56,7 @@ def members(monkeypatch):
     """A fresh, started team of 2 (torn down afterwards, so that other tests start their own).
     No pass counts as congested, so the team never steps aside on a busy machine: these tests
     check the team's passes, not the machine's load (the back-off has its own test)."""
-    monkeypatch.setattr(fast_path, "THREADS", 2)
+    monkeypatch.setattr(executors, "THREADS", 2)
     monkeypatch.setattr(team, "PROCESSES", True)
     monkeypatch.setattr(team, "CONGESTED", float("-inf"))
     team.shutdown()
@@ -88,7 +88,7 @@ def outputs(model, x, **kwargs):
 
 def on_one_thread(model, x, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(fast_path, "THREADS", 1)
+        m.setattr(executors, "THREADS", 1)
         return outputs(model, x)
 
 
@@ -131,7 +131,7 @@ def test_results_outlive_the_next_pass(members):
 
 
 def test_the_arena_grows_for_large_inputs(monkeypatch):
-    monkeypatch.setattr(fast_path, "THREADS", 2)
+    monkeypatch.setattr(executors, "THREADS", 2)
     monkeypatch.setattr(team, "PROCESSES", True)
     monkeypatch.setattr(team, "ARENA_BYTES", 1 << 16)
     team.shutdown()
@@ -141,7 +141,7 @@ def test_the_arena_grows_for_large_inputs(monkeypatch):
         x = pixels(1, 96, 128)
         got = model(x).logits
         assert team._team.passes == 1 and team._team.arena.size > 1 << 16
-        monkeypatch.setattr(fast_path, "THREADS", 1)
+        monkeypatch.setattr(executors, "THREADS", 1)
         assert relative_error(got, model(x).logits) <= 1e-5
     finally:
         monkeypatch.undo()
@@ -154,7 +154,7 @@ def test_an_error_here_stops_the_workers_and_the_team_goes_on(members, monkeypat
     model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=4)
     x = pixels(1, 64, 64)
     expected = model(x).logits
-    real = fast_path.separable_attention
+    real = layers.separable_attention
     calls = []
 
     def failing(*args, **kwargs):
@@ -163,10 +163,10 @@ def test_an_error_here_stops_the_workers_and_the_team_goes_on(members, monkeypat
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fast_path, "separable_attention", failing)
+    monkeypatch.setattr(layers, "separable_attention", failing)
     with pytest.raises(RuntimeError, match="boom"):
         model(x)
-    monkeypatch.setattr(fast_path, "separable_attention", real)
+    monkeypatch.setattr(layers, "separable_attention", real)
     passes = members.passes
     assert np.array_equal(model(x).logits, expected)
     assert members.passes == passes + 1 and members.broken is None
@@ -246,7 +246,7 @@ def test_weights_of_dropped_models_are_unmapped_in_the_workers(members, monkeypa
         assert members.passes == passes, "a pass ran on a team that had stepped aside"
     elif mode == "busy":  # another thread's pass holds the team (paused in its first attention) while the model is dropped
         inside, go_on = threading.Event(), threading.Event()
-        real = fast_path.separable_attention
+        real = layers.separable_attention
 
         def paused(*args, **kwargs):
             if threading.current_thread() is busy and not go_on.is_set():
@@ -254,7 +254,7 @@ def test_weights_of_dropped_models_are_unmapped_in_the_workers(members, monkeypa
                 assert go_on.wait(WAIT_SECONDS)
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(fast_path, "separable_attention", paused)
+        monkeypatch.setattr(layers, "separable_attention", paused)
         busy = threading.Thread(target=second, args=(x,))
         busy.start()
         try:
@@ -355,7 +355,7 @@ def test_a_congested_team_steps_aside_for_a_while(members, monkeypatch):
 
 def test_switched_off(monkeypatch):
     team.shutdown()
-    monkeypatch.setattr(fast_path, "THREADS", 2)
+    monkeypatch.setattr(executors, "THREADS", 2)
     monkeypatch.setattr(team, "PROCESSES", None)
     monkeypatch.setenv("NUMPY_MVIT2_PROCESSES", "0")
     assert not team.start(2)
@@ -373,8 +373,9 @@ def test_workers_leave_with_the_caller(ending):
     script = textwrap.dedent(f"""
         import os, sys
         import numpy as np
-        from numpy_mvit2 import MobileViTV2Config, MobileViTV2ForImageClassification, fast, team
-        fast.THREADS = 2
+        from numpy_mvit2 import MobileViTV2Config, MobileViTV2ForImageClassification, team
+        from numpy_mvit2.fast import executors
+        executors.THREADS = 2
         assert team.start(2, timeout=600)
         model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5))
         model(np.zeros((1, 3, 64, 64), np.float32))
@@ -389,6 +390,58 @@ def test_workers_leave_with_the_caller(ending):
     pids = [int(p) for p in done.stdout.split()]
     assert pids
     wait_until(lambda: not any(_alive(p) for p in pids), "the workers gone")
+
+
+def test_the_environment_variable_starts_the_team_and_it_gives_the_threads_numbers():
+    """With ``NUMPY_MVIT2_PROCESSES=1`` (and no ``start()``), the first single-image pass starts the
+    team (its workers are this process's children) and, once it is ready, passes run on it and
+    give the numbers of threads; the workers leave with the process."""
+    script = textwrap.dedent("""
+        import glob, time
+        import numpy as np
+        from numpy_mvit2 import MobileViTV2Config, MobileViTV2ForImageClassification, team
+        from numpy_mvit2.fast import executors
+        executors.THREADS = 2
+        team.CONGESTED = float("-inf")  # (a busy machine would make the team step aside)
+        model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5, num_labels=3), seed=2)
+        x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
+        assert team._team is None
+        model(x)  # starts the team; runs on threads while it starts
+        deadline = time.monotonic() + 300
+        while not team._team.is_ready():
+            assert team._team.broken is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        on_team = model(x).logits
+        assert team._team.passes == 1
+        children = {int(p) for f in glob.glob("/proc/self/task/*/children") for p in open(f).read().split()}
+        assert {p.pid for p in team._team.procs} <= children and children
+        team.PROCESSES = False
+        on_threads = model(x).logits
+        print(float(np.abs(on_team - on_threads).max() / (1 + np.abs(on_threads).max())))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMPY_MVIT2_")}
+    env.update(NUMPY_MVIT2_PROCESSES="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=5 * WAIT_SECONDS, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) <= 1e-5
+
+
+def test_off_unless_asked(monkeypatch):
+    """Without ``start()``, ``PROCESSES`` or the environment variable, single images run on threads."""
+    monkeypatch.setattr(team, "PROCESSES", None)
+    monkeypatch.setattr(team, "_asked", False)
+    monkeypatch.delenv("NUMPY_MVIT2_PROCESSES", raising=False)
+    assert not team.enabled()
+    team.shutdown()
+    try:
+        monkeypatch.setattr(executors, "THREADS", 2)
+        model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5), seed=8)
+        model(pixels(1, 64, 64))
+        assert team._team is None
+    finally:
+        monkeypatch.undo()
+        restart()
 
 
 def _alive(pid) -> bool:  # exists, and not a zombie (an exited child its parent has not reaped yet)
