@@ -8,7 +8,7 @@ the argument names below are the checkpoint's own names. Hyper-parameters that t
 carry (strides, dilations, activation) come from ``MobileViTV2Config`` and its ``StageSpec``.
 
 Read top-down, from the three whole models at the end of the file: ``backbone`` (pixels -> the
-five stages' feature maps), ``image_classification`` (pixels -> class logits) and
+last stage's feature map, each stage's recorded on the way), ``image_classification`` (pixels -> class logits) and
 ``semantic_segmentation`` (pixels -> per-pixel class logits), each composing the blocks above it.
 The layers with weights, with their channels, kernels, strides and dilations, are listed once in
 ``numpy_mvit2.architecture``; the functions here read the same ``config.stages``.

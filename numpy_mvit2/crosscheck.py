@@ -112,11 +112,7 @@ def trace(model, pixel_values) -> dict[str, np.ndarray]:
     (``numpy_mvit2.blocks``, whatever ``model.fast`` says) and return every output of
     :func:`layer_names`, in forward order, as ``blocks``' ``record`` hook receives them."""
     recorded: dict[str, np.ndarray] = {}
-    fast, model.fast = model.fast, False
-    try:
-        output = model._forward(pixel_values, recorded.__setitem__)
-    finally:
-        model.fast = fast
+    output = model._forward(pixel_values, recorded.__setitem__, fast=False)
     head = _head_of(model)
     if head == "base" and getattr(model, "expand_output", True):
         recorded["pooler"] = global_avg_pool(output)  # MobileViTV2Model's pooler_output

@@ -293,14 +293,15 @@ class MobileViTV2PreTrainedModel:
         """(Re)build the fast path's weight layout from ``self.params``."""
         self._plan = fast_path.build_plan(self.params, self.config, self.dtype, self.head)
 
-    def _forward(self, pixel_values, record=None):
+    def _forward(self, pixel_values, record=None, fast=None):
         """The head's pixels -> output function (``blocks.backbone``, ``blocks.image_classification``
         or ``blocks.semantic_segmentation``, or its twin in ``numpy_mvit2.fast``), on checked pixels:
         the one place that picks the fast or the readable path. ``record``: None, or the hook that
         receives the named intermediate values (see ``numpy_mvit2.blocks``; the fast path records
-        the stage outputs, the context scores and the pooled features)."""
+        the stage outputs, the context scores and the pooled features). ``fast``: the path, when not
+        ``self.fast``'s."""
         pixels = self._pixels(pixel_values)
-        if self.fast:
+        if self.fast if fast is None else fast:
             if self._plan is None or self._plan.choices != fast_path.plan_choices(self.config):
                 self.rebuild_fast_plan()  # built for other choices (config.behavior set since)
             return getattr(fast_path, self._function)(pixels, self._plan, record=record)
