@@ -10,7 +10,8 @@ without running it reads this list:
 - ``weights.shapes.expected_shapes``: the tensors a checkpoint must hold (``Layer.tensors``), the
   list the strict loader checks and the seeded initialisation (``weights.init``) draws;
 - ``summary``: parameters and multiply-accumulates per layer (``Layer.params``, ``Layer.macs``);
-- ``crosscheck.layer_names``: the points where both libraries' outputs are compared.
+- ``crosscheck.layer_names``: the points where both libraries' outputs are compared;
+- ``fast.build_plan``: each convolution's stride, dilation and activation, read by name.
 
 The forward passes (``blocks`` and the ``fast`` package) compose the same layers from the same
 ``config.stages``; ``tests/test_architecture.py`` holds them to this list (every layer here is a

@@ -12,8 +12,9 @@ field. What changes on the way:
 - each weight is laid out as the matrix product wants it: ``[Cin, Cout]`` for 1x1 convolutions,
   ``[k*k*Cin, Cout]`` (rows in (kh, kw, c) order) for dense ones, ``[k, k, C]`` for depthwise ones.
 
-Strides, dilations and the activation come from the config (its ``StageSpec`` per stage and
-``hidden_act``); ``plan_choices`` says which of the config's behavior a plan fixed.
+Each convolution's stride, dilation and activation are read off its ``Layer`` of
+``architecture.describe(config, head)``, the network's one description, by the same name;
+``plan_choices`` says which of the config's behavior a plan fixed.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..architecture import HEADS, Layer, describe
 from ..config import MobileViTV2Config
 from ..ops import fold_batch_norm
-
-HEADS = ("base", "classification", "segmentation")
 
 
 @dataclass
@@ -47,8 +47,8 @@ class InvertedResidual:  # encoder.layer.{i}.layer.{j}, or a MobileViT block's d
     expand_1x1: Conv  # [Cin, hidden], act scale folded in
     conv_3x3: Conv  # depthwise [k, k, hidden]
     reduce_1x1: Conv  # [hidden, Cout]
-    stride: int = 1  # StageSpec.stride (first block of a stage)
-    dilation: int = 1  # StageSpec.downsample_dilation
+    stride: int = 1  # conv_3x3's (the first block of a stage strides)
+    dilation: int = 1  # conv_3x3's (a dilated stage's downsampling_layer)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class TransformerLayer:  # encoder.layer.{i}.transformer.layer.{j}
 class MobileViTBlock:  # encoder.layer.{i} of a transformer stage
     downsampling_layer: InvertedResidual
     conv_kxk: Conv  # depthwise k x k, [k, k, Cin]
-    local_dilation: int  # StageSpec.local_dilation
+    local_dilation: int  # conv_kxk's (under the config's behavior)
     conv_1x1: Conv  # [Cin, d], no bias
     transformer: list  # list[TransformerLayer]: transformer.layer.{j}
     conv_projection: Conv  # [d, Cout]; the block's final group norm (``layernorm``) folded in
@@ -120,57 +120,61 @@ def build_plan(params: dict, config: MobileViTV2Config, dtype, head: str) -> Pla
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     backbone = params if head == "base" else params["mobilevitv2"]
-    act = config.hidden_act
-    plan = Plan(dtype=dtype, head=head, act=act, eps=config.layer_norm_eps, patch_size=config.patch_size,
+    layers = {layer.name: layer for layer in describe(config, head)}  # each conv's facts, by its name
+    plan = Plan(dtype=dtype, head=head, act=config.hidden_act, eps=config.layer_norm_eps, patch_size=config.patch_size,
                 patch_remainder=config.choices.patch_remainder, choices=plan_choices(config),
-                conv_stem=_dense(backbone["conv_stem"], dtype, act))
+                conv_stem=_dense(backbone["conv_stem"], layers["conv_stem"], dtype))
     for spec, stage in zip(config.stages, backbone["encoder"]["layer"]):
+        name = f"encoder.layer.{spec.index}"
         if spec.kind == "mobilenet":
-            plan.stages.append([_inverted_residual(block, dtype, act, stride=spec.stride if j == 0 else 1)
+            plan.stages.append([_inverted_residual(block, layers, f"{name}.layer.{j}", dtype)
                                 for j, block in enumerate(stage["layer"])])
         else:
-            plan.stages.append(_mobilevit_block(stage, spec, dtype, act))
+            plan.stages.append(_mobilevit_block(stage, layers, name, dtype))
     if head == "classification" and config.num_labels > 0 and params.get("classifier") is not None:
         classifier = params["classifier"]
         plan.classifier = Linear(_cast(classifier["weight"], dtype), _cast(classifier.get("bias"), dtype))
     if head == "segmentation":
-        plan.segmentation_head = _deeplab_head(params["segmentation_head"], config, dtype)
+        plan.segmentation_head = _deeplab_head(params["segmentation_head"], layers, dtype)
     return plan
 
 
-def _mobilevit_block(stage: dict, spec, dtype, act) -> MobileViTBlock:
-    layers = []
-    for layer in stage["transformer"]["layer"]:
+def _mobilevit_block(stage: dict, layers: dict[str, Layer], name: str, dtype) -> MobileViTBlock:
+    transformer = []
+    for j, layer in enumerate(stage["transformer"]["layer"]):
         before, after = layer["layernorm_before"], layer["layernorm_after"]
-        layers.append(TransformerLayer(
+        conv1 = layers[f"{name}.transformer.layer.{j}.ffn.conv1"]
+        transformer.append(TransformerLayer(
             qkv_proj=_pointwise(layer["attention"]["qkv_proj"], dtype, before["weight"], before["bias"]),
             out_proj=_pointwise(layer["attention"]["out_proj"], dtype),
-            conv1=_pointwise(layer["ffn"]["conv1"], dtype, after["weight"], after["bias"], act=act),
+            conv1=_pointwise(layer["ffn"]["conv1"], dtype, after["weight"], after["bias"], act=conv1.activation),
             conv2=_pointwise(layer["ffn"]["conv2"], dtype),
         ))
     norm = stage["layernorm"]
     _, projection_bias = _conv(stage["conv_projection"])
+    local = layers[f"{name}.conv_kxk"]
     return MobileViTBlock(
-        downsampling_layer=_inverted_residual(stage["downsampling_layer"], dtype, act, spec.stride,
-                                              spec.downsample_dilation),
-        conv_kxk=_depthwise(stage["conv_kxk"], dtype, act),
-        local_dilation=spec.local_dilation,
+        downsampling_layer=_inverted_residual(stage["downsampling_layer"], layers, f"{name}.downsampling_layer", dtype),
+        conv_kxk=_depthwise(stage["conv_kxk"], dtype, local.activation),
+        local_dilation=local.dilation,
         conv_1x1=_pointwise(stage["conv_1x1"], dtype),
-        transformer=layers,
+        transformer=transformer,
         conv_projection=_pointwise(stage["conv_projection"], dtype, norm["weight"], norm["bias"]),
         projection_bias=_cast(projection_bias, dtype),
     )
 
 
-def _deeplab_head(head_params: dict, config: MobileViTV2Config, dtype) -> DeepLabHead:
-    """``params["segmentation_head"]`` laid out for ``layers.deeplabv3``."""
+def _deeplab_head(head_params: dict, layers: dict[str, Layer], dtype) -> DeepLabHead:
+    """``params["segmentation_head"]`` laid out for ``layers.deeplabv3`` (every conv followed by ReLU
+    but the classifier, which ``layers.deeplabv3`` knows)."""
     convs = head_params["aspp"]["convs"]
     return DeepLabHead(
-        convs=[_pointwise(convs[0], dtype)] + [_dense(c, dtype) for c in convs[1:4]],
+        convs=[_pointwise(convs[0], dtype)] + [_dense(convs[i], layers[f"segmentation_head.aspp.convs.{i}"], dtype)
+                                               for i in (1, 2, 3)],
         pooling=_pointwise(convs[4]["conv_1x1"], dtype),
         project=_pointwise(head_params["aspp"]["project"], dtype),
         classifier=_pointwise(head_params["classifier"], dtype),
-        atrous_rates=list(config.atrous_rates),
+        atrous_rates=[layers[f"segmentation_head.aspp.convs.{i}"].dilation for i in (1, 2, 3)],
     )
 
 
@@ -211,12 +215,15 @@ def _depthwise(node, dtype, act=None) -> Conv:  # [C, 1, k, k] -> [k, k, C]
     return Conv(_cast(w[:, 0].transpose(1, 2, 0), dtype), _cast(b, dtype), k=w.shape[-1])
 
 
-def _dense(node, dtype, act=None) -> Conv:  # [Cout, Cin, k, k] -> [k*k*Cin, Cout]
-    w, b = _scaled(*_conv(node), act_scale(act))
+def _dense(node, layer: Layer, dtype) -> Conv:  # [Cout, Cin, k, k] -> [k*k*Cin, Cout]
+    """A dense k x k conv, scaled for the activation that follows it (``layer.activation``)."""
+    w, b = _scaled(*_conv(node), act_scale(layer.activation))
     cout, cin, k, _ = w.shape
     return Conv(_cast(w.transpose(2, 3, 1, 0).reshape(k * k * cin, cout), dtype), _cast(b, dtype), k=k)
 
 
-def _inverted_residual(node, dtype, act, stride=1, dilation=1) -> InvertedResidual:
-    return InvertedResidual(_pointwise(node["expand_1x1"], dtype, act=act), _depthwise(node["conv_3x3"], dtype, act),
-                            _pointwise(node["reduce_1x1"], dtype), stride, dilation)
+def _inverted_residual(node, layers: dict[str, Layer], name: str, dtype) -> InvertedResidual:
+    expand, depthwise = layers[f"{name}.expand_1x1"], layers[f"{name}.conv_3x3"]
+    return InvertedResidual(_pointwise(node["expand_1x1"], dtype, act=expand.activation),
+                            _depthwise(node["conv_3x3"], dtype, depthwise.activation),
+                            _pointwise(node["reduce_1x1"], dtype), depthwise.stride, depthwise.dilation)
