@@ -11,7 +11,13 @@ without running it reads this list:
   list the strict loader checks and the seeded initialisation (``weights.init``) draws;
 - ``summary``: parameters and multiply-accumulates per layer (``Layer.params``, ``Layer.macs``);
 - ``crosscheck.layer_names``: the points where both libraries' outputs are compared;
-- ``fast.build_plan``: each convolution's stride, dilation and activation, read by name.
+- ``fast.build_plan``: each convolution's stride, dilation and activation, read by name;
+- ``MobileViTV2Config.parameter_count`` (the cap ``validate`` puts on a model's size) and
+  ``feature_map_sizes`` (``check_input_size``).
+
+This module sits below ``config`` (it never imports it): ``MobileViTV2Config.stages`` builds its
+widths with ``make_divisible`` and holds them as ``StageSpec``\ s, both defined here, and the config
+asks ``describe`` for its counts.
 
 The forward passes (``blocks`` and the ``fast`` package) compose the same layers from the same
 ``config.stages``; ``tests/test_architecture.py`` holds them to this list (every layer here is a
@@ -26,12 +32,62 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import MobileViTV2Config, StageSpec, expanded_channels
+from .errors import is_finite_number, show
 
 HEADS = ("base", "classification", "segmentation")
 
 
+# -- channel widths: the rounding the stages' widths (``MobileViTV2Config.stages``) are made with --
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``min_value``), rounding up
+    once more if that lost over 10%: the channel rounding MobileNet, timm and transformers share."""
+    if not is_finite_number(value):
+        raise ValueError(f"make_divisible: value must be a finite number, got {show(value)}")
+    if min_value is None:
+        min_value = divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return int(new_value)
+
+
 @dataclass(frozen=True)
+class StageSpec:
+    """One encoder stage, ``encoder.layer.{index}`` in the checkpoint.
+
+    kind "mobilenet": ``num_blocks`` inverted residuals, the first with ``stride``.
+    kind "mobilevit": an inverted residual that downsamples (``stride`` 2, or stride 1 with
+    ``downsample_dilation`` when the output stride is reduced), a local depthwise k x k conv, a 1x1
+    projection to ``attn_unit_dim``, ``n_attn_blocks`` transformer layers (FFN width ``ffn_dim``)
+    over patches, and a 1x1 projection back to ``out_channels``. ``local_dilation`` dilates the
+    local depthwise conv: the stage's dilation under timm's and ml-cvnets' choices, 1 under
+    transformers' (``FrameworkChoices.dilate_local_conv``).
+    """
+
+    index: int
+    kind: str
+    in_channels: int
+    out_channels: int
+    stride: int
+    num_blocks: int = 1
+    downsample_dilation: int = 1
+    local_dilation: int = 1
+    attn_unit_dim: int = 0
+    n_attn_blocks: int = 0
+    ffn_dim: int = 0
+
+
+def expanded_channels(in_channels: int, expand_ratio: float) -> int:
+    """Hidden width of an inverted residual: ``make_divisible(round(in * expand_ratio), 8)``."""
+    return make_divisible(int(round(in_channels * expand_ratio)), 8)
+
+
+# -- the layers ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)  # (not frozen: a walk makes a hundred of these, and frozen ones cost 6x as much to make)
 class Layer:
     """One layer with weights.
 
@@ -121,10 +177,13 @@ def _stride(size: tuple, stride: int) -> tuple:
 
 
 class _Writer:
-    """Appends ``Layer`` rows and follows the feature map's size (None when no input size is given)."""
+    """Appends ``Layer`` rows and follows the feature map's size (None when no input size is given).
+    ``config``: a ``MobileViTV2Config`` (read, never imported here: the config builds its stages
+    with this module's ``make_divisible`` and counts its parameters with ``describe``)."""
 
-    def __init__(self, config: MobileViTV2Config, size: tuple | None):
+    def __init__(self, config, size: tuple | None):
         self.config, self.size, self.rows = config, size, []
+        self.stages, self.choices = config.stages, config.choices  # each computed once per walk
         self.patches = None  # (P, N) inside a MobileViT block
 
     def conv(self, name, stage, cin, cout, kernel=1, *, stride=1, dilation=1, groups=1, bias=False, norm=True,
@@ -134,7 +193,8 @@ class _Writer:
         elif input == "pooled":
             shape = (cout, 1, 1)
         else:
-            self.size = _stride(self.size, stride)
+            if stride != 1:
+                self.size = _stride(self.size, stride)
             shape = None if self.size is None else (cout, *self.size)
         self.rows.append(Layer(name, stage, "conv", cin, cout, kernel, stride, dilation, groups, bias, norm, activation,
                                input, shape))
@@ -156,7 +216,7 @@ def _mobilevit_block(w: _Writer, spec: StageSpec, prefix, stage):
     act = config.hidden_act
     _inverted_residual(w, f"{prefix}.downsampling_layer", stage, spec.in_channels, c, stride=spec.stride,
                        dilation=spec.downsample_dilation)
-    if config.choices.patch_remainder == "resize" and w.size is not None:  # timm, ml-cvnets: up to a multiple of p
+    if w.choices.patch_remainder == "resize" and w.size is not None:  # timm, ml-cvnets: up to a multiple of p
         w.size = tuple(-(-n // p) * p for n in w.size)
     w.conv(f"{prefix}.conv_kxk", stage, c, c, config.conv_kernel_size, dilation=spec.local_dilation, groups=c,
            activation=act)
@@ -179,7 +239,7 @@ def _mobilevit_block(w: _Writer, spec: StageSpec, prefix, stage):
 def _backbone(w: _Writer):
     config = w.config
     w.conv("conv_stem", "stem", config.num_channels, config.stem_channels, 3, stride=2, activation=config.hidden_act)
-    for spec in config.stages:
+    for spec in w.stages:
         stage, prefix = f"stage {spec.index + 1}", f"encoder.layer.{spec.index}"
         if spec.kind == "mobilevit":
             _mobilevit_block(w, spec, prefix, stage)
@@ -191,7 +251,7 @@ def _backbone(w: _Writer):
 
 
 def _head(w: _Writer, head: str):
-    config, width = w.config, w.config.hidden_sizes[-1]
+    config, width = w.config, w.stages[-1].out_channels
     if head == "classification" and config.num_labels > 0:  # global average pool, then a linear layer
         w.rows.append(Layer("classifier", "head", "linear", width, config.num_labels, bias=True, input="pooled",
                             output_shape=(config.num_labels,)))
@@ -205,21 +265,37 @@ def _head(w: _Writer, head: str):
         w.conv("segmentation_head.classifier", "head", a, config.num_labels, bias=True, norm=False)
 
 
-def describe(config: MobileViTV2Config, head: str = "base", height: int | None = None,
-             width: int | None = None) -> list[Layer]:
-    """Every layer with weights of the model for ``head`` ("base", "classification",
-    "segmentation"), in forward order; with ``height`` and ``width``, each with its output size
-    for one image of that size (checked as the models check it)."""
+def _walk(config, head: str, size: tuple | None) -> list[Layer]:
+    w = _Writer(config, size)
+    _backbone(w)
+    _head(w, head)
+    return w.rows
+
+
+def describe(config, head: str = "base", height: int | None = None, width: int | None = None) -> list[Layer]:
+    """Every layer with weights of the model ``config`` (a ``MobileViTV2Config``) builds for
+    ``head`` ("base", "classification", "segmentation"), in forward order; with ``height`` and
+    ``width``, each with its output size for one image of that size (checked as the models check
+    it: ``config.check_input_size``)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if (height is None) != (width is None):
         raise ValueError("describe: give both height and width, or neither")
     if height is not None:
         config.check_input_size(height, width)
-    w = _Writer(config, None if height is None else (int(height), int(width)))
-    _backbone(w)
-    _head(w, head)
-    return w.rows
+        return _walk(config, head, (int(height), int(width)))
+    return _walk(config, head, None)
 
 
-__all__ = ["HEADS", "Layer", "describe"]
+def feature_map_sizes(config, height: int, width: int) -> list[tuple[int, int]]:
+    """(H, W) of the stem's output and of each stage's output for an input of ``height x width``:
+    the output sizes of the stem and of each stage's last layer (not checked: a map smaller than a
+    patch gets sizes too)."""
+    last = {}
+    for layer in _walk(config, "base", (int(height), int(width))):
+        if layer.input == "map":
+            last[layer.stage] = layer.output_shape[1:]
+    return list(last.values())
+
+
+__all__ = ["HEADS", "Layer", "StageSpec", "describe", "expanded_channels", "feature_map_sizes", "make_divisible"]

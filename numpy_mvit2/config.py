@@ -1,10 +1,11 @@
 """``MobileViTV2Config``: the documented fields of transformers' config, and the widths they imply.
 
-The network's shape is decided here and nowhere else: ``config.stem_channels`` and
+The network's widths are decided here and nowhere else: ``config.stem_channels`` and
 ``config.stages`` (one ``StageSpec`` per encoder stage) hold every channel width, stride and
-dilation, computed once with ``make_divisible`` exactly as transformers computes them. The
-weights' expected shapes (``numpy_mvit2.weights.shapes``) and the forward pass
-(``numpy_mvit2.blocks``) both read them from here.
+dilation, computed once with ``make_divisible`` exactly as transformers computes them.
+``numpy_mvit2.architecture.describe`` turns them into the list of layers that the expected
+shapes, the summary, the parameter cap and the fast plan read; the forward passes
+(``numpy_mvit2.blocks``, ``numpy_mvit2.fast``) read the stages from here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointNotFoundError, ConfigError
+from .architecture import StageSpec, describe, expanded_channels, feature_map_sizes, make_divisible  # noqa: F401 - re-exported
+from .errors import CheckpointNotFoundError, ConfigError, is_finite_number, show  # noqa: F401 - re-exported
 from .ops import ACTIVATIONS
 from .safeio import MAX_JSON_DEPTH, read_settings_json
 
@@ -77,21 +79,6 @@ MAX_ATTN_BLOCKS = 64  # transformer layers per stage (4 at most)
 MAX_MULTIPLIER = 64  # expand_ratio and ffn_multiplier (2)
 MAX_ATROUS_RATE = 64  # (6, 12, 18; 12, 24, 36 at output stride 8)
 
-# how a bad value is shown in an error message: short, whatever its size
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = _repr.maxlong = 60
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
-_repr.maxlevel = 3
-
-
-def show(value) -> str:
-    """A short ``repr`` of ``value`` for an error message (a long string, list or dict is cut)."""
-    try:
-        return _repr.repr(value)
-    except (ValueError, RecursionError):  # an int too long to print, a structure that contains itself
-        return f"<{type(value).__name__}>"
-
-
 def nested_at_most(value, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether lists, tuples and dicts nest at most ``limit`` deep in ``value``. Walked without
     recursion, stopping as soon as the limit is passed (so a structure that contains itself ends)."""
@@ -108,61 +95,6 @@ def nested_at_most(value, limit: int = MAX_JSON_DEPTH) -> bool:
 def is_integer(value) -> bool:
     """A Python or NumPy integer; ``bool`` is not one (True is no count of anything)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_finite_number(value) -> bool:
-    """A Python or NumPy int or float that is neither infinite nor NaN (``bool`` excluded), and
-    that a float can hold (an int of 400 digits cannot)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``min_value``), rounding up
-    once more if that lost over 10%: the channel rounding MobileNet, timm and transformers share."""
-    if not is_finite_number(value):
-        raise ValueError(f"make_divisible: value must be a finite number, got {show(value)}")
-    if min_value is None:
-        min_value = divisor
-    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if new_value < 0.9 * value:
-        new_value += divisor
-    return int(new_value)
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One encoder stage, ``encoder.layer.{index}`` in the checkpoint.
-
-    kind "mobilenet": ``num_blocks`` inverted residuals, the first with ``stride``.
-    kind "mobilevit": an inverted residual that downsamples (``stride`` 2, or stride 1 with
-    ``downsample_dilation`` when the output stride is reduced), a local depthwise k x k conv, a 1x1
-    projection to ``attn_unit_dim``, ``n_attn_blocks`` transformer layers (FFN width ``ffn_dim``)
-    over patches, and a 1x1 projection back to ``out_channels``. ``local_dilation`` dilates the
-    local depthwise conv: the stage's dilation under timm's and ml-cvnets' choices, 1 under
-    transformers' (``FrameworkChoices.dilate_local_conv``).
-    """
-
-    index: int
-    kind: str
-    in_channels: int
-    out_channels: int
-    stride: int
-    num_blocks: int = 1
-    downsample_dilation: int = 1
-    local_dilation: int = 1
-    attn_unit_dim: int = 0
-    n_attn_blocks: int = 0
-    ffn_dim: int = 0
-
-
-def expanded_channels(in_channels: int, expand_ratio: float) -> int:
-    """Hidden width of an inverted residual: ``make_divisible(round(in * expand_ratio), 8)``."""
-    return make_divisible(int(round(in_channels * expand_ratio)), 8)
 
 
 # -- what each field may hold ------------------------------------------------------------------
@@ -513,38 +445,10 @@ class MobileViTV2Config:
 
     def parameter_count(self, head: str = "classification") -> int:
         """How many numbers a checkpoint for ``head`` holds (batch-norm statistics included): the
-        sum of the sizes of ``weights.shapes.expected_shapes(config, head)``, counted from the widths
-        alone so that ``validate`` can bound a model before anything is built (tests pin the two
-        against each other)."""
-
-        def conv(cin, cout, kernel, groups=1, bias=False, norm=True):
-            return cout * (cin // groups) * kernel * kernel + (cout if bias else 0) + (4 * cout if norm else 0)
-
-        def inverted_residual(cin, cout):
-            hidden = expanded_channels(cin, self.expand_ratio)
-            return conv(cin, hidden, 1) + conv(hidden, hidden, 3, groups=hidden) + conv(hidden, cout, 1)
-
-        specs = self._stage_specs()
-        total = conv(self.num_channels, self.stem_channels, 3)
-        for spec in specs:
-            if spec.kind == "mobilenet":
-                total += inverted_residual(spec.in_channels, spec.out_channels)
-                total += (spec.num_blocks - 1) * inverted_residual(spec.out_channels, spec.out_channels)
-                continue
-            c, d, f = spec.out_channels, spec.attn_unit_dim, spec.ffn_dim
-            layer = (4 * d + conv(d, 1 + 2 * d, 1, bias=True, norm=False) + conv(d, d, 1, bias=True, norm=False)
-                     + conv(d, f, 1, bias=True, norm=False) + conv(f, d, 1, bias=True, norm=False))
-            total += (inverted_residual(spec.in_channels, c) + conv(c, c, self.conv_kernel_size, groups=c)
-                      + conv(c, d, 1, norm=False) + spec.n_attn_blocks * layer + 2 * d + conv(d, c, 1))
-        width, labels, a = specs[-1].out_channels, self.num_labels, self.aspp_out_channels
-        if head == "classification" and labels > 0:
-            total += labels * width + labels
-        elif head == "segmentation":
-            total += (2 * conv(width, a, 1) + 3 * conv(width, a, 3) + conv(5 * a, a, 1)
-                      + conv(a, labels, 1, bias=True, norm=False))
-        elif head not in ("base", "classification"):
-            raise ValueError(f"head must be one of ('base', 'classification', 'segmentation'), got {head!r}")
-        return total
+        sizes of the tensors of ``architecture.describe(config, head)``'s layers (what
+        ``weights.shapes.expected_shapes`` lists), so that ``validate`` can bound a model before
+        anything is built."""
+        return sum(math.prod(shape) for layer in describe(self, head) for shape in layer.tensors.values())
 
     # -- derived widths: computed here and nowhere else ---------------------------------------
 
@@ -612,19 +516,10 @@ class MobileViTV2Config:
 
     def feature_map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Spatial size of the stem's output and of each stage's output for an input of
-        ``height x width``: every stride-2 step (3x3 kernel, padding 1) maps n to ``(n - 1) // 2 + 1``."""
-        self._check_fields(("patch_size",))
-        sizes = [((height - 1) // 2 + 1, (width - 1) // 2 + 1)]
-        p = self.patch_size
-        resize = self.choices.patch_remainder == "resize"
-        for spec in self.stages:
-            h, w = sizes[-1]
-            if spec.stride == 2:
-                h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-            if spec.kind == "mobilevit" and resize:  # resized up to a multiple of p
-                h, w = -(-h // p) * p, -(-w // p) * p
-            sizes.append((h, w))
-        return sizes
+        ``height x width``, as ``architecture.describe`` sizes the layers (the input size not
+        checked; the fields the sizes depend on are, again: one may have been set since)."""
+        self._check_fields(("patch_size", "conv_kernel_size", "expand_ratio"))
+        return feature_map_sizes(self, height, width)
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise ValueError if some MobileViT stage would see a feature map smaller than a patch

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import reprlib
+
+import numpy as np
+
 
 class CheckpointError(ValueError):
     """A checkpoint file or folder that cannot be loaded; the message names the file and the reason."""
@@ -38,3 +44,29 @@ def shown(name, limit: int = MAX_SHOWN) -> str:
     if isinstance(name, (str, bytes)) and len(name) > limit:
         return f"{name[:limit]!r}... ({len(name):,} characters)"
     return repr(name)
+
+
+# how a bad value is shown in an error message: short, whatever its size
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = _repr.maxlong = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
+_repr.maxlevel = 3
+
+
+def show(value) -> str:
+    """A short ``repr`` of ``value`` for an error message (a long string, list or dict is cut)."""
+    try:
+        return _repr.repr(value)
+    except (ValueError, RecursionError):  # an int too long to print, a structure that contains itself
+        return f"<{type(value).__name__}>"
+
+
+def is_finite_number(value) -> bool:
+    """A Python or NumPy int or float that is neither infinite nor NaN (``bool`` excluded), and
+    that a float can hold (an int of 400 digits cannot)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
