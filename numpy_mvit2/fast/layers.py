@@ -46,26 +46,26 @@ def run_backbone(pixel_values, plan: Plan, executor: Executor = SERIAL, record=N
     ``record(name, array)``, when given, is called after each stage with its output as an NCHW view
     (``encoder.layer.{i}``) and by the transformer stages with their context scores; without it
     each stage's output is freed once the next stage has read it."""
-    x = stem(pixel_values, plan.conv_stem, plan.act, executor)
+    x = stem(pixel_values, plan.conv_stem, executor)
     for i, stage in enumerate(plan.stages):
         name = f"encoder.layer.{i}"
         if isinstance(stage, MobileViTBlock):
             x = mobilevit_block(x, stage, plan, executor, record, name)
         else:
             for block in stage:
-                x = inverted_residual(x, block, plan.act, executor)
+                x = inverted_residual(x, block, executor)
         if record is not None:
             record(name, x.transpose(0, 3, 1, 2))
     return x
 
 
-def stem(pixels, conv: Conv, act, executor: Executor = SERIAL):  # [B, C, H, W] (NCHW input) -> [B, H/2, W/2, C0]
-    """3x3 stride-2 convolution (padding 1) + act, image by image (one image: ``executor.size`` row
+def stem(pixels, conv: Conv, executor: Executor = SERIAL):  # [B, C, H, W] (NCHW input) -> [B, H/2, W/2, C0]
+    """3x3 stride-2 convolution (padding 1) + act (``conv.stride``, ``conv.act``), image by image (one image: ``executor.size`` row
     ranges at once): the 9 strided taps of the padded input are gathered into
     ``cols [k*k*Cin, rows*Wo]`` (plane copies) and one product with the transposed columns gives
     the NHWC output rows directly."""
     batch, cin, height, width = pixels.shape
-    k, stride, pad = conv.k, 2, (conv.k - 1) // 2
+    k, stride, pad = conv.k, conv.stride, (conv.k - 1) // 2
     ho, wo = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
     cout = conv.w.shape[1]
     out = executor.empty((batch, ho, wo, cout), pixels.dtype)
@@ -81,7 +81,7 @@ def stem(pixels, conv: Conv, act, executor: Executor = SERIAL):  # [B, C, H, W] 
                 cols[kh, kw] = padded[:, h0 : h0 + stride * (n - 1) + 1 : stride, kw : kw + stride * (wo - 1) + 1 : stride]
         y = out[b, r0:r1].reshape(n * wo, cout)
         np.matmul(cols.reshape(k * k * cin, n * wo).T, conv.w, out=y)
-        add_bias_act_(y, conv, act, np.empty_like(y))
+        add_bias_act_(y, conv, conv.act, np.empty_like(y))
 
     for b in range(batch):
         padded[:, pad : pad + height, pad : pad + width] = pixels[b]
@@ -94,7 +94,7 @@ def stem(pixels, conv: Conv, act, executor: Executor = SERIAL):  # [B, C, H, W] 
 # --------------------------------------------------------------------------------------------
 
 
-def inverted_residual(x, block: InvertedResidual, act, executor: Executor = SERIAL):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
+def inverted_residual(x, block: InvertedResidual, executor: Executor = SERIAL):  # [B, H, W, Cin] -> [B, Ho, Wo, Cout]
     """1x1 expand (+act) -> k x k depthwise, strided or dilated (+act) -> 1x1 reduce, + x when the
     shape is kept; computed in bands of output rows, so that the full expanded map (the largest
     array of the network) never exists: a band's expanded rows (a few hundred kB) stay in cache
@@ -107,7 +107,7 @@ def inverted_residual(x, block: InvertedResidual, act, executor: Executor = SERI
     """
     bands = _plan_bands(x.shape, block, executor)
     out = executor.empty((x.shape[0], bands.out_rows, bands.out_cols, block.reduce_1x1.w.shape[1]), x.dtype)
-    executor.run(lambda items: _run_bands(x, out, block, act, bands, items), bands.tasks)
+    executor.run(lambda items: _run_bands(x, out, block, bands, items), bands.tasks)
     return out
 
 
@@ -134,7 +134,7 @@ class _Bands:
 
 def _plan_bands(shape, block: InvertedResidual, executor: Executor) -> _Bands:
     batch, height, width, cin = shape
-    k, s, d = block.conv_3x3.k, block.stride, block.dilation
+    k, s, d = block.conv_3x3.k, block.conv_3x3.stride, block.conv_3x3.dilation
     pad = (k - 1) // 2 * d
     ho, wo = (height + 2 * pad - d * (k - 1) - 1) // s + 1, (width + 2 * pad - d * (k - 1) - 1) // s + 1
     hidden, cout = block.expand_1x1.w.shape[1], block.reduce_1x1.w.shape[1]
@@ -154,7 +154,7 @@ def _plan_bands(shape, block: InvertedResidual, executor: Executor) -> _Bands:
     return _Bands(k, s, d, pad, ho, wo, images, rows, tasks, residual, tile(block.conv_3x3, wo) if s == 1 else None)
 
 
-def _run_bands(x, out, block: InvertedResidual, act, bands: _Bands, items):  # one worker's items -> out rows
+def _run_bands(x, out, block: InvertedResidual, bands: _Bands, items):  # one worker's items -> out rows
     """Two work buffers besides ``ebuf``, each used twice: ``gbuf`` holds the expanded rows before
     they are activated into ebuf, then the depthwise output; ``tbuf`` the activation's temporary
     (a small working set: the band's arrays stay in L2)."""
@@ -173,13 +173,13 @@ def _run_bands(x, out, block: InvertedResidual, act, bands: _Bands, items):  # o
         held = (0, 0)  # padded rows [q0, q1) now in ebuf[:, : q1 - q0]
         for r0 in range(r_start, r_end, rows):
             r1 = min(r_end, r0 + rows)
-            held = _expand_band(x, block, act, bands, (ebuf, gbuf, tbuf), b0, nb, r0, r1, held)
+            held = _expand_band(x, block, bands, (ebuf, gbuf, tbuf), b0, nb, r0, r1, held)
             dw = depthwise_band(None, depthwise_out[:nb, : r1 - r0], block.conv_3x3, bands.stride, bands.dilation,
                                 bands.tiled, view[:nb, : r1 - r0])
-            _activate_reduce(dw, depthwise_tmp[:nb, : r1 - r0], x, out, block, act, bands.residual, b0, nb, r0, r1)
+            _activate_reduce(dw, depthwise_tmp[:nb, : r1 - r0], x, out, block, bands.residual, b0, nb, r0, r1)
 
 
-def _expand_band(x, block: InvertedResidual, act, bands: _Bands, bufs, b0, nb, r0, r1, held):  # -> padded rows held
+def _expand_band(x, block: InvertedResidual, bands: _Bands, bufs, b0, nb, r0, r1, held):  # -> padded rows held
     """Padded input rows ``[n0, n1)`` of output rows ``[r0, r1)`` into ``ebuf[:nb, : n1 - n0]``: those
     ``held`` from the previous band moved to the top, the others zero outside the image and
     expanded (1x1 + act, the activation's last pass writing into the band buffer) inside."""
@@ -199,28 +199,30 @@ def _expand_band(x, block: InvertedResidual, act, bands: _Bands, bufs, b0, nb, r
         m = nb * (i1 - i0) * width
         g = gbuf[:m]
         np.matmul(x[b0 : b0 + nb, i0:i1].reshape(m, cin), block.expand_1x1.w, out=g)
-        add_bias_act_(g.reshape(nb, i1 - i0, width, hidden), block.expand_1x1, act,
+        add_bias_act_(g.reshape(nb, i1 - i0, width, hidden), block.expand_1x1, block.expand_1x1.act,
                       tbuf[:m].reshape(nb, i1 - i0, width, hidden),
                       ebuf[:nb, i0 + pad - n0 : i1 + pad - n0, pad : pad + width])
     return n0, n1
 
 
-def _activate_reduce(dw, tmp, x, out, block: InvertedResidual, act, residual, b0, nb, r0, r1):  # dw [nb, r, Wo, hidden] -> out rows
+def _activate_reduce(dw, tmp, x, out, block: InvertedResidual, residual, b0, nb, r0, r1):  # dw [nb, r, Wo, hidden] -> out rows
     """The depthwise output's bias + act, the 1x1 reduce into ``out[b0 : b0 + nb, r0:r1]``, + x."""
     hidden, cout = dw.shape[-1], block.reduce_1x1.w.shape[1]
     dw2 = dw.reshape(-1, hidden)
-    add_bias_act_(dw2, block.conv_3x3, act, tmp.reshape(-1, hidden))
+    add_bias_act_(dw2, block.conv_3x3, block.conv_3x3.act, tmp.reshape(-1, hidden))
     y = out[b0 : b0 + nb, r0:r1].reshape(-1, cout)
     np.matmul(dw2, block.reduce_1x1.w, out=y)
-    add_bias_act_(y, block.reduce_1x1, None)
+    add_bias_act_(y, block.reduce_1x1, block.reduce_1x1.act)
     if residual:
         y += x[b0 : b0 + nb, r0:r1].reshape(-1, cout)
 
 
-def depthwise(x, conv: Conv, act, executor: Executor = SERIAL, dilation=1):  # [B, H, W, C] -> [B, H, W, C]
-    """Stride-1 depthwise k x k convolution dilated by ``dilation`` (+act), padded to keep the size;
-    one image is split by rows among the workers, each part padding the input rows it needs."""
+def depthwise(x, conv: Conv, executor: Executor = SERIAL):  # [B, H, W, C] -> [B, H, W, C]
+    """Stride-1 depthwise k x k convolution dilated by ``conv.dilation`` (+ ``conv.act``), padded to
+    keep the size; one image is split by rows among the workers, each part padding the input rows
+    it needs."""
     batch, height, width, channels = x.shape
+    dilation = conv.dilation
     pad = (conv.k - 1) // 2 * dilation
     out = executor.empty(x.shape, x.dtype)
     tiled = tile(conv, width)
@@ -231,7 +233,7 @@ def depthwise(x, conv: Conv, act, executor: Executor = SERIAL, dilation=1):  # [
         i0, i1 = max(0, r0 - pad), min(height, r1 + pad)
         padded[:, i0 - (r0 - pad) : i1 - (r0 - pad), pad : pad + width] = x[:, i0:i1]
         o = depthwise_band(padded, out[:, r0:r1], conv, 1, dilation, tiled)
-        add_bias_act_(o, conv, act, np.empty_like(o))
+        add_bias_act_(o, conv, conv.act, np.empty_like(o))
 
     executor.run(rows, split(height, executor.parts(x.size) if batch == 1 else 1))
     return out
@@ -242,7 +244,7 @@ def depthwise(x, conv: Conv, act, executor: Executor = SERIAL, dilation=1):  # [
 # --------------------------------------------------------------------------------------------
 
 
-def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, scores=None, norm=None):  # [B, P, N, d] in place
+def transformer_layer(x, layer: TransformerLayer, eps, bufs, scores=None, norm=None):  # [B, P, N, d] in place
     """``x += attention(norm(x))``; ``x += ffn(norm(x))`` (MobileViTV2's pre-norm layer), in place.
     ``bufs``: scratch arrays allocated once per MobileViT block (``_BlockPass``); ``norm(x, out)``:
     a ``GroupNorm`` bound to this part's positions (default: one part holding them all);
@@ -260,9 +262,9 @@ def transformer_layer(x, layer: TransformerLayer, act, eps, bufs, scores=None, n
     x2 += separable_attention(norm(x, normed), layer, qkv, mixed, y, scores)
     norm(x, normed)
     np.matmul(normed.reshape(rows, dim), layer.conv1.w, out=hidden)
-    add_bias_act_(hidden, layer.conv1, act, tmp)
+    add_bias_act_(hidden, layer.conv1, layer.conv1.act, tmp)
     np.matmul(hidden, layer.conv2.w, out=y)
-    add_bias_act_(y, layer.conv2, None)
+    add_bias_act_(y, layer.conv2, layer.conv2.act)
     x2 += y
     return x
 
@@ -278,7 +280,7 @@ def separable_attention(normed, layer: TransformerLayer, qkv, mixed, out, scores
     batch, p, n, dim = normed.shape
     rows = batch * p * n
     np.matmul(normed.reshape(rows, dim), layer.qkv_proj.w, out=qkv)
-    add_bias_act_(qkv, layer.qkv_proj, None)
+    add_bias_act_(qkv, layer.qkv_proj, layer.qkv_proj.act)
     q = qkv.reshape(batch, p, n, 2 * dim + 1)
     softmax = q[..., 0] - q[..., 0].max(axis=-1, keepdims=True)  # [B, P, N]
     np.exp(softmax, out=softmax)
@@ -290,7 +292,7 @@ def separable_attention(normed, layer: TransformerLayer, qkv, mixed, out, scores
     np.maximum(q[..., 1 + dim :], 0, out=m)
     m *= context
     np.matmul(mixed, layer.out_proj.w, out=out)
-    add_bias_act_(out, layer.out_proj, None)
+    add_bias_act_(out, layer.out_proj, layer.out_proj.act)
     return out
 
 
@@ -304,10 +306,10 @@ def mobilevit_block(x, block: MobileViTBlock, plan: Plan, executor: Executor = S
     independent per position; only the group norms need the other parts' sums). Each part
     unfolds, transforms, projects and folds back its own positions. ``record``: called with each
     layer's context scores as ``{name}.transformer.layer.{j}.attention.scores`` ([B, 1, P, N])."""
-    x = inverted_residual(x, block.downsampling_layer, plan.act, executor)
+    x = inverted_residual(x, block.downsampling_layer, executor)
     if plan.patch_remainder == "resize":  # timm / ml-cvnets: see blocks.resize_to_patch_multiple
         x = resize_to_patch_multiple(x, plan.patch_size)
-    x = depthwise(x, block.conv_kxk, plan.act, executor, block.local_dilation)
+    x = depthwise(x, block.conv_kxk, executor)
     work = _BlockPass(x, block, plan, executor, record is not None)
     del x  # (the pass holds the map only until it is unfolded)
     executor.run(work.part, list(range(len(work.parts))))
@@ -322,7 +324,7 @@ class _BlockPass:
     the pixel positions (``part(i)``, run by ``executor.run``)."""
 
     def __init__(self, local, block: MobileViTBlock, plan: Plan, executor: Executor, with_scores):
-        self.block, self.act, self.eps, self.ps = block, plan.act, plan.eps, plan.patch_size
+        self.block, self.eps, self.ps = block, plan.eps, plan.patch_size
         batch, height, width, cin = self.shape = local.shape
         self.nh, self.nw = height // self.ps, width // self.ps
         self.dim, self.cout, p, self.n = block.conv_1x1.w.shape[1], block.conv_projection.w.shape[1], self.ps**2, self.nh * self.nw
@@ -343,7 +345,7 @@ class _BlockPass:
         batch, rows = self.shape[0], self.shape[0] * (p1 - p0) * self.n
         projected = np.empty((batch, p1 - p0, self.nh, self.nw, self.cout), normed.dtype)
         np.matmul(normed.reshape(rows, self.dim), self.block.conv_projection.w, out=projected.reshape(rows, self.cout))
-        add_bias_act_(projected, self.block.conv_projection, None)
+        add_bias_act_(projected, self.block.conv_projection, self.block.conv_projection.act)
         del normed
         self._fold(i, projected, p0, p1)
 
@@ -375,7 +377,7 @@ class _BlockPass:
         try:
             for j, layer in enumerate(self.block.transformer):
                 scores = None if self.scores is None else self.scores[j][:, :, p0:p1]
-                transformer_layer(tokens, layer, self.act, self.eps, bufs, scores, norm)
+                transformer_layer(tokens, layer, self.eps, bufs, scores, norm)
             return norm(tokens, bufs[0])
         except BaseException:
             self.norm.abort()  # the other parts stop waiting
@@ -410,26 +412,26 @@ def deeplabv3(x, head: DeepLabHead):  # [B, H, W, C] -> [B, num_labels, H, W]
     cat = np.empty((rows, 5 * a), x.dtype)
     tmp = np.empty((rows, a), x.dtype)
     np.matmul(x2, head.convs[0].w, out=tmp)
-    cat[:, :a] = bias_act_(tmp, head.convs[0].b, "relu")
+    cat[:, :a] = bias_act_(tmp, head.convs[0].b, head.convs[0].act)
     shifted = []  # one buffer for the shifted inputs, made when a branch first needs it
-    for i, (conv, rate) in enumerate(zip(head.convs[1:], head.atrous_rates), start=1):
-        _atrous(x, conv, rate, cat[:, i * a : (i + 1) * a], tmp, shifted)
+    for i, conv in enumerate(head.convs[1:], start=1):
+        _atrous(x, conv, cat[:, i * a : (i + 1) * a], tmp, shifted)
     pooled = x.reshape(batch, height * width, cin).mean(axis=1)  # [B, C]
-    pooled = bias_act_(pooled @ head.pooling.w, head.pooling.b, "relu")
+    pooled = bias_act_(pooled @ head.pooling.w, head.pooling.b, head.pooling.act)
     cat.reshape(batch, height * width, 5 * a)[:, :, 4 * a :] = pooled[:, None, :]
     del tmp, shifted
-    projected = bias_act_(cat @ head.project.w, head.project.b, "relu")
+    projected = bias_act_(cat @ head.project.w, head.project.b, head.project.act)
     del cat
-    logits = bias_act_(projected @ head.classifier.w, head.classifier.b, None)
+    logits = bias_act_(projected @ head.classifier.w, head.classifier.b, head.classifier.act)
     return np.ascontiguousarray(logits.reshape(batch, height, width, -1).transpose(0, 3, 1, 2))
 
 
-def _atrous(x, conv: Conv, rate, acc, tmp, shifted):  # x [B, H, W, C] -> acc [B*H*W, A] = relu(conv(x))
-    """A 3x3 branch dilated by ``rate`` as a sum over its taps of shifted-input products
+def _atrous(x, conv: Conv, acc, tmp, shifted):  # x [B, H, W, C] -> acc [B*H*W, A] = act(conv(x))
+    """A 3x3 branch dilated by ``conv.dilation`` (the atrous rate) as a sum over its taps of shifted-input products
     (``conv.w`` rows in (kh, kw, c) order); a tap that sees only padding (dilation >= the map
     size) adds exact zeros, so it is skipped."""
     batch, height, width, cin = x.shape
-    rows = batch * height * width
+    rows, rate = batch * height * width, conv.dilation
     np.matmul(x.reshape(rows, cin), conv.w[4 * cin : 5 * cin], out=tmp)  # centre tap
     acc[...] = tmp
     for kh in range(3):
@@ -446,5 +448,4 @@ def _atrous(x, conv: Conv, rate, acc, tmp, shifted):  # x [B, H, W, C] -> acc [B
             t = 3 * kh + kw
             np.matmul(s.reshape(rows, cin), conv.w[t * cin : (t + 1) * cin], out=tmp)
             acc += tmp
-    acc += conv.b
-    np.maximum(acc, 0, out=acc)
+    bias_act_(acc, conv.b, conv.act)

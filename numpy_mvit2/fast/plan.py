@@ -12,9 +12,11 @@ field. What changes on the way:
 - each weight is laid out as the matrix product wants it: ``[Cin, Cout]`` for 1x1 convolutions,
   ``[k*k*Cin, Cout]`` (rows in (kh, kw, c) order) for dense ones, ``[k, k, C]`` for depthwise ones.
 
-Each convolution's stride, dilation and activation are read off its ``Layer`` of
-``architecture.describe(config, head)``, the network's one description, by the same name;
-``plan_choices`` says which of the config's behavior a plan fixed.
+Each convolution keeps its ``Layer``'s stride, dilation and activation (``Conv.stride``,
+``.dilation``, ``.act``), read off ``architecture.describe(config, head)``, the network's one
+description, by the same name: the kernels in ``layers`` apply what the conv says, so the scale
+folded in for an activation and the activation applied come from one place. ``plan_choices``
+says which of the config's behavior a plan fixed.
 """
 
 from __future__ import annotations
@@ -31,11 +33,15 @@ from ..ops import fold_batch_norm
 @dataclass
 class Conv:
     """A convolution ready for NHWC: ``w`` is ``[Cin*k*k, Cout]`` for dense convolutions (rows in
-    (kh, kw, c) order; ``[Cin, Cout]`` for 1x1) or ``[k, k, C]`` for depthwise ones; ``b`` ``[Cout]``."""
+    (kh, kw, c) order; ``[Cin, Cout]`` for 1x1) or ``[k, k, C]`` for depthwise ones; ``b`` ``[Cout]``;
+    ``stride``, ``dilation`` and ``act`` (the activation after it, or None) are its ``Layer``'s."""
 
     w: np.ndarray
     b: np.ndarray | None
     k: int = 1
+    stride: int = 1
+    dilation: int = 1
+    act: str | None = None
     tiled: dict = field(default_factory=dict, repr=False, compare=False)
     """Copies of ``b`` (``("b", n)``: tiled n times) and of a depthwise ``w`` (``("w", n)``: see
     ``kernels.tile``) made on first use; a plan's arrays are never edited in place (``rebuild_fast_plan``
@@ -45,10 +51,8 @@ class Conv:
 @dataclass
 class InvertedResidual:  # encoder.layer.{i}.layer.{j}, or a MobileViT block's downsampling_layer
     expand_1x1: Conv  # [Cin, hidden], act scale folded in
-    conv_3x3: Conv  # depthwise [k, k, hidden]
+    conv_3x3: Conv  # depthwise [k, k, hidden]; strided in a stage's first block, dilated in a dilated stage's downsampling_layer
     reduce_1x1: Conv  # [hidden, Cout]
-    stride: int = 1  # conv_3x3's (the first block of a stage strides)
-    dilation: int = 1  # conv_3x3's (a dilated stage's downsampling_layer)
 
 
 @dataclass
@@ -62,8 +66,7 @@ class TransformerLayer:  # encoder.layer.{i}.transformer.layer.{j}
 @dataclass
 class MobileViTBlock:  # encoder.layer.{i} of a transformer stage
     downsampling_layer: InvertedResidual
-    conv_kxk: Conv  # depthwise k x k, [k, k, Cin]
-    local_dilation: int  # conv_kxk's (under the config's behavior)
+    conv_kxk: Conv  # depthwise k x k, [k, k, Cin]; dilated under the behaviors that dilate it
     conv_1x1: Conv  # [Cin, d], no bias
     transformer: list  # list[TransformerLayer]: transformer.layer.{j}
     conv_projection: Conv  # [d, Cout]; the block's final group norm (``layernorm``) folded in
@@ -78,18 +81,16 @@ class Linear:  # classifier: ``ops.linear(x, weight, bias)`` as the reference co
 
 @dataclass
 class DeepLabHead:  # segmentation_head
-    convs: list  # aspp.convs.0 (1x1, [C, A]) and aspp.convs.1-3 (dilated 3x3, [9*C, A])
+    convs: list  # aspp.convs.0 (1x1, [C, A]) and aspp.convs.1-3 (3x3 dilated by atrous_rates, [9*C, A])
     pooling: Conv  # aspp.convs.4.conv_1x1, [C, A]
     project: Conv  # aspp.project, [5A, A]
     classifier: Conv  # classifier, [A, num_labels]
-    atrous_rates: list  # config.atrous_rates: the dilations of convs.1-3
 
 
 @dataclass
 class Plan:
     dtype: type
     head: str  # "base", "classification" or "segmentation"
-    act: str  # config.hidden_act
     eps: float  # config.layer_norm_eps
     patch_size: int
     patch_remainder: str  # config.choices.patch_remainder
@@ -121,7 +122,7 @@ def build_plan(params: dict, config: MobileViTV2Config, dtype, head: str) -> Pla
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     backbone = params if head == "base" else params["mobilevitv2"]
     layers = {layer.name: layer for layer in describe(config, head)}  # each conv's facts, by its name
-    plan = Plan(dtype=dtype, head=head, act=config.hidden_act, eps=config.layer_norm_eps, patch_size=config.patch_size,
+    plan = Plan(dtype=dtype, head=head, eps=config.layer_norm_eps, patch_size=config.patch_size,
                 patch_remainder=config.choices.patch_remainder, choices=plan_choices(config),
                 conv_stem=_dense(backbone["conv_stem"], layers["conv_stem"], dtype))
     for spec, stage in zip(config.stages, backbone["encoder"]["layer"]):
@@ -142,39 +143,36 @@ def build_plan(params: dict, config: MobileViTV2Config, dtype, head: str) -> Pla
 def _mobilevit_block(stage: dict, layers: dict[str, Layer], name: str, dtype) -> MobileViTBlock:
     transformer = []
     for j, layer in enumerate(stage["transformer"]["layer"]):
-        before, after = layer["layernorm_before"], layer["layernorm_after"]
-        conv1 = layers[f"{name}.transformer.layer.{j}.ffn.conv1"]
+        before, after, prefix = layer["layernorm_before"], layer["layernorm_after"], f"{name}.transformer.layer.{j}"
         transformer.append(TransformerLayer(
-            qkv_proj=_pointwise(layer["attention"]["qkv_proj"], dtype, before["weight"], before["bias"]),
-            out_proj=_pointwise(layer["attention"]["out_proj"], dtype),
-            conv1=_pointwise(layer["ffn"]["conv1"], dtype, after["weight"], after["bias"], act=conv1.activation),
-            conv2=_pointwise(layer["ffn"]["conv2"], dtype),
+            qkv_proj=_pointwise(layer["attention"]["qkv_proj"], layers[f"{prefix}.attention.qkv_proj"], dtype,
+                                before["weight"], before["bias"]),
+            out_proj=_pointwise(layer["attention"]["out_proj"], layers[f"{prefix}.attention.out_proj"], dtype),
+            conv1=_pointwise(layer["ffn"]["conv1"], layers[f"{prefix}.ffn.conv1"], dtype, after["weight"], after["bias"]),
+            conv2=_pointwise(layer["ffn"]["conv2"], layers[f"{prefix}.ffn.conv2"], dtype),
         ))
     norm = stage["layernorm"]
     _, projection_bias = _conv(stage["conv_projection"])
-    local = layers[f"{name}.conv_kxk"]
     return MobileViTBlock(
         downsampling_layer=_inverted_residual(stage["downsampling_layer"], layers, f"{name}.downsampling_layer", dtype),
-        conv_kxk=_depthwise(stage["conv_kxk"], dtype, local.activation),
-        local_dilation=local.dilation,
-        conv_1x1=_pointwise(stage["conv_1x1"], dtype),
+        conv_kxk=_depthwise(stage["conv_kxk"], layers[f"{name}.conv_kxk"], dtype),
+        conv_1x1=_pointwise(stage["conv_1x1"], layers[f"{name}.conv_1x1"], dtype),
         transformer=transformer,
-        conv_projection=_pointwise(stage["conv_projection"], dtype, norm["weight"], norm["bias"]),
+        conv_projection=_pointwise(stage["conv_projection"], layers[f"{name}.conv_projection"], dtype,
+                                   norm["weight"], norm["bias"]),
         projection_bias=_cast(projection_bias, dtype),
     )
 
 
 def _deeplab_head(head_params: dict, layers: dict[str, Layer], dtype) -> DeepLabHead:
-    """``params["segmentation_head"]`` laid out for ``layers.deeplabv3`` (every conv followed by ReLU
-    but the classifier, which ``layers.deeplabv3`` knows)."""
-    convs = head_params["aspp"]["convs"]
+    """``params["segmentation_head"]`` laid out for ``layers.deeplabv3``."""
+    convs, prefix = head_params["aspp"]["convs"], "segmentation_head.aspp"
     return DeepLabHead(
-        convs=[_pointwise(convs[0], dtype)] + [_dense(convs[i], layers[f"segmentation_head.aspp.convs.{i}"], dtype)
-                                               for i in (1, 2, 3)],
-        pooling=_pointwise(convs[4]["conv_1x1"], dtype),
-        project=_pointwise(head_params["aspp"]["project"], dtype),
-        classifier=_pointwise(head_params["classifier"], dtype),
-        atrous_rates=[layers[f"segmentation_head.aspp.convs.{i}"].dilation for i in (1, 2, 3)],
+        convs=[_pointwise(convs[0], layers[f"{prefix}.convs.0"], dtype)]
+        + [_dense(convs[i], layers[f"{prefix}.convs.{i}"], dtype) for i in (1, 2, 3)],
+        pooling=_pointwise(convs[4]["conv_1x1"], layers[f"{prefix}.convs.4.conv_1x1"], dtype),
+        project=_pointwise(head_params["aspp"]["project"], layers[f"{prefix}.project"], dtype),
+        classifier=_pointwise(head_params["classifier"], layers["segmentation_head.classifier"], dtype),
     )
 
 
@@ -197,7 +195,11 @@ def _scaled(w, b, scale):
     return w * scale, (None if b is None else b * scale)
 
 
-def _pointwise(node, dtype, scale=None, shift=None, act=None) -> Conv:
+def _facts(layer: Layer) -> dict:  # what a plan's Conv keeps of its Layer
+    return {"stride": layer.stride, "dilation": layer.dilation, "act": layer.activation}
+
+
+def _pointwise(node, layer: Layer, dtype, scale=None, shift=None) -> Conv:
     """A 1x1 conv as ``[Cin, Cout]``. ``scale``/``shift`` ``[Cin]`` fold an affine map of the input
     in: ``conv(x * scale + shift) = x @ (scale[:, None] * W^T) + (b + shift @ W^T)``."""
     w, b = _conv(node)
@@ -206,24 +208,22 @@ def _pointwise(node, dtype, scale=None, shift=None, act=None) -> Conv:
         b = (0 if b is None else b) + shift.astype(np.float64) @ w
     if scale is not None:
         w = scale.astype(np.float64)[:, None] * w
-    w, b = _scaled(w, b, act_scale(act))
-    return Conv(_cast(w, dtype), _cast(b, dtype))
+    w, b = _scaled(w, b, act_scale(layer.activation))
+    return Conv(_cast(w, dtype), _cast(b, dtype), **_facts(layer))
 
 
-def _depthwise(node, dtype, act=None) -> Conv:  # [C, 1, k, k] -> [k, k, C]
-    w, b = _scaled(*_conv(node), act_scale(act))
-    return Conv(_cast(w[:, 0].transpose(1, 2, 0), dtype), _cast(b, dtype), k=w.shape[-1])
+def _depthwise(node, layer: Layer, dtype) -> Conv:  # [C, 1, k, k] -> [k, k, C]
+    w, b = _scaled(*_conv(node), act_scale(layer.activation))
+    return Conv(_cast(w[:, 0].transpose(1, 2, 0), dtype), _cast(b, dtype), k=w.shape[-1], **_facts(layer))
 
 
 def _dense(node, layer: Layer, dtype) -> Conv:  # [Cout, Cin, k, k] -> [k*k*Cin, Cout]
-    """A dense k x k conv, scaled for the activation that follows it (``layer.activation``)."""
     w, b = _scaled(*_conv(node), act_scale(layer.activation))
     cout, cin, k, _ = w.shape
-    return Conv(_cast(w.transpose(2, 3, 1, 0).reshape(k * k * cin, cout), dtype), _cast(b, dtype), k=k)
+    return Conv(_cast(w.transpose(2, 3, 1, 0).reshape(k * k * cin, cout), dtype), _cast(b, dtype), k=k, **_facts(layer))
 
 
 def _inverted_residual(node, layers: dict[str, Layer], name: str, dtype) -> InvertedResidual:
-    expand, depthwise = layers[f"{name}.expand_1x1"], layers[f"{name}.conv_3x3"]
-    return InvertedResidual(_pointwise(node["expand_1x1"], dtype, act=expand.activation),
-                            _depthwise(node["conv_3x3"], dtype, depthwise.activation),
-                            _pointwise(node["reduce_1x1"], dtype), depthwise.stride, depthwise.dilation)
+    return InvertedResidual(_pointwise(node["expand_1x1"], layers[f"{name}.expand_1x1"], dtype),
+                            _depthwise(node["conv_3x3"], layers[f"{name}.conv_3x3"], dtype),
+                            _pointwise(node["reduce_1x1"], layers[f"{name}.reduce_1x1"], dtype))
