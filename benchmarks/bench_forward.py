@@ -108,10 +108,8 @@ class Worker:
             out["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
             from numpy_mvit2 import fast, team
 
-            n = fast.threads()  # the team is opt-in: load() below starts it, unless it is switched off
-            switched_off = team.PROCESSES is False or os.environ.get("NUMPY_MVIT2_PROCESSES", "").strip() == "0"
-            out["single_images_on"] = (f"a team of {n} processes" if n > 1 and team.available() and not switched_off
-                                       else f"{n} thread(s)")
+            n = fast.threads()  # the team is opt-in: started here (and by load()), unless it is switched off
+            out["single_images_on"] = f"a team of {n} processes" if n > 1 and team.start() else f"{n} thread(s)"
         elif self.side == "torch":
             import transformers
 

@@ -76,5 +76,9 @@ class _Package(ModuleType):
 
 sys.modules[__name__].__class__ = _Package
 
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"THREADS"})
+
 __all__ = ["Plan", "backbone", "build_plan", "image_classification", "plan_choices", "semantic_segmentation",
            "threads"]

@@ -100,6 +100,9 @@ class Plan:
     classifier: Linear | None = None  # head "classification" with num_labels > 0
     segmentation_head: DeepLabHead | None = None  # head "segmentation"
 
+    def __getstate__(self):  # pickle, copy: without the token a team of processes gave this plan (its own, not the plan's)
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_team")}
+
 
 def plan_choices(config: MobileViTV2Config) -> tuple:
     """What a plan fixes of the config's behavior: the patch remainder and each stage's local dilation."""
@@ -113,7 +116,7 @@ def act_scale(act) -> float:
     return 0.5 if act in ("swish", "silu") else 1.0
 
 
-def build_plan(params: dict, config: MobileViTV2Config, dtype, head: str) -> Plan:
+def build_plan(params: dict, config: MobileViTV2Config, dtype, head: str = "base") -> Plan:
     """Lay out a model's parameters (``model.params``) for the fast path. ``head`` "base": ``params``
     is the backbone (``conv_stem``, ``encoder``); "classification" / "segmentation": the backbone is
     ``params["mobilevitv2"]`` and the head ``params["classifier"]`` (absent when num_labels is 0) /

@@ -661,12 +661,15 @@ def shutdown(wait=True):
 
 def _forget_after_fork():
     """In a forked child: drop (without touching the workers) the team the parent started; the
-    child would otherwise keep the parent's sockets open, and the workers alive after the parent."""
-    global _team, _team_lock
+    child would otherwise keep the parent's sockets open, and the workers alive after the parent.
+    The child did not ask for a team of its own: ``start()`` in the parent does not carry over
+    (``PROCESSES = True`` and ``NUMPY_MVIT2_PROCESSES=1`` still do)."""
+    global _team, _team_lock, _asked
     if isinstance(_team, Team):
         for sock in _team.sockets:
             sock.close()
     _team, _team_lock = None, threading.Lock()  # (the lock may have been held by another thread)
+    _asked = False
 
 
 _hooked = False
