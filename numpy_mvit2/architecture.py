@@ -16,7 +16,7 @@ without running it reads this list:
   ``feature_map_sizes`` (``check_input_size``).
 
 This module sits below ``config`` (it never imports it): ``MobileViTV2Config.stages`` builds its
-widths with ``make_divisible`` and holds them as ``StageSpec``\ s, both defined here, and the config
+widths with ``make_divisible`` and holds them as ``StageSpec`` objects, both defined here, and the config
 asks ``describe`` for its counts.
 
 The forward passes (``blocks`` and the ``fast`` package) compose the same layers from the same

@@ -118,7 +118,10 @@ OUR_FILES = f"{os.sep}numpy_mvit2{os.sep}"  # a frame in the package (not the ed
 
 
 def landed_before_our_code(status: int, stderr: str) -> bool:
-    return "init_import_site" in stderr or (status == -signal.SIGINT and OUR_FILES not in stderr)
+    # a bare "KeyboardInterrupt" (no traceback, no frame at all): Python's start-up raised it before
+    # the first line of the script ran
+    return ("init_import_site" in stderr or (status == -signal.SIGINT and OUR_FILES not in stderr)
+            or stderr.strip() == "KeyboardInterrupt")
 
 
 # The console script an install made before the entry point moved to numpy_mvit2.__main__ (pip

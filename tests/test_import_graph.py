@@ -15,7 +15,11 @@ The edges are those Python's import system would follow, counted generously:
 - relative imports are resolved against the importing module (``from . import x`` in a package's
   ``__init__`` names the package itself, and so is an edge to itself).
 
-Only modules of the package count; a module importing itself is a cycle.
+Only modules of the package count; a module importing itself is a cycle. The strictest reading
+(``strict=True``) also counts, from ``from X import a``, the packages above the importing module
+itself, as a checker that knows nothing of what is already running would: then a package's
+``__init__`` that imports its own modules would close a cycle with each of them, and so the
+package's ``__init__`` files import nothing of theirs (PEP 562's module ``__getattr__`` instead).
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ def _prefixes(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def import_graph(package_dir: Path) -> dict[str, dict[str, list[str]]]:
-    """``{importer: {imported: ["file:line", ...]}}`` over the modules of the package in ``package_dir``."""
+def import_graph(package_dir: Path, strict: bool = False) -> dict[str, dict[str, list[str]]]:
+    """``{importer: {imported: ["file:line", ...]}}`` over the modules of the package in ``package_dir``
+    (``strict``: the importing module's own packages count too, see the module docstring)."""
     modules = module_names(package_dir)
     graph: dict[str, dict[str, list[str]]] = {name: {} for name in modules}
     for importer, path in modules.items():
         is_package = path.name == "__init__.py"
-        running = set(_prefixes(importer))  # the importer and its packages: already being executed
+        running = {importer} if strict else set(_prefixes(importer))  # already being executed
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
         def edge(target: str, line: int) -> None:
@@ -179,6 +184,22 @@ def test_the_package_imports_in_one_direction():
     report = describe(graph, cycles)
     print(report)
     assert not cycles, f"{len(cycles)} import cycle(s) in numpy_mvit2:\n{report}"
+
+
+def test_no_cycle_even_counting_the_importers_own_packages():
+    graph = import_graph(PACKAGE, strict=True)
+    cycles = find_cycles(graph)
+    assert not cycles, f"{len(cycles)} import cycle(s) in numpy_mvit2, read strictly:\n{describe(graph, cycles)}"
+
+
+def test_strict_reading_sees_a_package_init_importing_its_modules(tmp_path):
+    package = write_package(tmp_path, {
+        "__init__.py": "from .b import f\n",
+        "a.py": "X = 1\n",
+        "b.py": "from .a import X\n\ndef f():\n    return X\n",
+    })
+    assert not find_cycles(import_graph(package))
+    assert find_cycles(import_graph(package, strict=True)) == [["pkg", "pkg.b", "pkg"]]
 
 
 # -- the checker itself, on packages written for it ---------------------------------------------

@@ -53,12 +53,42 @@ The thread count: ``numpy_mvit2.fast.THREADS`` (or ``NUMPY_MVIT2_THREADS``), by 
 own; importing this package changes nothing process-wide and starts no process.
 """
 
+import importlib
 import sys
 from types import ModuleType
 
-from .executors import get_thread_setting, set_thread_setting, threads
-from .forward import backbone, image_classification, semantic_segmentation
-from .plan import Plan, build_plan, plan_choices
+# public name -> the module of this package that defines it, imported when first used (PEP 562):
+# this file imports none of them, so no import inside the package leads back to it
+_EXPORTS = {
+    "Plan": "plan",
+    "backbone": "forward",
+    "build_plan": "plan",
+    "image_classification": "forward",
+    "plan_choices": "plan",
+    "semantic_segmentation": "forward",
+    "threads": "executors",
+}
+_SUBMODULES = ("executors", "forward", "kernels", "layers", "plan", "team")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES) | {"THREADS"})
+
+
+def _executors():
+    return importlib.import_module(".executors", __name__)
 
 
 class _Package(ModuleType):
@@ -67,18 +97,11 @@ class _Package(ModuleType):
 
     @property
     def THREADS(self) -> int | None:  # noqa: N802 - the setting's public name
-        return get_thread_setting()
+        return _executors().THREADS
 
     @THREADS.setter
     def THREADS(self, value: int | None) -> None:  # noqa: N802
-        set_thread_setting(value)
+        _executors().THREADS = value
 
 
 sys.modules[__name__].__class__ = _Package
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"THREADS"})
-
-__all__ = ["Plan", "backbone", "build_plan", "image_classification", "plan_choices", "semantic_segmentation",
-           "threads"]

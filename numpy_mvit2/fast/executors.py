@@ -160,15 +160,6 @@ def _blas_state() -> _Blas:
     return blas
 
 
-def get_thread_setting() -> int | None:  # ``numpy_mvit2.fast.THREADS`` reads this
-    return THREADS
-
-
-def set_thread_setting(value: int | None) -> None:  # ``numpy_mvit2.fast.THREADS = value`` sets this
-    global THREADS
-    THREADS = value
-
-
 def threads() -> int:
     """How many threads the fast path uses: ``THREADS``, else ``NUMPY_MVIT2_THREADS``, else BLAS's
     own thread count; 1 where BLAS's thread count cannot be controlled (then BLAS would compete
