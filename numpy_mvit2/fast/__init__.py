@@ -18,11 +18,11 @@ The layers, each importing only those above it in this list (none imports this p
     team.py       the opt-in team of processes (an Executor over shared memory) for single images
     forward.py    the entry points: threads, batch parts or the team, chosen per pass
 
-What is different from ``blocks.py``, and why (measured on the 2-core machine of
-``benchmarks/README.md``):
+What is different from ``blocks.py``, and why (the measurements behind each choice:
+``benchmarks/README.md``, "The fast path's kernels"):
 
 - **Layout NHWC** ``[B, H, W, C]``, channels contiguous. A 1x1 convolution is then one
-  ``[B*H*W, Cin] @ [Cin, Cout]`` matrix product with no transposes (2.3x faster than the NCHW
+  ``[B*H*W, Cin] @ [Cin, Cout]`` matrix product with no transposes (faster than the NCHW
   ``[Cout, Cin] @ [Cin, H*W]`` product for the early, tall maps), and a depthwise tap multiplies
   whole rows ``W*C`` by a weight row tiled once per call.
 - **Row bands.** An inverted residual (1x1 expand -> 3x3 depthwise -> 1x1 reduce) runs band by band

@@ -36,7 +36,7 @@ the fast path's own threads off."""
 THREAD_PART_ELEMENTS = 1 << 16
 """``Threads.part_elements``: the smallest piece of work (in elements of the largest array it
 writes) worth a thread of its own. Below it, handing work to another thread and waiting for it
-costs more than it saves (measured on the stage-4 and stage-5 blocks of width 1.0, whose maps are
+costs more than it saves (set on the stage-4 and stage-5 blocks of width 1.0, whose maps are
 16x16 and 8x8)."""
 
 

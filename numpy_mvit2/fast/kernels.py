@@ -18,7 +18,7 @@ from .plan import Conv
 
 TILE_ELEMENTS = 1 << 13
 """Length of a tiled bias row (``add_bias_act_``): adding a ``[C]`` bias to ``[R, C]`` broadcasts it
-over R short rows, about 2x slower than adding a contiguous ``[n*C]`` row to ``[R/n, n*C]``."""
+over R short rows, slower than adding a contiguous ``[n*C]`` row to ``[R/n, n*C]``."""
 
 SCRATCH_ELEMENTS = 1 << 22
 """Most elements (16 MB in float32) a thread keeps between calls in its scratch buffer."""
@@ -154,7 +154,7 @@ def scratch(dtype, *shapes):  # -> one uninitialised array per shape, views of t
     """Work arrays for one call on this thread, carved out of one buffer that the thread keeps
     (up to ``SCRATCH_ELEMENTS``) and grows as needed: allocating the bands' arrays afresh on every
     call made the kernel map and zero their pages again (thousands of page faults per forward
-    pass, several ms of system time). The arrays are only valid until the thread's next call."""
+    pass, all of it system time). The arrays are only valid until the thread's next call."""
     dtype = np.dtype(dtype)
     align = max(1, 64 // dtype.itemsize)
     sizes = [-(-math.prod(shape) // align) * align for shape in shapes]

@@ -35,7 +35,7 @@ stay in L2 cache while it is activated, convolved and reduced."""
 IR_PART_DIVISOR = 4
 """An inverted residual (counted in elements of its expanded map) is split among workers from
 ``part_elements / IR_PART_DIVISOR`` on: its row ranges need no barrier, so smaller maps are worth
-splitting (the stage-5 block at width 1.0, 8x8x768, takes 2.5 ms on one thread)."""
+splitting (the stage-5 block at width 1.0, 8x8x768, is worth two workers)."""
 
 TRANSFORMER_PART_DIVISOR = 1
 """The same for a MobileViT block's transformer, in elements of its tokens ``[P, N, d]``."""
@@ -166,7 +166,7 @@ def _run_bands(x, out, block: InvertedResidual, bands: _Bands, items):  # one wo
     if pad:  # the width padding stays zero (rows outside the image are zeroed per band)
         ebuf[:, :, :pad] = 0
         ebuf[:, :, pad + width :] = 0
-    view = band_view(ebuf, rows, wo, bands.k, bands.stride, bands.dilation, bands.tiled is not None)  # once: as_strided costs ~10 us
+    view = band_view(ebuf, rows, wo, bands.k, bands.stride, bands.dilation, bands.tiled is not None)  # once per worker: as_strided is slow beside a band's work
     depthwise_out = gbuf[: images * rows * wo].reshape(images, rows, wo, hidden)
     depthwise_tmp = tbuf[: images * rows * wo].reshape(images, rows, wo, hidden)
     for b0, nb, r_start, r_end in items:

@@ -79,7 +79,8 @@ else whether ``start()`` was called in this process (default: off)."""
 PROCESS_PART_ELEMENTS = 1 << 12
 """``Rank.part_elements``: the smallest piece of work (elements of the largest array it writes)
 split among the team; smaller than ``executors.THREAD_PART_ELEMENTS`` because a spinning barrier
-costs a few us where a thread's costs about 100."""
+costs far less than handing work to a thread and waking it (benchmarks/README.md, "Threads and
+processes")."""
 
 ARENA_BYTES = 64 << 20
 """First size of the arena (virtual: pages cost memory only once written); it doubles (and the
