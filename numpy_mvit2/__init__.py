@@ -10,18 +10,18 @@ to take Ctrl-C before NumPy is imported (see ``numpy_mvit2.__main__``). ``from n
 X``, ``numpy_mvit2.X`` and the submodules (``numpy_mvit2.fast.THREADS``, ``numpy_mvit2.team.start()``,
 README "Speed") work as before.
 
-Nothing of the package is imported here but two modules that import nothing of it (``_version``,
-``_signals``): so no module that imports the package back (``from . import blocks``) can close an
+Nothing of the package is imported here but modules that import nothing of it (``_lazy``,
+``_version``, ``_signals``): so no module that imports the package back (``from . import blocks``) can close an
 import cycle through it. (So there is no ``if TYPE_CHECKING:`` block importing the public names for
 type checkers and editors: it would be such a cycle. They are in the modules ``_EXPORTS`` names.)
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
+from ._lazy import lazy_names
 from ._version import __version__  # noqa: F401
 
 # public name -> the module that defines it
@@ -46,24 +46,11 @@ _EXPORTS = {
 }
 # submodules reachable as attributes of the package without an import of their own
 # (``numpy_mvit2.fast.THREADS = 2``, ``numpy_mvit2.summary.summarize``), as when the package imported them
-_SUBMODULES = ("blocks", "cli", "config", "crosscheck", "cvnets_yaml", "demo", "errors", "fast", "generate", "hub", "layout",
-               "modeling", "ops", "processing", "safeio", "summary", "team", "weights")
+_SUBMODULES = ("architecture", "blocks", "cli", "config", "crosscheck", "cvnets_yaml", "demo", "errors", "fast", "generate",
+               "hub", "layout", "modeling", "ops", "processing", "safeio", "summary", "team", "weights")
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value  # looked up once
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, _SUBMODULES)
 
 
 def _run_by_an_older_console_script() -> bool:

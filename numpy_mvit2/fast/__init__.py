@@ -57,8 +57,10 @@ import importlib
 import sys
 from types import ModuleType
 
-# public name -> the module of this package that defines it, imported when first used (PEP 562):
-# this file imports none of them, so no import inside the package leads back to it
+from .._lazy import lazy_names
+
+# public name -> the module of this package that defines it, imported when first used: this file
+# imports none of them, so no import inside the package leads back to it
 _EXPORTS = {
     "Plan": "plan",
     "backbone": "forward",
@@ -71,20 +73,11 @@ _EXPORTS = {
 _SUBMODULES = ("executors", "forward", "kernels", "layers", "plan", "team")
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value  # looked up once
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, _dir = lazy_names(__name__, _EXPORTS, _SUBMODULES)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES) | {"THREADS"})
+    return sorted(set(_dir()) | {"THREADS"})
 
 
 def _executors():

@@ -6,7 +6,7 @@ none of them, so no import inside the package leads back to it.
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_names
 
 # public name -> the module of this package that defines it
 _EXPORTS = {
@@ -27,17 +27,4 @@ _EXPORTS = {
 _SUBMODULES = ("convert", "files", "init", "names", "shapes", "torch_files")
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value  # looked up once
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, _SUBMODULES)
