@@ -181,8 +181,8 @@ class _Writer:
     ``config``: a ``MobileViTV2Config`` (read, never imported here: the config builds its stages
     with this module's ``make_divisible`` and counts its parameters with ``describe``)."""
 
-    def __init__(self, config, size: tuple | None):
-        self.config, self.size, self.rows = config, size, []
+    def __init__(self, config, size: tuple | None, maps_only: bool = False):
+        self.config, self.size, self.rows, self.maps_only = config, size, [], maps_only  # maps_only: no transformer rows
         self.stages, self.choices = config.stages, config.choices  # each computed once per walk
         self.patches = None  # (P, N) inside a MobileViT block
 
@@ -223,7 +223,7 @@ def _mobilevit_block(w: _Writer, spec: StageSpec, prefix, stage):
     w.conv(f"{prefix}.conv_1x1", stage, c, d, norm=False)
     # the transformer runs on [d, P, N]: a border no whole patch covers is left out (or was resized away)
     w.patches = None if w.size is None else (p * p, (w.size[0] // p) * (w.size[1] // p))
-    for j in range(spec.n_attn_blocks):
+    for j in range(0 if w.maps_only else spec.n_attn_blocks):
         layer = f"{prefix}.transformer.layer.{j}"
         w.group_norm(f"{layer}.layernorm_before", stage, d)
         w.conv(f"{layer}.attention.qkv_proj", stage, d, 1 + 2 * d, bias=True, norm=False, input="patches")
@@ -265,8 +265,15 @@ def _head(w: _Writer, head: str):
         w.conv("segmentation_head.classifier", "head", a, config.num_labels, bias=True, norm=False)
 
 
-def _walk(config, head: str, size: tuple | None) -> list[Layer]:
-    w = _Writer(config, size)
+# the config's fields a walk reads besides those ``config.stages`` and ``config.choices`` check themselves
+# (num_labels is checked whenever it is set)
+_FIELDS = ("num_channels", "expand_ratio", "hidden_act", "conv_kernel_size", "patch_size",
+           "aspp_out_channels", "atrous_rates")
+
+
+def _walk(config, head: str, size: tuple | None, maps_only: bool = False) -> list[Layer]:
+    config.check_fields(_FIELDS)  # again: a field set after the config was made is checked only here
+    w = _Writer(config, size, maps_only)
     _backbone(w)
     _head(w, head)
     return w.rows
@@ -292,7 +299,7 @@ def feature_map_sizes(config, height: int, width: int) -> list[tuple[int, int]]:
     the output sizes of the stem and of each stage's last layer (not checked: a map smaller than a
     patch gets sizes too)."""
     last = {}
-    for layer in _walk(config, "base", (int(height), int(width))):
+    for layer in _walk(config, "base", (int(height), int(width)), maps_only=True):
         if layer.input == "map":
             last[layer.stage] = layer.output_shape[1:]
     return list(last.values())

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import MobileViTV2Config, StageSpec
+from .architecture import StageSpec
+from .config import MobileViTV2Config
 from .ops import (
     ACTIVATIONS,
     batch_norm,

@@ -432,6 +432,11 @@ class MobileViTV2Config:
                     f"the {MAX_PARAMETERS:,} allowed; its size is set by {sizes}", field="parameter_count"
                 )
 
+    def check_fields(self, names) -> None:
+        """Check the fields ``names`` again (one may have been set since the config was made), as
+        ``validate`` checks them: ``ConfigError`` naming the first bad one."""
+        self._check_fields(names)
+
     def _check_fields(self, names) -> None:
         for name in names:
             value = getattr(self, name)
@@ -518,7 +523,6 @@ class MobileViTV2Config:
         """Spatial size of the stem's output and of each stage's output for an input of
         ``height x width``, as ``architecture.describe`` sizes the layers (the input size not
         checked; the fields the sizes depend on are, again: one may have been set since)."""
-        self._check_fields(("patch_size", "conv_kernel_size", "expand_ratio"))
         return feature_map_sizes(self, height, width)
 
     def check_input_size(self, height: int, width: int) -> None:

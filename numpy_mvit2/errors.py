@@ -6,8 +6,6 @@ import math
 import numbers
 import reprlib
 
-import numpy as np
-
 
 class CheckpointError(ValueError):
     """A checkpoint file or folder that cannot be loaded; the message names the file and the reason."""
@@ -64,7 +62,7 @@ def show(value) -> str:
 def is_finite_number(value) -> bool:
     """A Python or NumPy int or float that is neither infinite nor NaN (``bool`` excluded), and
     that a float can hold (an int of 400 digits cannot)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):  # (NumPy's bool_ is no numbers.Real)
         return False
     try:
         return math.isfinite(value)

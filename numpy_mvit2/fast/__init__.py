@@ -96,5 +96,9 @@ class _Package(ModuleType):
     def THREADS(self, value: int | None) -> None:  # noqa: N802
         _executors().THREADS = value
 
+    @THREADS.deleter
+    def THREADS(self) -> None:  # noqa: N802 - back to the default (what mock.patch does on exit)
+        _executors().THREADS = None
+
 
 sys.modules[__name__].__class__ = _Package

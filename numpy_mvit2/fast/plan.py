@@ -21,7 +21,7 @@ says which of the config's behavior a plan fixed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class Linear:  # classifier: ``ops.linear(x, weight, bias)`` as the reference co
 
 @dataclass
 class DeepLabHead:  # segmentation_head
-    convs: list  # aspp.convs.0 (1x1, [C, A]) and aspp.convs.1-3 (3x3 dilated by atrous_rates, [9*C, A])
+    convs: list  # aspp.convs.0 (1x1, [C, A]) and aspp.convs.1-3 (3x3, [9*C, A], each Conv.dilation its atrous rate)
     pooling: Conv  # aspp.convs.4.conv_1x1, [C, A]
     project: Conv  # aspp.project, [5A, A]
     classifier: Conv  # classifier, [A, num_labels]
@@ -104,9 +104,16 @@ class Plan:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_team")}
 
 
+# the config's fields a plan does not depend on: the label names and the flags of the outputs
+_NOT_IN_THE_PLAN = ("id2label", "label2id", "problem_type", "output_hidden_states", "output_attentions", "return_dict")
+
+
 def plan_choices(config: MobileViTV2Config) -> tuple:
-    """What a plan fixes of the config's behavior: the patch remainder and each stage's local dilation."""
-    return config.choices.patch_remainder, tuple(spec.local_dilation for spec in config.stages)
+    """What a plan was built from besides the weights: every field of the config but the label
+    names and the output flags. A model rebuilds its plan when they change (``config.behavior``,
+    ``output_stride`` or ``hidden_act`` set after the model was built)."""
+    return tuple((f.name, tuple(v) if isinstance(v := getattr(config, f.name), list) else v)
+                 for f in fields(config) if f.name not in _NOT_IN_THE_PLAN)
 
 
 def act_scale(act) -> float:
