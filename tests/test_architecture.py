@@ -136,3 +136,19 @@ def test_params_and_macs_from_the_facts():
         describe(config, "classification")[0].macs  # noqa: B018
     with pytest.raises(ValueError, match="head"):
         describe(config, "detection")
+
+
+@pytest.mark.parametrize(("field", "value"), [("expand_ratio", float("inf")), ("num_channels", "3"), ("aspp_out_channels", None),
+                                              ("atrous_rates", None), ("conv_kernel_size", None), ("patch_size", "2"),
+                                              ("n_attn_blocks", [10**9] * 3)])
+def test_fields_set_later_are_checked_by_the_walk(field, value):
+    """A field set after the config was made is checked where the network is walked: the
+    description, the parameter count, the input-size check all raise ``ConfigError`` naming it."""
+    from numpy_mvit2.errors import ConfigError
+
+    for walk in (lambda c: describe(c, "segmentation", 128, 128), lambda c: c.parameter_count("segmentation"),
+                 lambda c: c.check_input_size(128, 128)):
+        config = MobileViTV2Config()
+        setattr(config, field, value)
+        with pytest.raises(ConfigError, match=field):
+            walk(config)

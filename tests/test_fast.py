@@ -371,3 +371,29 @@ def test_importing_and_calling_registers_no_hooks():
         print(registered)
     """, NUMPY_MVIT2_THREADS="2")
     assert "numpy_mvit2" not in out
+
+
+@pytest.mark.parametrize(("field", "value"), [("output_stride", 8), ("hidden_act", "relu"), ("atrous_rates", [2, 3, 4]),
+                                              ("behavior", "timm")])
+def test_the_plan_follows_fields_set_after_loading(field, value):
+    """The plan takes each conv's stride, dilation and activation from the config when it is built;
+    a computed field set afterwards has the next call rebuild it, so both paths still agree."""
+    model = MobileViTV2ForSemanticSegmentation(MobileViTV2Config(width_multiplier=0.5, num_labels=3), seed=2)
+    x = pixels(1, 96, 80)
+    setattr(model.config, field, value)
+    fast, ref = both_paths(model, x)
+    assert_same(fast, ref, BARS[np.float32])
+
+
+def test_threads_setting_patched_and_restored():
+    """``numpy_mvit2.fast.THREADS`` is the executors' setting, whichever way it is set and put back."""
+    from unittest import mock
+
+    assert fast_path.THREADS is None and "THREADS" in dir(fast_path)
+    with mock.patch.object(fast_path, "THREADS", 2):
+        assert executors.THREADS == 2 and fast_path.THREADS == 2
+    assert executors.THREADS is None
+    fast_path.THREADS = 1
+    assert executors.threads() == 1
+    del fast_path.THREADS
+    assert executors.THREADS is None
