@@ -237,6 +237,88 @@ def batch_norm(x, running_mean, running_var, weight, bias, eps=1e-5):  # [B, C, 
     return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+def batch_norm_backward(grad_output, x, running_mean, running_var, weight, bias, eps=1e-5):
+    # [B, C, H, W] x 2, [C] x 4 -> [B, C, H, W], [C], [C]
+    """Vector-Jacobian product of ``batch_norm`` (inference form): ``(dL/dx, dL/dgamma, dL/dbeta)``.
+
+    With fixed statistics ``y = gamma[c] * xhat + beta[c]``, ``xhat = (x - mean[c]) * r[c]``,
+    ``r = 1 / sqrt(var + eps)``, the map is affine per channel: ``dL/dx = g * gamma * r``,
+    ``dL/dgamma[c] = sum_{b,h,w} g * xhat``, ``dL/dbeta[c] = sum_{b,h,w} g``. The running
+    statistics are buffers, not parameters, and get no gradient; ``bias`` is not read (it is
+    taken so the call mirrors the forward's)."""
+    inv_std = 1 / np.sqrt(running_var + eps)
+    x_hat = (x - running_mean[None, :, None, None]) * inv_std[None, :, None, None]
+    grad_x = grad_output * (weight * inv_std)[None, :, None, None]
+    return grad_x, np.sum(grad_output * x_hat, axis=(0, 2, 3)), grad_output.sum(axis=(0, 2, 3))
+
+
+class BatchNormSaved(NamedTuple):
+    """What ``batch_norm_train`` keeps for its backward: the normalised input ``xhat`` ``[B, C, H, W]``,
+    ``r = 1 / sqrt(var_batch + eps)`` ``[C]`` and ``gamma`` ``[C]``."""
+
+    x_hat: np.ndarray
+    inv_std: np.ndarray
+    weight: np.ndarray
+
+
+def batch_norm_train(x, running_mean, running_var, weight, bias, eps=1e-5, momentum=0.1):
+    # [B, C, H, W], [C] x 4 -> [B, C, H, W], [C], [C], BatchNormSaved
+    """Batch norm in training form, as ``torch.nn.functional.batch_norm(training=True)`` and
+    ``torch.nn.BatchNorm2d`` in ``train()`` mode.
+
+    Statistics of the batch, per channel over the ``n = B*H*W`` values:
+    ``mu = mean(x)``, ``var = mean((x - mu)^2)`` (biased), and
+    ``y = (x - mu) / sqrt(var + eps) * gamma[c] + beta[c]``. The running statistics move towards
+    the batch's: ``new_mean = (1 - momentum) * running_mean + momentum * mu`` and
+    ``new_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)`` (the unbiased
+    variance, as PyTorch keeps it). Nothing is modified in place: the new running statistics are
+    returned (None when ``running_mean`` / ``running_var`` are None, PyTorch's
+    ``track_running_stats=False``), with what the backward needs (``BatchNormSaved``).
+    """
+    batch, channels, height, width = x.shape
+    n = batch * height * width
+    if n <= 1:
+        raise ValueError(f"batch_norm_train: expected more than 1 value per channel when training, got input of shape {x.shape}")
+    mean = x.mean(axis=(0, 2, 3))
+    centred = x - mean[None, :, None, None]
+    var = np.mean(centred * centred, axis=(0, 2, 3))
+    inv_std = 1 / np.sqrt(var + eps)
+    x_hat = centred * inv_std[None, :, None, None]
+    y = x_hat * weight[None, :, None, None] + bias[None, :, None, None]
+    new_mean = None if running_mean is None else (1 - momentum) * running_mean + momentum * mean
+    new_var = None if running_var is None else (1 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+    if new_mean is not None:
+        new_mean = new_mean.astype(running_mean.dtype, copy=False)
+    if new_var is not None:
+        new_var = new_var.astype(running_var.dtype, copy=False)
+    return y, new_mean, new_var, BatchNormSaved(x_hat, inv_std, weight)
+
+
+def batch_norm_train_backward(grad_output, saved):  # [B, C, H, W], BatchNormSaved -> [B, C, H, W], [C], [C]
+    """Vector-Jacobian product of ``batch_norm_train``: ``(dL/dx, dL/dgamma, dL/dbeta)``.
+
+    Per channel, with ``g = dL/dy``, ``n`` values, ``xhat = (x - mu) r`` and ``r = (var + eps)^(-1/2)``:
+    ``dL/dbeta = sum g`` and ``dL/dgamma = sum g * xhat``, as in the inference form. For ``x`` the
+    statistics depend on ``x`` too. Write ``u = g * gamma = dL/dxhat``. Then
+    ``dxhat_k/dx_j = r * (delta_kj - 1/n) - xhat_k * r * xhat_j / n``, because
+    ``dmu/dx_j = 1/n`` and ``dr/dx_j = -r^3 (x_j - mu) / n = -r^2 xhat_j / n``. Summing
+    ``u_k dxhat_k/dx_j`` over ``k``:
+
+    ``dL/dx_j = r * (u_j - mean(u) - xhat_j * mean(u * xhat))``.
+
+    The running-statistics update is not differentiated (PyTorch updates them outside autograd).
+    """
+    x_hat, inv_std, weight = saved
+    axes = (0, 2, 3)
+    grad_bias = grad_output.sum(axis=axes)
+    grad_weight = np.sum(grad_output * x_hat, axis=axes)
+    u = grad_output * weight[None, :, None, None]
+    mean_u = u.mean(axis=axes, keepdims=True)
+    mean_u_xhat = np.mean(u * x_hat, axis=axes, keepdims=True)
+    grad_x = inv_std[None, :, None, None] * (u - mean_u - x_hat * mean_u_xhat)
+    return grad_x, grad_weight, grad_bias
+
+
 def fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps=1e-5):
     """Fold an inference batch norm into the convolution before it.
 
