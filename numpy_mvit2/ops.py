@@ -5,11 +5,23 @@ computes and the shapes it takes, and ``tests/test_ops.py`` pins each one agains
 ``torch.nn.functional`` twin. Layout is NCHW throughout: ``B`` batch, ``C`` channels, ``H x W``
 spatial size. Arrays keep the dtype they arrive in (float32 or float64); nothing is upcast behind
 the reader's back except where a comment says so.
+
+Backward passes. Each forward ``f`` that training needs has its vector-Jacobian product
+``f_backward`` directly below it, in the same notation: ``f_backward(grad_output, *inputs, **options)``
+takes the gradient of a scalar loss ``L`` with respect to ``f``'s output (``dL/dy``, shaped like
+``y``), then the inputs the forward read and the forward's own keyword options, and returns the
+gradients ``dL/d(input)`` in the order of the forward's arguments, each shaped like its input
+(``None`` for an input that is absent, such as a missing bias). Where the backward needs values
+that only the forward computes (batch statistics, a dropout mask), the forward returns them
+alongside its output and the backward takes them in place of the inputs. Docstrings give the
+derivation; ``tests/test_backward_*.py`` check each backward against ``torch.autograd`` and
+against central finite differences.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,10 +98,130 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # 
     return y
 
 
+def conv2d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    # [B, Cout, Ho, Wo], [B, Cin, H, W], [Cout, Cin/g, k, k] -> [B, Cin, H, W], [Cout, Cin/g, k, k], [Cout] | None
+    """Vector-Jacobian product of ``conv2d``: ``(dL/dx, dL/dweight, dL/dbias)`` from ``g = dL/dy``.
+
+    The forward is linear in ``x`` and in ``weight`` separately, so each gradient is the sum in
+    ``conv2d``'s docstring with the roles swapped. Differentiating
+    ``y[b, o, i, j] = bias[o] + sum_{c, kh, kw} weight[o, c, kh, kw] * xpad[b, g*Cg + c, s*i + d*kh, s*j + d*kw]``:
+
+    - ``dL/dbias[o] = sum_{b, i, j} g[b, o, i, j]``;
+    - ``dL/dweight[o, c, kh, kw] = sum_{b, i, j} g[b, o, i, j] * xpad[b, g*Cg + c, s*i + d*kh, s*j + d*kw]``:
+      the output gradient correlated with the tap ``(kh, kw)`` of the input, the same windows
+      (im2col columns) the forward multiplies;
+    - ``dL/dxpad[b, g*Cg + c, s*i + d*kh, s*j + d*kw] += sum_{o in group g} weight[o, c, kh, kw] * g[b, o, i, j]``:
+      every input pixel collects the gradient of every output that read it (col2im, a scatter-add
+      of each tap's window back to where it was read); ``dL/dx`` is ``dL/dxpad`` without the
+      padding. Rows and columns the forward never reads (when the stride does not divide the
+      padded size) get zero.
+
+    ``bias`` says whether the forward had one (True or the bias array: ``dL/dbias`` is returned;
+    False or None: None is).
+    The three paths mirror the forward's: one matrix product for 1x1 (unpadded, one group), ``k*k`` shifted
+    multiply-adds for depthwise, im2col / col2im around one matrix product per group otherwise.
+    """
+    batch, cin, height, width = x.shape
+    cout, cin_g, kernel, _ = weight.shape
+    ho, wo = grad_output.shape[2:]
+    if grad_output.shape != (batch, cout, conv_output_size(height, kernel, stride, padding, dilation),
+                             conv_output_size(width, kernel, stride, padding, dilation)):
+        raise ValueError(f"conv2d_backward: grad_output of shape {grad_output.shape} does not match the output "
+                         f"of conv2d on {x.shape} with weight {weight.shape}")
+    dtype = np.result_type(grad_output, x, weight)
+    grad_bias = None if bias is None or bias is False else grad_output.sum(axis=(0, 2, 3))
+
+    if kernel == 1 and padding == 0 and groups == 1:  # y = W x over channels: dW = g x^T, dx = W^T g
+        xs = x[:, :, ::stride, ::stride] if stride > 1 else x
+        g = grad_output.reshape(batch, cout, ho * wo)
+        grad_weight = np.matmul(g, xs.reshape(batch, cin, -1).swapaxes(1, 2)).sum(axis=0).reshape(weight.shape)
+        grad_weight = grad_weight.astype(dtype, copy=False)
+        grad_xs = np.matmul(weight.reshape(cout, cin).T, g).reshape(batch, cin, ho, wo)
+        if stride == 1:
+            return grad_xs.astype(dtype, copy=False), grad_weight, grad_bias
+        grad_x = np.zeros(x.shape, dtype=dtype)
+        grad_x[:, :, ::stride, ::stride] = grad_xs  # the pixels between strides were never read
+        return grad_x, grad_weight, grad_bias
+
+    xpad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
+    grad_xpad = np.zeros(xpad.shape, dtype=dtype)
+    # _taps yields views: adding into a tap of grad_xpad scatters into the pixels that tap read
+    grad_taps = _taps(grad_xpad, kernel, stride, dilation, (ho, wo))
+    if cin_g == 1 and cout == groups:  # depthwise: per channel, dW[c, kh, kw] = <g, tap>, dtap += W[c, kh, kw] g
+        grad_weight = np.empty(weight.shape, dtype=dtype)
+        for (kh, kw, tap), (_, _, grad_tap) in zip(_taps(xpad, kernel, stride, dilation, (ho, wo)), grad_taps):
+            grad_weight[:, 0, kh, kw] = np.einsum("bchw,bchw->c", grad_output, tap)
+            grad_tap += weight[None, :, 0, kh, kw, None, None] * grad_output
+    else:  # im2col: dW = sum_b g cols^T per group; dcols = W^T g, scattered back tap by tap (col2im)
+        cols = np.empty((batch, cin, kernel, kernel, ho, wo), dtype=x.dtype)
+        for kh, kw, tap in _taps(xpad, kernel, stride, dilation, (ho, wo)):
+            cols[:, :, kh, kw] = tap
+        cols = cols.reshape(batch, groups, cin_g * kernel * kernel, ho * wo)
+        g = grad_output.reshape(batch, groups, cout // groups, ho * wo)
+        w = weight.reshape(groups, cout // groups, cin_g * kernel * kernel)
+        grad_weight = np.matmul(g, cols.swapaxes(-1, -2)).sum(axis=0).reshape(weight.shape)
+        grad_cols = np.matmul(w.swapaxes(-1, -2), g).reshape(batch, cin, kernel, kernel, ho, wo)
+        for kh, kw, grad_tap in grad_taps:
+            grad_tap += grad_cols[:, :, kh, kw]
+    grad_x = grad_xpad[:, :, padding : padding + height, padding : padding + width] if padding else grad_xpad
+    return np.ascontiguousarray(grad_x), grad_weight.astype(dtype, copy=False), grad_bias
+
+
 def linear(x, weight, bias=None):  # [..., in] -> [..., out]
     """Affine map ``y = x W^T + b`` as ``torch.nn.functional.linear``; weight ``[out, in]``."""
     y = x @ weight.T
     return y + bias if bias is not None else y
+
+
+def linear_backward(grad_output, x, weight):  # [..., out], [..., in], [out, in] -> [..., in], [out, in], [out]
+    """Vector-Jacobian product of ``linear``. From ``y[n, o] = sum_i x[n, i] W[o, i] + b[o]``
+    (``n`` running over all leading axes): ``dL/dx = g W``, ``dL/dW = g^T x`` summed over ``n``,
+    ``dL/db = sum_n g[n]``. The bias gradient is returned whether or not the forward had one."""
+    out_features, in_features = weight.shape
+    g = grad_output.reshape(-1, out_features)
+    grad_x = grad_output @ weight
+    grad_weight = g.T @ x.reshape(-1, in_features)
+    return grad_x, grad_weight, g.sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout (training only; the inference model has none)
+# --------------------------------------------------------------------------------------------
+
+
+def dropout(x, p, generator):  # [...], float, np.random.Generator -> [...], bool [...]
+    """Inverted dropout, as ``torch.nn.functional.dropout(training=True)``: each value is kept
+    with probability ``1 - p`` and scaled by ``1 / (1 - p)``, so that ``E[y] = x``:
+    ``y = x * m / (1 - p)``, ``m ~ Bernoulli(1 - p)``. Returns ``(y, m)``, the mask as booleans.
+
+    The randomness comes only from ``generator`` (an ``np.random.Generator``), never from global
+    state: the same generator state gives the same mask. ``p = 0`` is the identity and draws
+    nothing; ``p = 1`` zeros everything (as PyTorch does). The draws are NumPy's, so the masks are
+    not PyTorch's for the same seed; the rule that turns a mask into ``y`` is.
+    """
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout: probability must be in [0, 1], got {p}")
+    if p == 0:
+        return x.copy(), np.ones(x.shape, dtype=bool)
+    if p == 1:
+        return np.zeros_like(x), np.zeros(x.shape, dtype=bool)
+    mask = generator.random(x.shape) >= p
+    return x * _dropout_scale(mask, p, x.dtype), mask
+
+
+def _dropout_scale(mask, p, dtype):  # bool [...] -> [...]
+    """The multiplier ``m / (1 - p)``, with ``1 / (1 - p)`` rounded to ``dtype`` first, as PyTorch
+    rounds it (its noise tensor holds ``0`` or ``1 / (1 - p)`` in the input's dtype)."""
+    dtype = dtype if np.issubdtype(dtype, np.floating) else np.float64
+    return np.where(mask, np.asarray(1 / (1 - p), dtype=dtype), np.asarray(0, dtype=dtype))
+
+
+def dropout_backward(grad_output, mask, p):  # [...], bool [...], float -> [...]
+    """Vector-Jacobian product of ``dropout``: ``y`` is ``x`` times a constant, so
+    ``dL/dx = g * m / (1 - p)`` with the forward's mask ``m`` (zero everywhere for ``p = 1``)."""
+    if p == 1:
+        return np.zeros_like(grad_output)
+    return grad_output * _dropout_scale(mask, p, grad_output.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +235,88 @@ def batch_norm(x, running_mean, running_var, weight, bias, eps=1e-5):  # [B, C, 
     scale = weight / np.sqrt(running_var + eps)
     shift = bias - running_mean * scale
     return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def batch_norm_backward(grad_output, x, running_mean, running_var, weight, bias, eps=1e-5):
+    # [B, C, H, W] x 2, [C] x 4 -> [B, C, H, W], [C], [C]
+    """Vector-Jacobian product of ``batch_norm`` (inference form): ``(dL/dx, dL/dgamma, dL/dbeta)``.
+
+    With fixed statistics ``y = gamma[c] * xhat + beta[c]``, ``xhat = (x - mean[c]) * r[c]``,
+    ``r = 1 / sqrt(var + eps)``, the map is affine per channel: ``dL/dx = g * gamma * r``,
+    ``dL/dgamma[c] = sum_{b,h,w} g * xhat``, ``dL/dbeta[c] = sum_{b,h,w} g``. The running
+    statistics are buffers, not parameters, and get no gradient; ``bias`` is not read (it is
+    taken so the call mirrors the forward's)."""
+    inv_std = 1 / np.sqrt(running_var + eps)
+    x_hat = (x - running_mean[None, :, None, None]) * inv_std[None, :, None, None]
+    grad_x = grad_output * (weight * inv_std)[None, :, None, None]
+    return grad_x, np.sum(grad_output * x_hat, axis=(0, 2, 3)), grad_output.sum(axis=(0, 2, 3))
+
+
+class BatchNormSaved(NamedTuple):
+    """What ``batch_norm_train`` keeps for its backward: the normalised input ``xhat`` ``[B, C, H, W]``,
+    ``r = 1 / sqrt(var_batch + eps)`` ``[C]`` and ``gamma`` ``[C]``."""
+
+    x_hat: np.ndarray
+    inv_std: np.ndarray
+    weight: np.ndarray
+
+
+def batch_norm_train(x, running_mean, running_var, weight, bias, eps=1e-5, momentum=0.1):
+    # [B, C, H, W], [C] x 4 -> [B, C, H, W], [C], [C], BatchNormSaved
+    """Batch norm in training form, as ``torch.nn.functional.batch_norm(training=True)`` and
+    ``torch.nn.BatchNorm2d`` in ``train()`` mode.
+
+    Statistics of the batch, per channel over the ``n = B*H*W`` values:
+    ``mu = mean(x)``, ``var = mean((x - mu)^2)`` (biased), and
+    ``y = (x - mu) / sqrt(var + eps) * gamma[c] + beta[c]``. The running statistics move towards
+    the batch's: ``new_mean = (1 - momentum) * running_mean + momentum * mu`` and
+    ``new_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)`` (the unbiased
+    variance, as PyTorch keeps it). Nothing is modified in place: the new running statistics are
+    returned (None when ``running_mean`` / ``running_var`` are None, PyTorch's
+    ``track_running_stats=False``), with what the backward needs (``BatchNormSaved``).
+    """
+    batch, channels, height, width = x.shape
+    n = batch * height * width
+    if n <= 1:
+        raise ValueError(f"batch_norm_train: expected more than 1 value per channel when training, got input of shape {x.shape}")
+    mean = x.mean(axis=(0, 2, 3))
+    centred = x - mean[None, :, None, None]
+    var = np.mean(centred * centred, axis=(0, 2, 3))
+    inv_std = 1 / np.sqrt(var + eps)
+    x_hat = centred * inv_std[None, :, None, None]
+    y = x_hat * weight[None, :, None, None] + bias[None, :, None, None]
+    new_mean = None if running_mean is None else (1 - momentum) * running_mean + momentum * mean
+    new_var = None if running_var is None else (1 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+    if new_mean is not None:
+        new_mean = new_mean.astype(running_mean.dtype, copy=False)
+    if new_var is not None:
+        new_var = new_var.astype(running_var.dtype, copy=False)
+    return y, new_mean, new_var, BatchNormSaved(x_hat, inv_std, weight)
+
+
+def batch_norm_train_backward(grad_output, saved):  # [B, C, H, W], BatchNormSaved -> [B, C, H, W], [C], [C]
+    """Vector-Jacobian product of ``batch_norm_train``: ``(dL/dx, dL/dgamma, dL/dbeta)``.
+
+    Per channel, with ``g = dL/dy``, ``n`` values, ``xhat = (x - mu) r`` and ``r = (var + eps)^(-1/2)``:
+    ``dL/dbeta = sum g`` and ``dL/dgamma = sum g * xhat``, as in the inference form. For ``x`` the
+    statistics depend on ``x`` too. Write ``u = g * gamma = dL/dxhat``. Then
+    ``dxhat_k/dx_j = r * (delta_kj - 1/n) - xhat_k * r * xhat_j / n``, because
+    ``dmu/dx_j = 1/n`` and ``dr/dx_j = -r^3 (x_j - mu) / n = -r^2 xhat_j / n``. Summing
+    ``u_k dxhat_k/dx_j`` over ``k``:
+
+    ``dL/dx_j = r * (u_j - mean(u) - xhat_j * mean(u * xhat))``.
+
+    The running-statistics update is not differentiated (PyTorch updates them outside autograd).
+    """
+    x_hat, inv_std, weight = saved
+    axes = (0, 2, 3)
+    grad_bias = grad_output.sum(axis=axes)
+    grad_weight = np.sum(grad_output * x_hat, axis=axes)
+    u = grad_output * weight[None, :, None, None]
+    mean_u = u.mean(axis=axes, keepdims=True)
+    mean_u_xhat = np.mean(u * x_hat, axis=axes, keepdims=True)
+    grad_x = inv_std[None, :, None, None] * (u - mean_u - x_hat * mean_u_xhat)
+    return grad_x, grad_weight, grad_bias
 
 
 def fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps=1e-5):
@@ -256,6 +470,14 @@ def log_softmax(x, axis=-1):  # [...] -> [...]
 def global_avg_pool(x):  # [B, C, H, W] -> [B, C]
     """Mean over the spatial axes (``adaptive_avg_pool2d(x, 1)`` without the trailing 1 x 1)."""
     return x.mean(axis=(-2, -1))
+
+
+def global_avg_pool_backward(grad_output, input_shape):  # [B, C], (B, C, H, W) -> [B, C, H, W]
+    """Vector-Jacobian product of ``global_avg_pool``: each of the ``H*W`` pixels contributed
+    ``1/(H*W)`` of the mean, so ``dL/dx[b, c, h, w] = g[b, c] / (H*W)``."""
+    height, width = input_shape[-2:]
+    scaled = grad_output / np.asarray(height * width, dtype=grad_output.dtype)
+    return np.ascontiguousarray(np.broadcast_to(scaled[..., None, None], tuple(input_shape)))
 
 
 def _bilinear_weights(in_size: int, out_size: int, dtype, align_corners: bool = False):  # -> (i0 [out], i1 [out], lam [out])
