@@ -134,6 +134,38 @@ def group_norm(x, num_groups, weight, bias, eps=1e-5):  # [B, C, *] -> [B, C, *]
     return y * weight.reshape(affine_shape) + bias.reshape(affine_shape)
 
 
+def group_norm_backward(grad_output, x, num_groups, weight, bias, eps=1e-5):  # [B, C, *] -> [B, C, *], [C], [C]
+    """Gradients of ``group_norm`` w.r.t. ``(x, weight, bias)``, given ``g = dL/dy`` (``grad_output``).
+
+    In one group of ``M = (C / num_groups) * prod(*)`` values ``x_i``, with ``mu = mean_i x_i``,
+    ``var = mean_i (x_i - mu)^2``, ``r = 1 / sqrt(var + eps)`` and ``xhat_i = (x_i - mu) * r``,
+    the forward is ``y_i = xhat_i * gamma[c(i)] + beta[c(i)]``. Then
+
+    - ``dL/dbeta[c] = sum_{b, *} g``, ``dL/dgamma[c] = sum_{b, *} g * xhat`` (sums over the
+      batch and the positions of channel c);
+    - with ``h_i = g_i * gamma[c(i)]`` (the gradient reaching ``xhat``): ``d xhat_i / d x_j =
+      r * (delta_ij - 1/M - xhat_i xhat_j / M)``, because ``d mu / d x_j = 1/M`` and
+      ``d r / d x_j = -r^3 (x_j - mu) / M = -r^2 xhat_j / M``. Summing ``h_i`` against it:
+      ``dL/dx_j = r * (h_j - mean_i h_i - xhat_j * mean_i (h_i xhat_i))``.
+
+    ``bias`` is not read (the gradient does not depend on it); it is taken to keep the forward's
+    signature.
+    """
+    batch, channels = x.shape[:2]
+    affine_shape = (1, channels) + (1,) * (x.ndim - 2)
+    xg = x.reshape(batch, num_groups, -1)
+    mean = xg.mean(axis=-1, keepdims=True)
+    centred = xg - mean
+    rstd = 1 / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + eps)
+    xhat = centred * rstd  # [B, G, M]
+    reduce_axes = (0,) + tuple(range(2, x.ndim))
+    grad_bias = grad_output.sum(axis=reduce_axes)
+    grad_weight = (grad_output * xhat.reshape(x.shape)).sum(axis=reduce_axes)
+    h = (grad_output * weight.reshape(affine_shape)).reshape(batch, num_groups, -1)
+    grad_x = rstd * (h - h.mean(axis=-1, keepdims=True) - xhat * np.mean(h * xhat, axis=-1, keepdims=True))
+    return grad_x.reshape(x.shape), grad_weight, grad_bias
+
+
 # --------------------------------------------------------------------------------------------
 # Activations (names as transformers' ACT2FN spells them)
 # --------------------------------------------------------------------------------------------
@@ -144,9 +176,20 @@ def relu(x):  # [...] -> [...]
     return np.maximum(x, 0)
 
 
+def relu_backward(grad_output, x):  # [...], [...] -> [...]
+    """``relu'(x) = 1 if x > 0 else 0``; at the kink ``x = 0`` the derivative is 0, as in PyTorch."""
+    return grad_output * (x > 0)
+
+
 def relu6(x):  # [...] -> [...]
     """``min(max(x, 0), 6)``."""
     return np.clip(x, 0, 6)
+
+
+def relu6_backward(grad_output, x):  # [...], [...] -> [...]
+    """``relu6'(x) = 1 if 0 < x < 6 else 0``: zero at both kinks, as PyTorch's ``relu6`` (a
+    ``hardtanh(x, 0, 6)``, whose backward passes the gradient only strictly inside the range)."""
+    return grad_output * ((x > 0) & (x < 6))
 
 
 def sigmoid(x):  # [...] -> [...]
@@ -155,9 +198,21 @@ def sigmoid(x):  # [...] -> [...]
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
+    """``sigmoid'(x) = s (1 - s)`` with ``s = sigmoid(x)``."""
+    s = sigmoid(x)
+    return grad_output * (s * (1 - s))
+
+
 def silu(x):  # [...] -> [...]
     """SiLU, also called swish: ``x * sigmoid(x)``."""
     return x * sigmoid(x)
+
+
+def silu_backward(grad_output, x):  # [...], [...] -> [...]
+    """``d/dx [x s(x)] = s + x s (1 - s) = s (1 + x (1 - s))`` with ``s = sigmoid(x)``."""
+    s = sigmoid(x)
+    return grad_output * (s * (1 + x * (1 - s)))
 
 
 def hardswish(x):  # [...] -> [...]
@@ -165,12 +220,30 @@ def hardswish(x):  # [...] -> [...]
     return x * relu6(x + 3) / 6
 
 
+def hardswish_backward(grad_output, x):  # [...], [...] -> [...]
+    """``0`` for ``x < -3``, ``x/3 + 1/2`` for ``-3 <= x <= 3``, ``1`` for ``x > 3``. The kinks belong
+    to the middle piece, as in PyTorch's kernel: the derivative is ``-1/2`` at -3 and ``3/2`` at 3."""
+    middle = x / 3 + 0.5
+    return grad_output * np.where(x < -3, 0, np.where(x <= 3, middle, 1)).astype(middle.dtype)
+
+
 def tanh(x):  # [...] -> [...]
     return np.tanh(x)
 
 
+def tanh_backward(grad_output, x):  # [...], [...] -> [...]
+    """``tanh'(x) = 1 - tanh(x)^2``."""
+    t = np.tanh(x)
+    return grad_output * (1 - t * t)
+
+
 def identity(x):  # [...] -> [...]
     return x
+
+
+def identity_backward(grad_output, x):  # [...], [...] -> [...]
+    """The gradient passes unchanged."""
+    return grad_output
 
 
 def erf(x):  # [...] -> [...]
@@ -200,10 +273,30 @@ def gelu(x):  # [...] -> [...]
     return x * 0.5 * (1 + erf(x / math.sqrt(2)))
 
 
+def gelu_backward(grad_output, x):  # [...], [...] -> [...]
+    """``d/dx [x Phi(x)] = Phi(x) + x phi(x)``, with ``Phi(x) = (1 + erf(x / sqrt 2)) / 2`` and the
+    normal density ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``."""
+    cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return grad_output * (cdf + x * pdf)
+
+
 def gelu_tanh(x):  # [...] -> [...]
     """GELU's tanh approximation: ``x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``
     (``gelu_new``, ``gelu_pytorch_tanh`` and ``gelu_python_tanh`` in transformers)."""
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def _tanh_gelu_derivative(x, k):  # [...] -> [...]
+    """``d/dx [x/2 (1 + tanh(u))]`` with ``u = k (x + 0.044715 x^3)``:
+    ``(1 + t)/2 + x/2 (1 - t^2) k (1 + 3 * 0.044715 x^2)``, ``t = tanh(u)``."""
+    t = np.tanh(k * (x + 0.044715 * x * x * x))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+
+
+def gelu_tanh_backward(grad_output, x):  # [...], [...] -> [...]
+    """The derivative of ``gelu_tanh`` (``_tanh_gelu_derivative`` with ``k = sqrt(2/pi)``)."""
+    return grad_output * _tanh_gelu_derivative(x, math.sqrt(2 / math.pi))
 
 
 def gelu_fast(x):  # [...] -> [...]
@@ -211,9 +304,21 @@ def gelu_fast(x):  # [...] -> [...]
     return 0.5 * x * (1 + np.tanh(x * 0.7978845608 * (1 + 0.044715 * x * x)))
 
 
+def gelu_fast_backward(grad_output, x):  # [...], [...] -> [...]
+    """The derivative of ``gelu_fast``: ``u = 0.7978845608 x (1 + 0.044715 x^2)`` is the same
+    polynomial as in ``gelu_tanh`` with ``k = 0.7978845608``."""
+    return grad_output * _tanh_gelu_derivative(x, 0.7978845608)
+
+
 def quick_gelu(x):  # [...] -> [...]
     """``x * sigmoid(1.702 x)``."""
     return x * sigmoid(1.702 * x)
+
+
+def quick_gelu_backward(grad_output, x):  # [...], [...] -> [...]
+    """``d/dx [x s(a x)] = s + a x s (1 - s)`` with ``s = sigmoid(a x)``, ``a = 1.702``."""
+    s = sigmoid(1.702 * x)
+    return grad_output * (s + 1.702 * x * s * (1 - s))
 
 
 ACTIVATIONS = {
@@ -234,6 +339,27 @@ ACTIVATIONS = {
     "linear": identity,
 }
 """Activation name (as in ``config.hidden_act``) -> function."""
+
+
+ACTIVATION_BACKWARDS = {
+    "swish": silu_backward,
+    "silu": silu_backward,
+    "relu": relu_backward,
+    "relu6": relu6_backward,
+    "gelu": gelu_backward,
+    "gelu_python": gelu_backward,
+    "gelu_new": gelu_tanh_backward,
+    "gelu_pytorch_tanh": gelu_tanh_backward,
+    "gelu_python_tanh": gelu_tanh_backward,
+    "gelu_fast": gelu_fast_backward,
+    "quick_gelu": quick_gelu_backward,
+    "hardswish": hardswish_backward,
+    "sigmoid": sigmoid_backward,
+    "tanh": tanh_backward,
+    "linear": identity_backward,
+}
+"""Activation name -> its backward ``fn(grad_output, x) -> grad_x``, one for every entry of
+``ACTIVATIONS``."""
 
 
 # --------------------------------------------------------------------------------------------
