@@ -221,10 +221,10 @@ def hardswish(x):  # [...] -> [...]
 
 
 def hardswish_backward(grad_output, x):  # [...], [...] -> [...]
-    """``0`` for ``x < -3``, ``x/3 + 1/2`` for ``-3 <= x <= 3``, ``1`` for ``x > 3``. The kinks belong
-    to the middle piece, as in PyTorch's kernel: the derivative is ``-1/2`` at -3 and ``3/2`` at 3."""
+    """``0`` for ``x <= -3``, ``x/3 + 1/2`` for ``-3 < x < 3``, ``1`` for ``x >= 3``. The kinks belong
+    to the outer pieces, as in PyTorch's kernel (2.14): the derivative is 0 at -3 and 1 at 3."""
     middle = x / 3 + 0.5
-    return grad_output * np.where(x < -3, 0, np.where(x <= 3, middle, 1)).astype(middle.dtype)
+    return grad_output * np.where(x <= -3, 0, np.where(x < 3, middle, 1)).astype(middle.dtype)
 
 
 def tanh(x):  # [...] -> [...]
@@ -373,10 +373,24 @@ def softmax(x, axis=-1):  # [...] -> [...]
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def softmax_backward(grad_output, x, axis=-1):  # [...], [...] -> [...]
+    """Vector-Jacobian product of ``softmax``: with ``s = softmax(x)``, ``ds_i / dx_j = s_i (delta_ij - s_j)``,
+    so ``dL/dx_j = sum_i g_i s_i (delta_ij - s_j) = s_j (g_j - <g, s>)``, ``<g, s> = sum_i g_i s_i``
+    along ``axis``."""
+    s = softmax(x, axis=axis)
+    return s * (grad_output - np.sum(grad_output * s, axis=axis, keepdims=True))
+
+
 def log_softmax(x, axis=-1):  # [...] -> [...]
     """``x_i - max x - log sum_j exp(x_j - max x)`` along ``axis``."""
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_backward(grad_output, x, axis=-1):  # [...], [...] -> [...]
+    """Vector-Jacobian product of ``log_softmax``: ``d log s_i / dx_j = delta_ij - s_j``, so
+    ``dL/dx_j = g_j - s_j * sum_i g_i`` along ``axis``."""
+    return grad_output - softmax(x, axis=axis) * np.sum(grad_output, axis=axis, keepdims=True)
 
 
 def global_avg_pool(x):  # [B, C, H, W] -> [B, C]
@@ -421,6 +435,38 @@ def interpolate_bilinear(x, size, align_corners: bool = False):  # [B, C, H, W] 
     return x[..., j0] * (1 - mu) + x[..., j1] * mu
 
 
+def _bilinear_matrix(in_size: int, out_size: int, dtype, align_corners: bool):  # -> [out, in]
+    """The forward's resize along one axis as a matrix: ``A[o, i0[o]] += 1 - lam[o]``,
+    ``A[o, i1[o]] += lam[o]`` (the two add up where ``i0 = i1`` at the far border)."""
+    i0, i1, lam = _bilinear_weights(in_size, out_size, dtype, align_corners)
+    a = np.zeros((out_size, in_size), dtype=dtype)
+    rows = np.arange(out_size)
+    np.add.at(a, (rows, i0), 1 - lam)
+    np.add.at(a, (rows, i1), lam)
+    return a
+
+
+def interpolate_bilinear_backward(grad_output, input_shape, align_corners: bool = False):  # [B, C, Ho, Wo] -> [B, C, H, W]
+    """Gradient of ``interpolate_bilinear`` w.r.t. its input of shape ``input_shape``.
+
+    The forward is linear and separable: ``y = A_h x A_w^T`` per channel, with ``A_h`` ``[Ho, H]``
+    and ``A_w`` ``[Wo, W]`` holding the weights ``1 - lam`` and ``lam`` at the columns ``i0`` and
+    ``i1`` of each output row (``_bilinear_matrix``). Its vector-Jacobian product is the
+    transpose, ``dL/dx = A_h^T g A_w``: each output pixel's gradient goes back to the (up to) four
+    input pixels it was blended from, with the same weights. Sizes equal: the forward copies, and
+    so does this.
+    """
+    height, width = input_shape[-2:]
+    out_h, out_w = grad_output.shape[-2:]
+    dtype = grad_output.dtype.type if grad_output.dtype.kind == "f" else np.float32
+    g = grad_output.astype(dtype, copy=False)
+    if (out_h, out_w) == (height, width):
+        return g.copy()
+    a_h = _bilinear_matrix(height, out_h, dtype, align_corners)
+    a_w = _bilinear_matrix(width, out_w, dtype, align_corners)
+    return np.matmul(np.matmul(a_h.T, g), a_w)
+
+
 # --------------------------------------------------------------------------------------------
 # Patches and separable self-attention
 # --------------------------------------------------------------------------------------------
@@ -441,6 +487,13 @@ def unfold_patches(x, patch_size):  # [B, C, H, W] -> [B, C, P, N]
     return x.transpose(0, 1, 3, 5, 2, 4).reshape(batch, channels, patch_size * patch_size, nh * nw)
 
 
+def unfold_patches_backward(grad_patches, input_shape, patch_size):  # [B, C, P, N] -> [B, C, H, W]
+    """Gradient of ``unfold_patches`` w.r.t. its input of shape ``input_shape``. Unfolding only moves
+    pixels, each to exactly one place, so its vector-Jacobian product moves every gradient back:
+    ``fold_patches``. The rows and columns unfolding dropped reach no output; their gradient is 0."""
+    return fold_patches(grad_patches, tuple(input_shape[-2:]), patch_size)
+
+
 def fold_patches(patches, output_size, patch_size):  # [B, C, P, N] -> [B, C, H, W]
     """The inverse of ``unfold_patches``, as ``torch.nn.functional.fold`` with kernel = stride = p:
     every patch goes back to where it came from; pixels no patch covered (the rows and columns
@@ -455,6 +508,14 @@ def fold_patches(patches, output_size, patch_size):  # [B, C, P, N] -> [B, C, H,
     out = np.zeros((batch, channels, height, width), dtype=patches.dtype)
     out[:, :, : nh * patch_size, : nw * patch_size] = x
     return out
+
+
+def fold_patches_backward(grad_output, patch_size):  # [B, C, H, W] -> [B, C, P, N]
+    """Gradient of ``fold_patches`` w.r.t. the patches. Folding puts each patch value at one pixel
+    (and fills the uncovered border with zeros, which depend on no input), so the vector-Jacobian
+    product reads each patch's gradient back from its pixel: ``unfold_patches``, which ignores the
+    border's gradient."""
+    return unfold_patches(grad_output, patch_size)
 
 
 def separable_attention(query, key, value):  # [B, 1, P, N], [B, d, P, N], [B, d, P, N] -> [B, d, P, N], [B, 1, P, N]
@@ -472,15 +533,50 @@ def separable_attention(query, key, value):  # [B, 1, P, N], [B, d, P, N], [B, d
     return relu(value) * context, scores
 
 
+def separable_attention_backward(grad_out, grad_scores, query, key, value):  # -> [B, 1, P, N], [B, d, P, N], [B, d, P, N]
+    """Gradients of ``separable_attention`` w.r.t. ``(query, key, value)``.
+
+    ``grad_out`` ``[B, d, P, N]`` is ``dL/dout``; ``grad_scores`` ``[B, 1, P, N]`` is ``dL/dscores``
+    when the scores returned by the forward are used downstream, or None (0). For one pixel
+    position p, with ``s_n = softmax_n(q)``, ``c_j = sum_n s_n k_jn`` and
+    ``out_jn = relu(v_jn) c_j``, the chain rule runs the forward backwards:
+
+    1. ``out_jn = relu(v_jn) c_j``:
+       ``dL/dv_jn = g_jn * c_j * [v_jn > 0]`` (relu'(0) = 0, as in PyTorch) and
+       ``dL/dc_j = sum_n g_jn relu(v_jn)`` ([B, d, P, 1]: ``c_j`` is broadcast over n, so its
+       gradient is the sum over n).
+    2. ``c_j = sum_n s_n k_jn``:
+       ``dL/dk_jn = dL/dc_j * s_n`` and
+       ``dL/ds_n = sum_j dL/dc_j k_jn + grad_scores_n`` ([B, 1, P, N]: ``s_n`` is shared by the d
+       channels, and also leaves the forward as ``scores``).
+    3. ``s = softmax(q)`` over n: ``ds_n / dq_m = s_n (delta_nm - s_m)``, so with ``h = dL/ds``,
+       ``dL/dq_m = s_m (h_m - <h, s>)``, ``<h, s> = sum_n h_n s_n`` (``softmax_backward``).
+
+    A check by hand: N = 2, d = 1, ``q = (0, 0)`` (so ``s = (1/2, 1/2)``), ``k = (1, 3)``
+    (``c = 2``), ``v = (1, -1)``, ``g = (1, 1)``, no ``grad_scores``. Then ``dL/dv = (2, 0)``,
+    ``dL/dc = 1``, ``dL/dk = (1/2, 1/2)``, ``h = (1, 3)``, ``<h, s> = 2`` and
+    ``dL/dq = (1/2 * (1 - 2), 1/2 * (3 - 2)) = (-1/2, 1/2)``: raising q_2 moves weight to the
+    larger key.
+    """
+    scores = softmax(query, axis=-1)
+    context = np.sum(key * scores, axis=-1, keepdims=True)  # [B, d, P, 1]
+    grad_value = grad_out * context * (value > 0)
+    grad_context = np.sum(grad_out * relu(value), axis=-1, keepdims=True)  # [B, d, P, 1]
+    grad_key = grad_context * scores
+    grad_s = np.sum(grad_context * key, axis=1, keepdims=True)  # [B, 1, P, N]
+    if grad_scores is not None:
+        grad_s = grad_s + grad_scores
+    grad_query = scores * (grad_s - np.sum(grad_s * scores, axis=-1, keepdims=True))
+    return grad_query, grad_key, grad_value
+
+
 # --------------------------------------------------------------------------------------------
 # Losses (mean reduction, as transformers calls them)
 # --------------------------------------------------------------------------------------------
 
 
-def cross_entropy(logits, target, ignore_index=-100):  # [B, C, ...], [B, ...] int -> scalar
-    """Mean negative log-likelihood ``-mean_i log softmax(logits_i)[target_i]`` over the positions whose
-    target is not ``ignore_index``, as ``torch.nn.functional.cross_entropy``. The class axis is 1.
-    If every target is ignored the mean is over nothing and the result is NaN, as in PyTorch."""
+def _check_class_targets(logits, target, ignore_index):  # -> target as an array, keep [B, ...] bool
+    """The integer targets of ``cross_entropy``: their shape and values, checked."""
     target = np.asarray(target)
     if not np.issubdtype(target.dtype, np.integer):
         raise ValueError(f"cross_entropy: targets must be integer class indices, got dtype {target.dtype}")
@@ -494,12 +590,53 @@ def cross_entropy(logits, target, ignore_index=-100):  # [B, C, ...], [B, ...] i
             f"cross_entropy: target values {sorted(set(np.unique(target[bad]).tolist()))[:10]} are outside "
             f"[0, {num_classes}) and are not the ignore index {ignore_index}"
         )
+    return target, keep
+
+
+def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0):  # [B, C, ...], [B, ...] int -> scalar
+    """Mean negative log-likelihood ``-mean_i log softmax(logits_i)[target_i]`` over the positions whose
+    target is not ``ignore_index``, as ``torch.nn.functional.cross_entropy``. The class axis is 1.
+    If every target is ignored the mean is over nothing and the result is NaN, as in PyTorch.
+
+    With ``label_smoothing = e`` the target of position i is the mixture ``(1 - e) onehot(t_i) + e/C``,
+    which PyTorch computes as ``(1 - e) * nll + e/C * mean_i (-sum_c log softmax(logits_i)[c])``,
+    both means over the non-ignored positions."""
+    target, keep = _check_class_targets(logits, target, ignore_index)
+    num_classes = logits.shape[1]
     logp = log_softmax(logits, axis=1)
     safe = np.where(keep, target, 0)
     picked = np.take_along_axis(logp, np.expand_dims(safe, 1), axis=1)[:, 0]
-    count = keep.sum()
+    count = np.asarray(keep.sum(), dtype=logits.dtype)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return -(picked * keep).sum() / np.asarray(count, dtype=logits.dtype)
+        nll = -(picked * keep).sum() / count
+        if not label_smoothing:
+            return nll
+        smooth = -(logp.sum(axis=1) * keep).sum() / count
+        return (1 - label_smoothing) * nll + smooth * (label_smoothing / num_classes)
+
+
+def cross_entropy_backward(logits, target, ignore_index=-100, label_smoothing=0.0, grad=1.0):  # -> [B, C, ...]
+    """Gradient of ``cross_entropy`` w.r.t. the logits, times ``grad`` (``dL/dloss``).
+
+    Per kept position i, the loss term is ``-sum_c q_ic log p_ic`` with ``p_i = softmax(logits_i)``
+    and the target distribution ``q_i = (1 - e) onehot(t_i) + e/C`` (``e`` the label smoothing; q_i
+    sums to 1). Since ``d log p_ic / d z_ij = delta_cj - p_ij``, ``d/dz_ij = sum_c q_ic (p_ij - delta_cj)
+    = p_ij - q_ij``. The mean divides by the number K of kept positions; ignored positions get 0:
+    ``dL/dz_i = grad * (p_i - q_i) * [t_i != ignore_index] / K``. When every target is ignored
+    (K = 0) the loss is NaN but its gradient is 0 everywhere, as PyTorch returns it: nothing
+    reaches the logits.
+    """
+    target, keep = _check_class_targets(logits, target, ignore_index)
+    num_classes = logits.shape[1]
+    q = np.zeros_like(logits)
+    safe = np.where(keep, target, 0)
+    np.put_along_axis(q, np.expand_dims(safe, 1), 1 - label_smoothing, axis=1)
+    q += label_smoothing / num_classes
+    diff = softmax(logits, axis=1) - q
+    count = np.asarray(keep.sum(), dtype=logits.dtype)
+    if count == 0:
+        return np.zeros_like(logits)
+    return diff * (np.expand_dims(keep, 1) * (grad / count)).astype(logits.dtype)
 
 
 def mse_loss(prediction, target):  # [...], [...] -> scalar
@@ -508,6 +645,14 @@ def mse_loss(prediction, target):  # [...], [...] -> scalar
         raise ValueError(f"mse_loss: prediction of shape {prediction.shape} and target of shape {np.shape(target)} differ")
     d = prediction - target
     return np.mean(d * d)
+
+
+def mse_loss_backward(prediction, target, grad=1.0):  # [...], [...] -> [...]
+    """Gradient of ``mse_loss`` w.r.t. the prediction, times ``grad``: ``2 (prediction - target) / n``
+    with ``n`` the number of elements (the target's gradient is its negative)."""
+    if prediction.shape != np.shape(target):
+        raise ValueError(f"mse_loss: prediction of shape {prediction.shape} and target of shape {np.shape(target)} differ")
+    return (prediction - target) * np.asarray(2 * grad / prediction.size, dtype=prediction.dtype)
 
 
 def binary_cross_entropy_with_logits(logits, target):  # [...], [...] -> scalar
@@ -519,3 +664,15 @@ def binary_cross_entropy_with_logits(logits, target):  # [...], [...] -> scalar
             f"{np.shape(target)} differ"
         )
     return np.mean(np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits))))
+
+
+def binary_cross_entropy_with_logits_backward(logits, target, grad=1.0):  # [...], [...] -> [...]
+    """Gradient of ``binary_cross_entropy_with_logits`` w.r.t. the logits, times ``grad``. Per element
+    ``l(x) = -y log s(x) - (1 - y) log(1 - s(x))`` with ``s = sigmoid``; since ``d log s / dx = 1 - s``
+    and ``d log(1 - s) / dx = -s``, ``l'(x) = -y (1 - s) + (1 - y) s = s - y``; the mean divides by n."""
+    if logits.shape != np.shape(target):
+        raise ValueError(
+            f"binary_cross_entropy_with_logits: logits of shape {logits.shape} and targets of shape "
+            f"{np.shape(target)} differ"
+        )
+    return (sigmoid(logits) - target) * np.asarray(grad / logits.size, dtype=logits.dtype)
