@@ -348,6 +348,38 @@ def group_norm(x, num_groups, weight, bias, eps=1e-5):  # [B, C, *] -> [B, C, *]
     return y * weight.reshape(affine_shape) + bias.reshape(affine_shape)
 
 
+def group_norm_backward(grad_output, x, num_groups, weight, bias, eps=1e-5):  # [B, C, *] -> [B, C, *], [C], [C]
+    """Gradients of ``group_norm`` w.r.t. ``(x, weight, bias)``, given ``g = dL/dy`` (``grad_output``).
+
+    In one group of ``M = (C / num_groups) * prod(*)`` values ``x_i``, with ``mu = mean_i x_i``,
+    ``var = mean_i (x_i - mu)^2``, ``r = 1 / sqrt(var + eps)`` and ``xhat_i = (x_i - mu) * r``,
+    the forward is ``y_i = xhat_i * gamma[c(i)] + beta[c(i)]``. Then
+
+    - ``dL/dbeta[c] = sum_{b, *} g``, ``dL/dgamma[c] = sum_{b, *} g * xhat`` (sums over the
+      batch and the positions of channel c);
+    - with ``h_i = g_i * gamma[c(i)]`` (the gradient reaching ``xhat``): ``d xhat_i / d x_j =
+      r * (delta_ij - 1/M - xhat_i xhat_j / M)``, because ``d mu / d x_j = 1/M`` and
+      ``d r / d x_j = -r^3 (x_j - mu) / M = -r^2 xhat_j / M``. Summing ``h_i`` against it:
+      ``dL/dx_j = r * (h_j - mean_i h_i - xhat_j * mean_i (h_i xhat_i))``.
+
+    ``bias`` is not read (the gradient does not depend on it); it is taken to keep the forward's
+    signature.
+    """
+    batch, channels = x.shape[:2]
+    affine_shape = (1, channels) + (1,) * (x.ndim - 2)
+    xg = x.reshape(batch, num_groups, -1)
+    mean = xg.mean(axis=-1, keepdims=True)
+    centred = xg - mean
+    rstd = 1 / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + eps)
+    xhat = centred * rstd  # [B, G, M]
+    reduce_axes = (0,) + tuple(range(2, x.ndim))
+    grad_bias = grad_output.sum(axis=reduce_axes)
+    grad_weight = (grad_output * xhat.reshape(x.shape)).sum(axis=reduce_axes)
+    h = (grad_output * weight.reshape(affine_shape)).reshape(batch, num_groups, -1)
+    grad_x = rstd * (h - h.mean(axis=-1, keepdims=True) - xhat * np.mean(h * xhat, axis=-1, keepdims=True))
+    return grad_x.reshape(x.shape), grad_weight, grad_bias
+
+
 # --------------------------------------------------------------------------------------------
 # Activations (names as transformers' ACT2FN spells them)
 # --------------------------------------------------------------------------------------------
@@ -358,9 +390,20 @@ def relu(x):  # [...] -> [...]
     return np.maximum(x, 0)
 
 
+def relu_backward(grad_output, x):  # [...], [...] -> [...]
+    """``relu'(x) = 1 if x > 0 else 0``; at the kink ``x = 0`` the derivative is 0, as in PyTorch."""
+    return grad_output * (x > 0)
+
+
 def relu6(x):  # [...] -> [...]
     """``min(max(x, 0), 6)``."""
     return np.clip(x, 0, 6)
+
+
+def relu6_backward(grad_output, x):  # [...], [...] -> [...]
+    """``relu6'(x) = 1 if 0 < x < 6 else 0``: zero at both kinks, as PyTorch's ``relu6`` (a
+    ``hardtanh(x, 0, 6)``, whose backward passes the gradient only strictly inside the range)."""
+    return grad_output * ((x > 0) & (x < 6))
 
 
 def sigmoid(x):  # [...] -> [...]
@@ -369,9 +412,21 @@ def sigmoid(x):  # [...] -> [...]
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
+    """``sigmoid'(x) = s (1 - s)`` with ``s = sigmoid(x)``."""
+    s = sigmoid(x)
+    return grad_output * (s * (1 - s))
+
+
 def silu(x):  # [...] -> [...]
     """SiLU, also called swish: ``x * sigmoid(x)``."""
     return x * sigmoid(x)
+
+
+def silu_backward(grad_output, x):  # [...], [...] -> [...]
+    """``d/dx [x s(x)] = s + x s (1 - s) = s (1 + x (1 - s))`` with ``s = sigmoid(x)``."""
+    s = sigmoid(x)
+    return grad_output * (s * (1 + x * (1 - s)))
 
 
 def hardswish(x):  # [...] -> [...]
@@ -379,12 +434,30 @@ def hardswish(x):  # [...] -> [...]
     return x * relu6(x + 3) / 6
 
 
+def hardswish_backward(grad_output, x):  # [...], [...] -> [...]
+    """``0`` for ``x <= -3``, ``x/3 + 1/2`` for ``-3 < x < 3``, ``1`` for ``x >= 3``. The kinks belong
+    to the outer pieces, as in PyTorch's kernel (2.14): the derivative is 0 at -3 and 1 at 3."""
+    middle = x / 3 + 0.5
+    return grad_output * np.where(x <= -3, 0, np.where(x < 3, middle, 1)).astype(middle.dtype)
+
+
 def tanh(x):  # [...] -> [...]
     return np.tanh(x)
 
 
+def tanh_backward(grad_output, x):  # [...], [...] -> [...]
+    """``tanh'(x) = 1 - tanh(x)^2``."""
+    t = np.tanh(x)
+    return grad_output * (1 - t * t)
+
+
 def identity(x):  # [...] -> [...]
     return x
+
+
+def identity_backward(grad_output, x):  # [...], [...] -> [...]
+    """The gradient passes unchanged."""
+    return grad_output
 
 
 def erf(x):  # [...] -> [...]
@@ -414,10 +487,30 @@ def gelu(x):  # [...] -> [...]
     return x * 0.5 * (1 + erf(x / math.sqrt(2)))
 
 
+def gelu_backward(grad_output, x):  # [...], [...] -> [...]
+    """``d/dx [x Phi(x)] = Phi(x) + x phi(x)``, with ``Phi(x) = (1 + erf(x / sqrt 2)) / 2`` and the
+    normal density ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``."""
+    cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return grad_output * (cdf + x * pdf)
+
+
 def gelu_tanh(x):  # [...] -> [...]
     """GELU's tanh approximation: ``x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``
     (``gelu_new``, ``gelu_pytorch_tanh`` and ``gelu_python_tanh`` in transformers)."""
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def _tanh_gelu_derivative(x, k):  # [...] -> [...]
+    """``d/dx [x/2 (1 + tanh(u))]`` with ``u = k (x + 0.044715 x^3)``:
+    ``(1 + t)/2 + x/2 (1 - t^2) k (1 + 3 * 0.044715 x^2)``, ``t = tanh(u)``."""
+    t = np.tanh(k * (x + 0.044715 * x * x * x))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+
+
+def gelu_tanh_backward(grad_output, x):  # [...], [...] -> [...]
+    """The derivative of ``gelu_tanh`` (``_tanh_gelu_derivative`` with ``k = sqrt(2/pi)``)."""
+    return grad_output * _tanh_gelu_derivative(x, math.sqrt(2 / math.pi))
 
 
 def gelu_fast(x):  # [...] -> [...]
@@ -425,9 +518,21 @@ def gelu_fast(x):  # [...] -> [...]
     return 0.5 * x * (1 + np.tanh(x * 0.7978845608 * (1 + 0.044715 * x * x)))
 
 
+def gelu_fast_backward(grad_output, x):  # [...], [...] -> [...]
+    """The derivative of ``gelu_fast``: ``u = 0.7978845608 x (1 + 0.044715 x^2)`` is the same
+    polynomial as in ``gelu_tanh`` with ``k = 0.7978845608``."""
+    return grad_output * _tanh_gelu_derivative(x, 0.7978845608)
+
+
 def quick_gelu(x):  # [...] -> [...]
     """``x * sigmoid(1.702 x)``."""
     return x * sigmoid(1.702 * x)
+
+
+def quick_gelu_backward(grad_output, x):  # [...], [...] -> [...]
+    """``d/dx [x s(a x)] = s + a x s (1 - s)`` with ``s = sigmoid(a x)``, ``a = 1.702``."""
+    s = sigmoid(1.702 * x)
+    return grad_output * (s + 1.702 * x * s * (1 - s))
 
 
 ACTIVATIONS = {
@@ -450,6 +555,27 @@ ACTIVATIONS = {
 """Activation name (as in ``config.hidden_act``) -> function."""
 
 
+ACTIVATION_BACKWARDS = {
+    "swish": silu_backward,
+    "silu": silu_backward,
+    "relu": relu_backward,
+    "relu6": relu6_backward,
+    "gelu": gelu_backward,
+    "gelu_python": gelu_backward,
+    "gelu_new": gelu_tanh_backward,
+    "gelu_pytorch_tanh": gelu_tanh_backward,
+    "gelu_python_tanh": gelu_tanh_backward,
+    "gelu_fast": gelu_fast_backward,
+    "quick_gelu": quick_gelu_backward,
+    "hardswish": hardswish_backward,
+    "sigmoid": sigmoid_backward,
+    "tanh": tanh_backward,
+    "linear": identity_backward,
+}
+"""Activation name -> its backward ``fn(grad_output, x) -> grad_x``, one for every entry of
+``ACTIVATIONS``."""
+
+
 # --------------------------------------------------------------------------------------------
 # Softmax, pooling, resizing
 # --------------------------------------------------------------------------------------------
@@ -461,10 +587,24 @@ def softmax(x, axis=-1):  # [...] -> [...]
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def softmax_backward(grad_output, x, axis=-1):  # [...], [...] -> [...]
+    """Vector-Jacobian product of ``softmax``: with ``s = softmax(x)``, ``ds_i / dx_j = s_i (delta_ij - s_j)``,
+    so ``dL/dx_j = sum_i g_i s_i (delta_ij - s_j) = s_j (g_j - <g, s>)``, ``<g, s> = sum_i g_i s_i``
+    along ``axis``."""
+    s = softmax(x, axis=axis)
+    return s * (grad_output - np.sum(grad_output * s, axis=axis, keepdims=True))
+
+
 def log_softmax(x, axis=-1):  # [...] -> [...]
     """``x_i - max x - log sum_j exp(x_j - max x)`` along ``axis``."""
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_backward(grad_output, x, axis=-1):  # [...], [...] -> [...]
+    """Vector-Jacobian product of ``log_softmax``: ``d log s_i / dx_j = delta_ij - s_j``, so
+    ``dL/dx_j = g_j - s_j * sum_i g_i`` along ``axis``."""
+    return grad_output - softmax(x, axis=axis) * np.sum(grad_output, axis=axis, keepdims=True)
 
 
 def global_avg_pool(x):  # [B, C, H, W] -> [B, C]
@@ -517,6 +657,38 @@ def interpolate_bilinear(x, size, align_corners: bool = False):  # [B, C, H, W] 
     return x[..., j0] * (1 - mu) + x[..., j1] * mu
 
 
+def _bilinear_matrix(in_size: int, out_size: int, dtype, align_corners: bool):  # -> [out, in]
+    """The forward's resize along one axis as a matrix: ``A[o, i0[o]] += 1 - lam[o]``,
+    ``A[o, i1[o]] += lam[o]`` (the two add up where ``i0 = i1`` at the far border)."""
+    i0, i1, lam = _bilinear_weights(in_size, out_size, dtype, align_corners)
+    a = np.zeros((out_size, in_size), dtype=dtype)
+    rows = np.arange(out_size)
+    np.add.at(a, (rows, i0), 1 - lam)
+    np.add.at(a, (rows, i1), lam)
+    return a
+
+
+def interpolate_bilinear_backward(grad_output, input_shape, align_corners: bool = False):  # [B, C, Ho, Wo] -> [B, C, H, W]
+    """Gradient of ``interpolate_bilinear`` w.r.t. its input of shape ``input_shape``.
+
+    The forward is linear and separable: ``y = A_h x A_w^T`` per channel, with ``A_h`` ``[Ho, H]``
+    and ``A_w`` ``[Wo, W]`` holding the weights ``1 - lam`` and ``lam`` at the columns ``i0`` and
+    ``i1`` of each output row (``_bilinear_matrix``). Its vector-Jacobian product is the
+    transpose, ``dL/dx = A_h^T g A_w``: each output pixel's gradient goes back to the (up to) four
+    input pixels it was blended from, with the same weights. Sizes equal: the forward copies, and
+    so does this.
+    """
+    height, width = input_shape[-2:]
+    out_h, out_w = grad_output.shape[-2:]
+    dtype = grad_output.dtype.type if grad_output.dtype.kind == "f" else np.float32
+    g = grad_output.astype(dtype, copy=False)
+    if (out_h, out_w) == (height, width):
+        return g.copy()
+    a_h = _bilinear_matrix(height, out_h, dtype, align_corners)
+    a_w = _bilinear_matrix(width, out_w, dtype, align_corners)
+    return np.matmul(np.matmul(a_h.T, g), a_w)
+
+
 # --------------------------------------------------------------------------------------------
 # Patches and separable self-attention
 # --------------------------------------------------------------------------------------------
@@ -537,6 +709,13 @@ def unfold_patches(x, patch_size):  # [B, C, H, W] -> [B, C, P, N]
     return x.transpose(0, 1, 3, 5, 2, 4).reshape(batch, channels, patch_size * patch_size, nh * nw)
 
 
+def unfold_patches_backward(grad_patches, input_shape, patch_size):  # [B, C, P, N] -> [B, C, H, W]
+    """Gradient of ``unfold_patches`` w.r.t. its input of shape ``input_shape``. Unfolding only moves
+    pixels, each to exactly one place, so its vector-Jacobian product moves every gradient back:
+    ``fold_patches``. The rows and columns unfolding dropped reach no output; their gradient is 0."""
+    return fold_patches(grad_patches, tuple(input_shape[-2:]), patch_size)
+
+
 def fold_patches(patches, output_size, patch_size):  # [B, C, P, N] -> [B, C, H, W]
     """The inverse of ``unfold_patches``, as ``torch.nn.functional.fold`` with kernel = stride = p:
     every patch goes back to where it came from; pixels no patch covered (the rows and columns
@@ -551,6 +730,14 @@ def fold_patches(patches, output_size, patch_size):  # [B, C, P, N] -> [B, C, H,
     out = np.zeros((batch, channels, height, width), dtype=patches.dtype)
     out[:, :, : nh * patch_size, : nw * patch_size] = x
     return out
+
+
+def fold_patches_backward(grad_output, patch_size):  # [B, C, H, W] -> [B, C, P, N]
+    """Gradient of ``fold_patches`` w.r.t. the patches. Folding puts each patch value at one pixel
+    (and fills the uncovered border with zeros, which depend on no input), so the vector-Jacobian
+    product reads each patch's gradient back from its pixel: ``unfold_patches``, which ignores the
+    border's gradient."""
+    return unfold_patches(grad_output, patch_size)
 
 
 def separable_attention(query, key, value):  # [B, 1, P, N], [B, d, P, N], [B, d, P, N] -> [B, d, P, N], [B, 1, P, N]
@@ -568,15 +755,50 @@ def separable_attention(query, key, value):  # [B, 1, P, N], [B, d, P, N], [B, d
     return relu(value) * context, scores
 
 
+def separable_attention_backward(grad_out, grad_scores, query, key, value):  # -> [B, 1, P, N], [B, d, P, N], [B, d, P, N]
+    """Gradients of ``separable_attention`` w.r.t. ``(query, key, value)``.
+
+    ``grad_out`` ``[B, d, P, N]`` is ``dL/dout``; ``grad_scores`` ``[B, 1, P, N]`` is ``dL/dscores``
+    when the scores returned by the forward are used downstream, or None (0). For one pixel
+    position p, with ``s_n = softmax_n(q)``, ``c_j = sum_n s_n k_jn`` and
+    ``out_jn = relu(v_jn) c_j``, the chain rule runs the forward backwards:
+
+    1. ``out_jn = relu(v_jn) c_j``:
+       ``dL/dv_jn = g_jn * c_j * [v_jn > 0]`` (relu'(0) = 0, as in PyTorch) and
+       ``dL/dc_j = sum_n g_jn relu(v_jn)`` ([B, d, P, 1]: ``c_j`` is broadcast over n, so its
+       gradient is the sum over n).
+    2. ``c_j = sum_n s_n k_jn``:
+       ``dL/dk_jn = dL/dc_j * s_n`` and
+       ``dL/ds_n = sum_j dL/dc_j k_jn + grad_scores_n`` ([B, 1, P, N]: ``s_n`` is shared by the d
+       channels, and also leaves the forward as ``scores``).
+    3. ``s = softmax(q)`` over n: ``ds_n / dq_m = s_n (delta_nm - s_m)``, so with ``h = dL/ds``,
+       ``dL/dq_m = s_m (h_m - <h, s>)``, ``<h, s> = sum_n h_n s_n`` (``softmax_backward``).
+
+    A check by hand: N = 2, d = 1, ``q = (0, 0)`` (so ``s = (1/2, 1/2)``), ``k = (1, 3)``
+    (``c = 2``), ``v = (1, -1)``, ``g = (1, 1)``, no ``grad_scores``. Then ``dL/dv = (2, 0)``,
+    ``dL/dc = 1``, ``dL/dk = (1/2, 1/2)``, ``h = (1, 3)``, ``<h, s> = 2`` and
+    ``dL/dq = (1/2 * (1 - 2), 1/2 * (3 - 2)) = (-1/2, 1/2)``: raising q_2 moves weight to the
+    larger key.
+    """
+    scores = softmax(query, axis=-1)
+    context = np.sum(key * scores, axis=-1, keepdims=True)  # [B, d, P, 1]
+    grad_value = grad_out * context * (value > 0)
+    grad_context = np.sum(grad_out * relu(value), axis=-1, keepdims=True)  # [B, d, P, 1]
+    grad_key = grad_context * scores
+    grad_s = np.sum(grad_context * key, axis=1, keepdims=True)  # [B, 1, P, N]
+    if grad_scores is not None:
+        grad_s = grad_s + grad_scores
+    grad_query = scores * (grad_s - np.sum(grad_s * scores, axis=-1, keepdims=True))
+    return grad_query, grad_key, grad_value
+
+
 # --------------------------------------------------------------------------------------------
 # Losses (mean reduction, as transformers calls them)
 # --------------------------------------------------------------------------------------------
 
 
-def cross_entropy(logits, target, ignore_index=-100):  # [B, C, ...], [B, ...] int -> scalar
-    """Mean negative log-likelihood ``-mean_i log softmax(logits_i)[target_i]`` over the positions whose
-    target is not ``ignore_index``, as ``torch.nn.functional.cross_entropy``. The class axis is 1.
-    If every target is ignored the mean is over nothing and the result is NaN, as in PyTorch."""
+def _check_class_targets(logits, target, ignore_index):  # -> target as an array, keep [B, ...] bool
+    """The integer targets of ``cross_entropy``: their shape and values, checked."""
     target = np.asarray(target)
     if not np.issubdtype(target.dtype, np.integer):
         raise ValueError(f"cross_entropy: targets must be integer class indices, got dtype {target.dtype}")
@@ -590,12 +812,53 @@ def cross_entropy(logits, target, ignore_index=-100):  # [B, C, ...], [B, ...] i
             f"cross_entropy: target values {sorted(set(np.unique(target[bad]).tolist()))[:10]} are outside "
             f"[0, {num_classes}) and are not the ignore index {ignore_index}"
         )
+    return target, keep
+
+
+def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0):  # [B, C, ...], [B, ...] int -> scalar
+    """Mean negative log-likelihood ``-mean_i log softmax(logits_i)[target_i]`` over the positions whose
+    target is not ``ignore_index``, as ``torch.nn.functional.cross_entropy``. The class axis is 1.
+    If every target is ignored the mean is over nothing and the result is NaN, as in PyTorch.
+
+    With ``label_smoothing = e`` the target of position i is the mixture ``(1 - e) onehot(t_i) + e/C``,
+    which PyTorch computes as ``(1 - e) * nll + e/C * mean_i (-sum_c log softmax(logits_i)[c])``,
+    both means over the non-ignored positions."""
+    target, keep = _check_class_targets(logits, target, ignore_index)
+    num_classes = logits.shape[1]
     logp = log_softmax(logits, axis=1)
     safe = np.where(keep, target, 0)
     picked = np.take_along_axis(logp, np.expand_dims(safe, 1), axis=1)[:, 0]
-    count = keep.sum()
+    count = np.asarray(keep.sum(), dtype=logits.dtype)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return -(picked * keep).sum() / np.asarray(count, dtype=logits.dtype)
+        nll = -(picked * keep).sum() / count
+        if not label_smoothing:
+            return nll
+        smooth = -(logp.sum(axis=1) * keep).sum() / count
+        return (1 - label_smoothing) * nll + smooth * (label_smoothing / num_classes)
+
+
+def cross_entropy_backward(logits, target, ignore_index=-100, label_smoothing=0.0, grad=1.0):  # -> [B, C, ...]
+    """Gradient of ``cross_entropy`` w.r.t. the logits, times ``grad`` (``dL/dloss``).
+
+    Per kept position i, the loss term is ``-sum_c q_ic log p_ic`` with ``p_i = softmax(logits_i)``
+    and the target distribution ``q_i = (1 - e) onehot(t_i) + e/C`` (``e`` the label smoothing; q_i
+    sums to 1). Since ``d log p_ic / d z_ij = delta_cj - p_ij``, ``d/dz_ij = sum_c q_ic (p_ij - delta_cj)
+    = p_ij - q_ij``. The mean divides by the number K of kept positions; ignored positions get 0:
+    ``dL/dz_i = grad * (p_i - q_i) * [t_i != ignore_index] / K``. When every target is ignored
+    (K = 0) the loss is NaN but its gradient is 0 everywhere, as PyTorch returns it: nothing
+    reaches the logits.
+    """
+    target, keep = _check_class_targets(logits, target, ignore_index)
+    num_classes = logits.shape[1]
+    q = np.zeros_like(logits)
+    safe = np.where(keep, target, 0)
+    np.put_along_axis(q, np.expand_dims(safe, 1), 1 - label_smoothing, axis=1)
+    q += label_smoothing / num_classes
+    diff = softmax(logits, axis=1) - q
+    count = np.asarray(keep.sum(), dtype=logits.dtype)
+    if count == 0:
+        return np.zeros_like(logits)
+    return diff * (np.expand_dims(keep, 1) * (grad / count)).astype(logits.dtype)
 
 
 def mse_loss(prediction, target):  # [...], [...] -> scalar
@@ -604,6 +867,14 @@ def mse_loss(prediction, target):  # [...], [...] -> scalar
         raise ValueError(f"mse_loss: prediction of shape {prediction.shape} and target of shape {np.shape(target)} differ")
     d = prediction - target
     return np.mean(d * d)
+
+
+def mse_loss_backward(prediction, target, grad=1.0):  # [...], [...] -> [...]
+    """Gradient of ``mse_loss`` w.r.t. the prediction, times ``grad``: ``2 (prediction - target) / n``
+    with ``n`` the number of elements (the target's gradient is its negative)."""
+    if prediction.shape != np.shape(target):
+        raise ValueError(f"mse_loss: prediction of shape {prediction.shape} and target of shape {np.shape(target)} differ")
+    return (prediction - target) * np.asarray(2 * grad / prediction.size, dtype=prediction.dtype)
 
 
 def binary_cross_entropy_with_logits(logits, target):  # [...], [...] -> scalar
@@ -615,3 +886,15 @@ def binary_cross_entropy_with_logits(logits, target):  # [...], [...] -> scalar
             f"{np.shape(target)} differ"
         )
     return np.mean(np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits))))
+
+
+def binary_cross_entropy_with_logits_backward(logits, target, grad=1.0):  # [...], [...] -> [...]
+    """Gradient of ``binary_cross_entropy_with_logits`` w.r.t. the logits, times ``grad``. Per element
+    ``l(x) = -y log s(x) - (1 - y) log(1 - s(x))`` with ``s = sigmoid``; since ``d log s / dx = 1 - s``
+    and ``d log(1 - s) / dx = -s``, ``l'(x) = -y (1 - s) + (1 - y) s = s - y``; the mean divides by n."""
+    if logits.shape != np.shape(target):
+        raise ValueError(
+            f"binary_cross_entropy_with_logits: logits of shape {logits.shape} and targets of shape "
+            f"{np.shape(target)} differ"
+        )
+    return (sigmoid(logits) - target) * np.asarray(grad / logits.size, dtype=logits.dtype)
