@@ -13,7 +13,9 @@ takes the gradient of a scalar loss ``L`` with respect to ``f``'s output (``dL/d
 gradients ``dL/d(input)`` in the order of the forward's arguments, each shaped like its input
 (``None`` for an input that is absent, such as a missing bias). Where the backward needs values
 that only the forward computes (batch statistics, a dropout mask), the forward returns them
-alongside its output and the backward takes them in place of the inputs. Docstrings give the
+alongside its output and the backward takes them in place of the inputs. A loss's backward
+takes the loss's own inputs and ``grad`` (``dL/dloss``, 1 by default) and returns the gradient
+with respect to its prediction or logits. Docstrings give the
 derivation; ``tests/test_backward_*.py`` check each backward against ``torch.autograd`` and
 against central finite differences.
 """
