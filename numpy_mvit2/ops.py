@@ -9,9 +9,11 @@ the reader's back except where a comment says so.
 Backward passes. Each forward ``f`` that training needs has its vector-Jacobian product
 ``f_backward`` directly below it, in the same notation: ``f_backward(grad_output, *inputs, **options)``
 takes the gradient of a scalar loss ``L`` with respect to ``f``'s output (``dL/dy``, shaped like
-``y``), then the inputs the forward read and the forward's own keyword options, and returns the
-gradients ``dL/d(input)`` in the order of the forward's arguments, each shaped like its input
-(``None`` for an input that is absent, such as a missing bias). Where the backward needs values
+``y``; a forward with two outputs takes one gradient for each, the second may be None), then the
+inputs the forward read (only their shape, ``input_shape``, where the backward needs no more) and
+the forward's own options, and returns ``dL/d(input)`` for each array input a loss can train, in
+the order of the forward's arguments, each shaped like its input (``None`` for one that is absent,
+such as a missing bias; buffers such as batch norm's running statistics get none). Where the backward needs values
 that only the forward computes (batch statistics, a dropout mask), the forward returns them
 alongside its output and the backward takes them in place of the inputs. A loss's backward
 takes the loss's own inputs and ``grad`` (``dL/dloss``, 1 by default) and returns the gradient
@@ -100,7 +102,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # 
     return y
 
 
-def conv2d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, groups=1, bias=True):
+def conv2d_backward(grad_output, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     # [B, Cout, Ho, Wo], [B, Cin, H, W], [Cout, Cin/g, k, k] -> [B, Cin, H, W], [Cout, Cin/g, k, k], [Cout] | None
     """Vector-Jacobian product of ``conv2d``: ``(dL/dx, dL/dweight, dL/dbias)`` from ``g = dL/dy``.
 
@@ -118,8 +120,7 @@ def conv2d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, 
       padding. Rows and columns the forward never reads (when the stride does not divide the
       padded size) get zero.
 
-    ``bias`` says whether the forward had one (True or the bias array: ``dL/dbias`` is returned;
-    False or None: None is).
+    ``bias``: the forward's (an array, or True: ``dL/dbias`` is returned; None or False: None is).
     The three paths mirror the forward's: one matrix product for 1x1 (unpadded, one group), ``k*k`` shifted
     multiply-adds for depthwise, im2col / col2im around one matrix product per group otherwise.
     """
@@ -162,6 +163,7 @@ def conv2d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, 
         g = grad_output.reshape(batch, groups, cout // groups, ho * wo)
         w = weight.reshape(groups, cout // groups, cin_g * kernel * kernel)
         grad_weight = np.matmul(g, cols.swapaxes(-1, -2)).sum(axis=0).reshape(weight.shape)
+        del cols  # (the largest array here: gone before grad_cols, its size, is made)
         grad_cols = np.matmul(w.swapaxes(-1, -2), g).reshape(batch, cin, kernel, kernel, ho, wo)
         for kh, kw, grad_tap in grad_taps:
             grad_tap += grad_cols[:, :, kh, kw]
@@ -175,15 +177,15 @@ def linear(x, weight, bias=None):  # [..., in] -> [..., out]
     return y + bias if bias is not None else y
 
 
-def linear_backward(grad_output, x, weight):  # [..., out], [..., in], [out, in] -> [..., in], [out, in], [out]
+def linear_backward(grad_output, x, weight, bias=None):  # [..., out], [..., in], [out, in] -> [..., in], [out, in], [out] | None
     """Vector-Jacobian product of ``linear``. From ``y[n, o] = sum_i x[n, i] W[o, i] + b[o]``
     (``n`` running over all leading axes): ``dL/dx = g W``, ``dL/dW = g^T x`` summed over ``n``,
-    ``dL/db = sum_n g[n]``. The bias gradient is returned whether or not the forward had one."""
+    ``dL/db = sum_n g[n]`` (None when the forward had no bias)."""
     out_features, in_features = weight.shape
     g = grad_output.reshape(-1, out_features)
     grad_x = grad_output @ weight
     grad_weight = g.T @ x.reshape(-1, in_features)
-    return grad_x, grad_weight, g.sum(axis=0)
+    return grad_x, grad_weight, (None if bias is None else g.sum(axis=0))
 
 
 # --------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_conv2d_backward_finite_differences(case):
     x, weight, bias = conv_inputs(gen, batch, cin, cout, height, width, kernel, groups, True, np.float64)
     options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     grad_output = randn(gen, *ops.conv2d(x, weight, bias, **options).shape)
-    grads = ops.conv2d_backward(grad_output, x, weight, **options)
+    grads = ops.conv2d_backward(grad_output, x, weight, bias, **options)
     check_finite_differences(lambda *a: ops.conv2d(*a, **options), (x, weight, bias), grads, grad_output)
 
 
@@ -177,7 +177,7 @@ def test_linear_backward(x_shape, out_features, dtype):
         randn(gen, out_features, dtype=dtype)
     grad_output = randn(gen, *x_shape[:-1], out_features, dtype=dtype)
     _, ref = torch_vjp(F.linear, (x, weight, bias), grad_output)
-    grads = ops.linear_backward(grad_output, x, weight)
+    grads = ops.linear_backward(grad_output, x, weight, bias)
     for ours, theirs, what in zip(grads, ref, ("dL/dx", "dL/dweight", "dL/dbias")):
         assert_grad_close(ours, theirs, dtype, what)
 
@@ -186,7 +186,7 @@ def test_linear_backward_finite_differences():
     gen = np.random.default_rng(6)
     x, weight, bias = randn(gen, 2, 3, 5), randn(gen, 4, 5), randn(gen, 4)
     grad_output = randn(gen, 2, 3, 4)
-    check_finite_differences(ops.linear, (x, weight, bias), ops.linear_backward(grad_output, x, weight),
+    check_finite_differences(ops.linear, (x, weight, bias), ops.linear_backward(grad_output, x, weight, bias),
                              grad_output)
 
 
@@ -403,3 +403,14 @@ def test_dropout_backward_finite_differences():
     _, mask = ops.dropout(x, 0.3, np.random.default_rng(21))
     check_finite_differences(lambda a: ops.dropout(a, 0.3, np.random.default_rng(21))[0], (x,),
                              (ops.dropout_backward(grad_output, mask, 0.3),), grad_output)
+
+
+def test_backward_takes_the_forwards_arguments_and_gives_none_for_an_absent_bias():
+    """``f_backward(g, *the forward's arguments)``: a forward without bias gets no bias gradient."""
+    gen = np.random.default_rng(9)
+    x, weight, bias = randn(gen, 1, 4, 6, 5), randn(gen, 2, 2, 3, 3), randn(gen, 2)
+    g = randn(gen, *ops.conv2d(x, weight, bias, 2, 1, 1, 2).shape)
+    assert ops.conv2d_backward(g, x, weight, bias, 2, 1, 1, 2)[2].shape == (2,)
+    assert ops.conv2d_backward(g, x, weight, None, 2, 1, 1, 2)[2] is None
+    x, weight = randn(gen, 3, 5), randn(gen, 4, 5)
+    assert ops.linear_backward(randn(gen, 3, 4), x, weight)[2] is None
