@@ -841,7 +841,7 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0):  # [B
         return (1 - label_smoothing) * nll + smooth * (label_smoothing / num_classes)
 
 
-def cross_entropy_backward(logits, target, ignore_index=-100, label_smoothing=0.0, grad=1.0):  # -> [B, C, ...]
+def cross_entropy_backward(logits, target, ignore_index=-100, label_smoothing=0.0, grad=1.0):  # [B, C, ...], [B, ...] int -> [B, C, ...]
     """Gradient of ``cross_entropy`` w.r.t. the logits, times ``grad`` (``dL/dloss``).
 
     Per kept position i, the loss term is ``-sum_c q_ic log p_ic`` with ``p_i = softmax(logits_i)``
@@ -853,16 +853,16 @@ def cross_entropy_backward(logits, target, ignore_index=-100, label_smoothing=0.
     reaches the logits.
     """
     target, keep = _check_class_targets(logits, target, ignore_index)
-    num_classes = logits.shape[1]
-    q = np.zeros_like(logits)
-    safe = np.where(keep, target, 0)
-    np.put_along_axis(q, np.expand_dims(safe, 1), 1 - label_smoothing, axis=1)
-    q += label_smoothing / num_classes
-    diff = softmax(logits, axis=1) - q
     count = np.asarray(keep.sum(), dtype=logits.dtype)
     if count == 0:
         return np.zeros_like(logits)
-    return diff * (np.expand_dims(keep, 1) * (grad / count)).astype(logits.dtype)
+    # p - q in place, in one array the size of the logits (a segmentation map's logits are large)
+    g = softmax(logits, axis=1)
+    g -= np.asarray(label_smoothing / logits.shape[1], dtype=g.dtype)
+    at_target = np.expand_dims(np.where(keep, target, 0), 1)
+    np.put_along_axis(g, at_target, np.take_along_axis(g, at_target, axis=1) - (1 - label_smoothing), axis=1)
+    g *= (np.expand_dims(keep, 1) * (grad / count)).astype(g.dtype)
+    return g
 
 
 def mse_loss(prediction, target):  # [...], [...] -> scalar
