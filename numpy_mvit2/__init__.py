@@ -21,8 +21,29 @@ from __future__ import annotations
 import os
 import sys
 
-from ._lazy import lazy_names
-from ._version import __version__  # noqa: F401
+
+def _run_by_an_older_console_script() -> bool:
+    """True in a ``numpy-mvit2`` console script written before its entry point became
+    ``numpy_mvit2.__main__:main`` (one installed earlier and not reinstalled): it imports
+    ``numpy_mvit2.cli``, and with it NumPy, before its first line of ours runs. Only the program
+    itself is looked at, the file ``__main__`` runs: importing the package anywhere else installs
+    nothing."""
+    program = os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "")
+    return program in ("numpy-mvit2", "numpy-mvit2-script.py")
+
+
+if _run_by_an_older_console_script():  # the Ctrl-C handling numpy_mvit2.__main__ gives the new one
+    try:  # (the first import from the package's folder reads the folder: a signal can land there)
+        from ._signals import take_signals
+    except KeyboardInterrupt:
+        os.write(2, b"numpy-mvit2: interrupted\n")
+        os._exit(130)
+    take_signals()
+
+
+# (imported after the signal handling above: an older console script takes Ctrl-C first)
+from ._lazy import lazy_names  # noqa: E402
+from ._version import __version__  # noqa: E402, F401
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -51,20 +72,3 @@ _SUBMODULES = ("architecture", "blocks", "cli", "config", "crosscheck", "cvnets_
 
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_names(__name__, _EXPORTS, _SUBMODULES)
-
-
-def _run_by_an_older_console_script() -> bool:
-    """True in a ``numpy-mvit2`` console script written before its entry point became
-    ``numpy_mvit2.__main__:main`` (one installed earlier and not reinstalled): it imports
-    ``numpy_mvit2.cli``, and with it NumPy, before its first line of ours runs. Only the program
-    itself is looked at, the file ``__main__`` runs: importing the package anywhere else installs
-    nothing."""
-    program = os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "")
-    return program in ("numpy-mvit2", "numpy-mvit2-script.py")
-
-
-if _run_by_an_older_console_script():  # the Ctrl-C handling numpy_mvit2.__main__ gives the new one
-    from ._signals import take_signals
-
-    take_signals()
-

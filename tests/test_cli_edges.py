@@ -160,6 +160,8 @@ def test_ctrl_c_at_any_moment(form, classifier, many_photos, tmp_path):
         stderr = signal_and_wait(process, signal.SIGINT)
         if landed_before_our_code(process.returncode, stderr):
             continue
+        if process.returncode == 0 and not stderr:  # it finished between the poll and the signal: too late
+            continue
         landed += 1
         assert "Traceback" not in stderr and "Exception ignored" not in stderr, (moment, stderr)
         assert process.returncode == 130, (moment, process.returncode, stderr)
