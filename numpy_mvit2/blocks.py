@@ -21,7 +21,8 @@ downsampling_layer``, ``.conv_kxk``, ``.conv_1x1``, ``.transformer.layer.{j}.att
 ``.layernorm``, ``.fold`` (the input of ``conv_projection``), ``.conv_projection``; each stage's
 output ``encoder.layer.{i}``; ``pooler``, ``classifier``; ``segmentation_head.aspp``,
 ``segmentation_head.classifier``. The models' ``output_hidden_states`` and ``output_attentions``
-and ``numpy_mvit2.crosscheck`` read them there, so nothing else repeats the forward pass.
+and ``numpy_mvit2.crosscheck`` read them there, so nothing else repeats the forward pass (the fast
+path's twins record the subset those need: the stage outputs, the context scores, ``pooler``).
 
 Shapes: ``B`` batch, ``C`` channels, ``H x W`` feature map, ``d`` attention width,
 ``P = patch_size**2`` pixels per patch, ``N`` patches.
@@ -181,7 +182,7 @@ def deeplabv3(x, aspp, classifier, *, config: MobileViTV2Config, record=ignore):
 # --------------------------------------------------------------------------------------------
 
 
-def backbone(pixel_values, conv_stem, encoder, *, config: MobileViTV2Config, record=ignore):  # [B, C, H, W] -> [B, C5, H/32, W/32]
+def backbone(pixel_values, conv_stem, encoder, *, config: MobileViTV2Config, record=ignore):  # [B, C, H, W] -> [B, C5, H/os, W/os]
     """``MobileViTV2Model``: a stride-2 3x3 conv stem (+BN+act), then the five stages, two of
     inverted residuals and three of MobileViT blocks; returns the last stage's output
     (``last_hidden_state``) and records each stage's output as ``encoder.layer.{i}``."""

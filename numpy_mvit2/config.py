@@ -1,8 +1,9 @@
 """``MobileViTV2Config``: the documented fields of transformers' config, and the widths they imply.
 
 The network's widths are decided here and nowhere else: ``config.stem_channels`` and
-``config.stages`` (one ``StageSpec`` per encoder stage) hold every channel width, stride and
-dilation, computed once with ``make_divisible`` exactly as transformers computes them.
+``config.stages`` (one ``StageSpec`` per encoder stage) hold every stage's channel widths,
+strides and dilations, computed once with ``make_divisible`` exactly as transformers computes
+them (an inverted residual's hidden width follows from them: ``architecture.expanded_channels``).
 ``numpy_mvit2.architecture.describe`` turns them into the list of layers that the expected
 shapes, the summary, the parameter cap and the fast plan read; the forward passes
 (``numpy_mvit2.blocks``, ``numpy_mvit2.fast``) read the stages from here.

@@ -1,8 +1,9 @@
 """The fast path's kernels: in-place bias + activation, depthwise convolution over strided views,
 per-thread scratch buffers, and the group norm computed from per-position partial sums.
 
-Pure functions of arrays (and of a plan's ``Conv``); nothing here knows about threads or
-processes, except that ``GroupNorm`` is handed a barrier object to meet its other parts at.
+Pure functions of arrays (and of a plan's ``Conv``); nothing here starts threads or processes:
+``scratch`` keeps one buffer per calling thread, and ``GroupNorm`` is handed a barrier object to
+meet its other parts at.
 """
 
 from __future__ import annotations

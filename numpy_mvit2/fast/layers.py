@@ -61,7 +61,7 @@ def run_backbone(pixel_values, plan: Plan, executor: Executor = SERIAL, record=N
 
 def stem(pixels, conv: Conv, executor: Executor = SERIAL):  # [B, C, H, W] (NCHW input) -> [B, H/2, W/2, C0]
     """The stem's k x k convolution (padding (k-1)/2, stride ``conv.stride``) + ``conv.act``, image by image (one image: ``executor.size`` row
-    ranges at once): the 9 strided taps of the padded input are gathered into
+    ranges at once): the k*k strided taps of the padded input are gathered into
     ``cols [k*k*Cin, rows*Wo]`` (plane copies) and one product with the transposed columns gives
     the NHWC output rows directly."""
     batch, cin, height, width = pixels.shape

@@ -16,7 +16,7 @@ Each convolution keeps its ``Layer``'s stride, dilation and activation (``Conv.s
 ``.dilation``, ``.act``), read off ``architecture.describe(config, head)``, the network's one
 description, by the same name: the kernels in ``layers`` apply what the conv says, so the scale
 folded in for an activation and the activation applied come from one place. ``plan_choices``
-says which of the config's behavior a plan fixed.
+gives the config fields a plan was built from (all but the label names and the output flags).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ..ops import fold_batch_norm
 
 @dataclass
 class Conv:
-    """A convolution ready for NHWC: ``w`` is ``[Cin*k*k, Cout]`` for dense convolutions (rows in
+    """A convolution ready for NHWC: ``w`` is ``[k*k*Cin, Cout]`` for dense convolutions (rows in
     (kh, kw, c) order; ``[Cin, Cout]`` for 1x1) or ``[k, k, C]`` for depthwise ones; ``b`` ``[Cout]``;
     ``stride``, ``dilation`` and ``act`` (the activation after it, or None) are its ``Layer``'s."""
 
@@ -66,8 +66,8 @@ class TransformerLayer:  # encoder.layer.{i}.transformer.layer.{j}
 @dataclass
 class MobileViTBlock:  # encoder.layer.{i} of a transformer stage
     downsampling_layer: InvertedResidual
-    conv_kxk: Conv  # depthwise k x k, [k, k, Cin]; dilated under the behaviors that dilate it
-    conv_1x1: Conv  # [Cin, d], no bias
+    conv_kxk: Conv  # depthwise k x k, [k, k, C] (C: the stage's out_channels); dilated under the behaviors that dilate it
+    conv_1x1: Conv  # [C, d], no bias
     transformer: list  # list[TransformerLayer]: transformer.layer.{j}
     conv_projection: Conv  # [d, Cout]; the block's final group norm (``layernorm``) folded in
     projection_bias: np.ndarray  # conv_projection's unfolded bias: what uncovered border pixels get
@@ -94,7 +94,7 @@ class Plan:
     eps: float  # config.layer_norm_eps
     patch_size: int
     patch_remainder: str  # config.choices.patch_remainder
-    choices: tuple  # plan_choices(config) when built: a model rebuilds its plan when they change
+    choices: tuple  # plan_choices(config) when built (the config's fields): a model rebuilds its plan when they change
     conv_stem: Conv  # dense 3x3, stride 2
     stages: list = field(default_factory=list)  # encoder.layer.{i}: list[InvertedResidual] or MobileViTBlock
     classifier: Linear | None = None  # head "classification" with num_labels > 0
