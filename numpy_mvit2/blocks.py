@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .architecture import StageSpec
+from .autodiff import primitive
 from .config import MobileViTV2Config
 from .ops import (
     ACTIVATIONS,
@@ -50,6 +51,14 @@ from .ops import (
 
 def ignore(name, array):
     """The default ``record``: keeps nothing."""
+
+
+@primitive
+def dropout(x, p, channels=False):  # [B, C, ...] -> [B, C, ...]
+    """``nn.Dropout`` (``nn.Dropout2d`` with ``channels``: whole channels at once) with probability
+    ``p``: the identity, as in ``model.eval()``. While training (``numpy_mvit2.training``), the
+    tape draws the mask (``ops.dropout``) instead."""
+    return x
 
 
 def conv_layer(x, convolution, normalization=None, *, stride=1, dilation=1, activation=None):  # [B, Cin, H, W] -> [B, Cout, Ho, Wo]
@@ -76,31 +85,35 @@ def inverted_residual(x, expand_1x1, conv_3x3, reduce_1x1, *, stride, act, dilat
     return x + y if y.shape == x.shape and stride == 1 else y
 
 
-def linear_self_attention(x, qkv_proj, out_proj):  # [B, d, P, N] -> [B, d, P, N], [B, 1, P, N]
+def linear_self_attention(x, qkv_proj, out_proj, *, attn_dropout=0.0):  # [B, d, P, N] -> [B, d, P, N], [B, 1, P, N]
     """Separable self-attention: one 1x1 conv gives the query (1 channel), keys and values (d each);
-    ``ops.separable_attention`` mixes them in O(N); a 1x1 conv projects the result. Returns the
-    output and the context scores."""
+    ``ops.separable_attention`` mixes them in O(N) (dropping scores with ``attn_dropout`` while
+    training); a 1x1 conv projects the result. Returns the output and the context scores."""
     qkv = conv_layer(x, **qkv_proj)
     d = x.shape[1]
     query, key, value = qkv[:, :1], qkv[:, 1 : 1 + d], qkv[:, 1 + d :]
-    out, scores = separable_attention(query, key, value)
+    out, scores = separable_attention(query, key, value, dropout=attn_dropout)
     return conv_layer(out, **out_proj), scores
 
 
-def feed_forward(x, conv1, conv2, *, act):  # [B, d, P, N] -> [B, d, P, N]
-    """Position-wise feed-forward network as two 1x1 convs: d -> ffn_dim (+act) -> d."""
-    return conv_layer(conv_layer(x, **conv1, activation=act), **conv2)
+def feed_forward(x, conv1, conv2, *, act, ffn_dropout=0.0):  # [B, d, P, N] -> [B, d, P, N]
+    """Position-wise feed-forward network as two 1x1 convs: d -> ffn_dim (+act) -> d, each
+    followed by dropout (``ffn_dropout``, while training)."""
+    x = dropout(conv_layer(x, **conv1, activation=act), ffn_dropout)
+    return dropout(conv_layer(x, **conv2), ffn_dropout)
 
 
-def transformer_layer(x, layernorm_before, attention, layernorm_after, ffn, *, act, eps, name="", record=ignore):  # [B, d, P, N] -> [B, d, P, N]
+def transformer_layer(x, layernorm_before, attention, layernorm_after, ffn, *, act, eps, attn_dropout=0.0, ffn_dropout=0.0,
+                      name="", record=ignore):  # [B, d, P, N] -> [B, d, P, N]
     """Pre-norm transformer layer: ``x + attention(norm(x))``, then ``x + ffn(norm(x))``, the norms
     being group norms with one group. ``name``: the layer's checkpoint prefix, under which its
-    context scores ([B, 1, P, N]), its two branches and its output are recorded."""
-    attn_out, scores = linear_self_attention(group_norm(x, 1, **layernorm_before, eps=eps), **attention)
+    context scores ([B, 1, P, N]), its two branches and its output are recorded. The dropouts act
+    only while training."""
+    attn_out, scores = linear_self_attention(group_norm(x, 1, **layernorm_before, eps=eps), **attention, attn_dropout=attn_dropout)
     record(f"{name}.attention.scores", scores)
     record(f"{name}.attention", attn_out)
     x = x + attn_out
-    ffn_out = feed_forward(group_norm(x, 1, **layernorm_after, eps=eps), **ffn, act=act)
+    ffn_out = feed_forward(group_norm(x, 1, **layernorm_after, eps=eps), **ffn, act=act, ffn_dropout=ffn_dropout)
     record(f"{name}.ffn", ffn_out)
     x = x + ffn_out
     record(name, x)
@@ -137,7 +150,8 @@ def mobilevit_layer(x, downsampling_layer, conv_kxk, conv_1x1, transformer, laye
     height, width = x.shape[-2:]
     patches = unfold_patches(x, config.patch_size)
     for j, layer in enumerate(transformer["layer"]):
-        patches = transformer_layer(patches, **layer, act=act, eps=eps, name=f"{name}.transformer.layer.{j}", record=record)
+        patches = transformer_layer(patches, **layer, act=act, eps=eps, attn_dropout=config.attn_dropout,
+                                    ffn_dropout=config.ffn_dropout, name=f"{name}.transformer.layer.{j}", record=record)
     patches = group_norm(patches, 1, **layernorm, eps=eps)
     record(f"{name}.layernorm", patches)
     x = fold_patches(patches, (height, width), config.patch_size)
@@ -158,21 +172,24 @@ def mobilenet_layer(x, layer, *, spec: StageSpec, config: MobileViTV2Config, nam
 def atrous_pyramid(x, convs, project, *, config: MobileViTV2Config):  # [B, C, H, W] -> [B, A, H, W]
     """Atrous spatial pyramid pooling: a 1x1 conv, three 3x3 convs dilated by ``atrous_rates``, and
     global average pooling -> 1x1 conv -> bilinear upsampling back to H x W (all +BN+ReLU),
-    concatenated (5A channels) and projected to A = ``aspp_out_channels`` (+BN+ReLU)."""
+    concatenated (5A channels) and projected to A = ``aspp_out_channels`` (+BN+ReLU), then dropout
+    (``aspp_dropout_prob``, while training)."""
     branches = [conv_layer(x, **convs[0], activation="relu")]
     for conv, rate in zip(convs[1:4], config.atrous_rates):
         branches.append(conv_layer(x, **conv, dilation=rate, activation="relu"))
     pooled = global_avg_pool(x)[:, :, None, None]
     pooled = conv_layer(pooled, **convs[4]["conv_1x1"], activation="relu")
     branches.append(interpolate_bilinear(pooled, x.shape[-2:]))
-    return conv_layer(np.concatenate(branches, axis=1), **project, activation="relu")
+    projected = conv_layer(np.concatenate(branches, axis=1), **project, activation="relu")
+    return dropout(projected, config.aspp_dropout_prob)
 
 
 def deeplabv3(x, aspp, classifier, *, config: MobileViTV2Config, record=ignore):  # [B, C, H, W] -> [B, num_labels, H, W]
-    """DeepLabV3 head on the last feature map: ASPP, then a 1x1 conv (with bias) to class logits."""
+    """DeepLabV3 head on the last feature map: ASPP, then a 1x1 conv (with bias) to class logits,
+    whole channels of the ASPP's output dropped in between while training (``classifier_dropout_prob``)."""
     x = atrous_pyramid(x, **aspp, config=config)
     record("segmentation_head.aspp", x)
-    logits = conv_layer(x, **classifier)
+    logits = conv_layer(dropout(x, config.classifier_dropout_prob, channels=True), **classifier)
     record("segmentation_head.classifier", logits)
     return logits
 

@@ -305,7 +305,12 @@ class MobileViTV2PreTrainedModel:
             if self._plan is None or self._plan.choices != fast_path.plan_choices(self.config):
                 self.rebuild_fast_plan()  # built for other choices (config.behavior set since)
             return getattr(fast_path, self._function)(pixels, self._plan, record=record)
-        return getattr(blocks, self._function)(pixels, **self.params, config=self.config, record=record or blocks.ignore)
+        return self._readable(pixels, self.params, record or blocks.ignore)
+
+    def _readable(self, pixels, params, record=blocks.ignore):
+        """The readable path: this head's function of ``numpy_mvit2.blocks`` on ``params``.
+        ``numpy_mvit2.training`` calls it with the pixels and parameters on its tape."""
+        return getattr(blocks, self._function)(pixels, **params, config=self.config, record=record)
 
     def _run(self, pixel_values, output_hidden_states, output_attentions):
         """``_forward``, keeping what the caller asked for: (output, hidden_states, attentions),
@@ -420,13 +425,18 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
         if labels is not None and self.config.num_labels == 1:
             raise ValueError("The number of labels should be greater than one")
         logits, hidden_states, attentions = self._run(pixel_values, output_hidden_states, output_attentions)
-        loss = None
-        if labels is not None:
-            labels = np.asarray(labels)
-            if labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
-                raise ValueError(f"labels must have shape (batch, height, width) = ({logits.shape[0]}, H, W), got {labels.shape}")
-            upsampled = interpolate_bilinear(logits, labels.shape[-2:])
-            loss = cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
+        loss = None if labels is None else self.loss_function(labels, logits)
         if not return_dict:
             return tuple(v for v in (loss, logits, hidden_states, attentions) if v is not None)
         return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+
+    def loss_function(self, labels, logits):
+        """transformers': the logits upsampled (bilinear, ``align_corners=False``) to the labels'
+        size, then cross-entropy ignoring ``config.semantic_loss_ignore_index``."""
+        if self.config.num_labels == 1:
+            raise ValueError("The number of labels should be greater than one")
+        labels = np.asarray(labels)
+        if labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"labels must have shape (batch, height, width) = ({logits.shape[0]}, H, W), got {labels.shape}")
+        upsampled = interpolate_bilinear(logits, labels.shape[-2:])
+        return cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)

@@ -20,6 +20,10 @@ takes the loss's own inputs and ``grad`` (``dL/dloss``, 1 by default) and return
 with respect to its prediction or logits. Docstrings give the
 derivation; ``tests/test_backward_*.py`` check each backward against ``torch.autograd`` and
 against central finite differences.
+
+``@primitive`` (``numpy_mvit2.autodiff``) marks the kernels the model is built from: called with
+arrays, as everywhere here, a marked kernel is just the function; called by
+``numpy_mvit2.training`` with values on a tape, it is recorded with its backward.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+
+from .autodiff import primitive
 
 # --------------------------------------------------------------------------------------------
 # Convolution
@@ -49,6 +55,7 @@ def _taps(x, kernel, stride, dilation, out_hw):  # [B, C, Hp, Wp] -> kernel*kern
             yield kh, kw, x[:, :, h0 : h0 + stride * (ho - 1) + 1 : stride, w0 : w0 + stride * (wo - 1) + 1 : stride]
 
 
+@primitive
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # [B, Cin, H, W] -> [B, Cout, Ho, Wo]
     """2-D cross-correlation, as ``torch.nn.functional.conv2d`` with square kernels and zero padding.
 
@@ -171,6 +178,7 @@ def conv2d_backward(grad_output, x, weight, bias=None, stride=1, padding=0, dila
     return np.ascontiguousarray(grad_x), grad_weight.astype(dtype, copy=False), grad_bias
 
 
+@primitive
 def linear(x, weight, bias=None):  # [..., in] -> [..., out]
     """Affine map ``y = x W^T + b`` as ``torch.nn.functional.linear``; weight ``[out, in]``."""
     y = x @ weight.T
@@ -233,6 +241,7 @@ def dropout_backward(grad_output, mask, p):  # [...], bool [...], float -> [...]
 # --------------------------------------------------------------------------------------------
 
 
+@primitive
 def batch_norm(x, running_mean, running_var, weight, bias, eps=1e-5):  # [B, C, H, W] -> [B, C, H, W]
     """Batch norm in inference form: ``y = (x - mean[c]) / sqrt(var[c] + eps) * gamma[c] + beta[c]``,
     with the running statistics, as ``torch.nn.functional.batch_norm(training=False)``."""
@@ -337,6 +346,7 @@ def fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, b
     return new_weight, new_bias
 
 
+@primitive
 def group_norm(x, num_groups, weight, bias, eps=1e-5):  # [B, C, *] -> [B, C, *]
     """Group norm, as ``torch.nn.functional.group_norm``: the channels are split into ``num_groups``
     groups; each sample's group is normalised by its own mean and biased variance,
@@ -389,6 +399,7 @@ def group_norm_backward(grad_output, x, num_groups, weight, bias, eps=1e-5):  # 
 # --------------------------------------------------------------------------------------------
 
 
+@primitive
 def relu(x):  # [...] -> [...]
     """``max(x, 0)``."""
     return np.maximum(x, 0)
@@ -399,6 +410,7 @@ def relu_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * (x > 0)
 
 
+@primitive
 def relu6(x):  # [...] -> [...]
     """``min(max(x, 0), 6)``."""
     return np.clip(x, 0, 6)
@@ -410,6 +422,7 @@ def relu6_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * ((x > 0) & (x < 6))
 
 
+@primitive
 def sigmoid(x):  # [...] -> [...]
     """``1 / (1 + exp(-x))``, written so that neither branch overflows."""
     e = np.exp(-np.abs(x))
@@ -422,6 +435,7 @@ def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * (s * (1 - s))
 
 
+@primitive
 def silu(x):  # [...] -> [...]
     """SiLU, also called swish: ``x * sigmoid(x)``."""
     return x * sigmoid(x)
@@ -433,6 +447,7 @@ def silu_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * (s * (1 + x * (1 - s)))
 
 
+@primitive
 def hardswish(x):  # [...] -> [...]
     """``x * relu6(x + 3) / 6``."""
     return x * relu6(x + 3) / 6
@@ -445,6 +460,7 @@ def hardswish_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * np.where(x <= -3, 0, np.where(x < 3, middle, 1)).astype(middle.dtype)
 
 
+@primitive
 def tanh(x):  # [...] -> [...]
     return np.tanh(x)
 
@@ -455,6 +471,7 @@ def tanh_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * (1 - t * t)
 
 
+@primitive
 def identity(x):  # [...] -> [...]
     return x
 
@@ -486,6 +503,7 @@ def erf(x):  # [...] -> [...]
     return (np.sign(x) * result).astype(x.dtype)
 
 
+@primitive
 def gelu(x):  # [...] -> [...]
     """Exact GELU: ``x * Phi(x) = x/2 * (1 + erf(x / sqrt(2)))``."""
     return x * 0.5 * (1 + erf(x / math.sqrt(2)))
@@ -499,6 +517,7 @@ def gelu_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * (cdf + x * pdf)
 
 
+@primitive
 def gelu_tanh(x):  # [...] -> [...]
     """GELU's tanh approximation: ``x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``
     (``gelu_new``, ``gelu_pytorch_tanh`` and ``gelu_python_tanh`` in transformers)."""
@@ -517,6 +536,7 @@ def gelu_tanh_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * _tanh_gelu_derivative(x, math.sqrt(2 / math.pi))
 
 
+@primitive
 def gelu_fast(x):  # [...] -> [...]
     """The same approximation as ``gelu_tanh``, with transformers' rounded constant 0.7978845608."""
     return 0.5 * x * (1 + np.tanh(x * 0.7978845608 * (1 + 0.044715 * x * x)))
@@ -528,6 +548,7 @@ def gelu_fast_backward(grad_output, x):  # [...], [...] -> [...]
     return grad_output * _tanh_gelu_derivative(x, 0.7978845608)
 
 
+@primitive
 def quick_gelu(x):  # [...] -> [...]
     """``x * sigmoid(1.702 x)``."""
     return x * sigmoid(1.702 * x)
@@ -585,6 +606,7 @@ ACTIVATION_BACKWARDS = {
 # --------------------------------------------------------------------------------------------
 
 
+@primitive
 def softmax(x, axis=-1):  # [...] -> [...]
     """``exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``axis``."""
     e = np.exp(x - x.max(axis=axis, keepdims=True))
@@ -599,6 +621,7 @@ def softmax_backward(grad_output, x, axis=-1):  # [...], [...] -> [...]
     return s * (grad_output - np.sum(grad_output * s, axis=axis, keepdims=True))
 
 
+@primitive
 def log_softmax(x, axis=-1):  # [...] -> [...]
     """``x_i - max x - log sum_j exp(x_j - max x)`` along ``axis``."""
     shifted = x - x.max(axis=axis, keepdims=True)
@@ -611,6 +634,7 @@ def log_softmax_backward(grad_output, x, axis=-1):  # [...], [...] -> [...]
     return grad_output - softmax(x, axis=axis) * np.sum(grad_output, axis=axis, keepdims=True)
 
 
+@primitive
 def global_avg_pool(x):  # [B, C, H, W] -> [B, C]
     """Mean over the spatial axes (``adaptive_avg_pool2d(x, 1)`` without the trailing 1 x 1)."""
     return x.mean(axis=(-2, -1))
@@ -642,6 +666,7 @@ def _bilinear_weights(in_size: int, out_size: int, dtype, align_corners: bool = 
     return i0, i1, lam
 
 
+@primitive
 def interpolate_bilinear(x, size, align_corners: bool = False):  # [B, C, H, W] -> [B, C, Ho, Wo]
     """Bilinear resize with the semantics of
     ``torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)``.
@@ -698,6 +723,7 @@ def interpolate_bilinear_backward(grad_output, input_shape, align_corners: bool 
 # --------------------------------------------------------------------------------------------
 
 
+@primitive
 def unfold_patches(x, patch_size):  # [B, C, H, W] -> [B, C, P, N]
     """Cut a feature map into non-overlapping ``p x p`` patches, as
     ``torch.nn.functional.unfold(x, kernel_size=p, stride=p).reshape(B, C, p*p, -1)``.
@@ -720,6 +746,7 @@ def unfold_patches_backward(grad_patches, input_shape, patch_size):  # [B, C, P,
     return fold_patches(grad_patches, tuple(input_shape[-2:]), patch_size)
 
 
+@primitive
 def fold_patches(patches, output_size, patch_size):  # [B, C, P, N] -> [B, C, H, W]
     """The inverse of ``unfold_patches``, as ``torch.nn.functional.fold`` with kernel = stride = p:
     every patch goes back to where it came from; pixels no patch covered (the rows and columns
@@ -744,7 +771,8 @@ def fold_patches_backward(grad_output, patch_size):  # [B, C, H, W] -> [B, C, P,
     return unfold_patches(grad_output, patch_size)
 
 
-def separable_attention(query, key, value):  # [B, 1, P, N], [B, d, P, N], [B, d, P, N] -> [B, d, P, N], [B, 1, P, N]
+@primitive
+def separable_attention(query, key, value, dropout=0.0, keep=None):  # [B, 1, P, N], [B, d, P, N], [B, d, P, N] -> [B, d, P, N], [B, 1, P, N]
     """Separable self-attention (MobileViTV2 paper, section 3.2), for every pixel position p of a patch.
 
     1. Context scores: ``c_s = softmax over the N patches of the query`` ([B, 1, P, N]); a single
@@ -753,13 +781,20 @@ def separable_attention(query, key, value):  # [B, 1, P, N], [B, d, P, N], [B, d
     3. Output: ``relu(value) * c_v``, the context vector broadcast to every patch.
 
     Returns the output and the context scores.
+
+    ``dropout``, ``keep``: transformers' ``attn_dropout`` on the scores, between steps 1 and 2,
+    while training: ``keep`` is the boolean mask of the scores kept ([B, 1, P, N], drawn as
+    ``dropout`` draws one), those kept scaled by ``1 / (1 - dropout)``. Without ``keep``
+    (inference, or ``attn_dropout`` 0) the scores are used as they are. The scores returned are
+    the softmax's, before dropout.
     """
     scores = softmax(query, axis=-1)
-    context = np.sum(key * scores, axis=-1, keepdims=True)
+    weights = scores if keep is None else scores * _dropout_scale(keep, dropout, scores.dtype)
+    context = np.sum(key * weights, axis=-1, keepdims=True)
     return relu(value) * context, scores
 
 
-def separable_attention_backward(grad_out, grad_scores, query, key, value):  # -> [B, 1, P, N], [B, d, P, N], [B, d, P, N]
+def separable_attention_backward(grad_out, grad_scores, query, key, value, dropout=0.0, keep=None):  # -> [B, 1, P, N], [B, d, P, N], [B, d, P, N]
     """Gradients of ``separable_attention`` w.r.t. ``(query, key, value)``.
 
     ``grad_out`` ``[B, d, P, N]`` is ``dL/dout``; ``grad_scores`` ``[B, 1, P, N]`` is ``dL/dscores``
@@ -783,13 +818,21 @@ def separable_attention_backward(grad_out, grad_scores, query, key, value):  # -
     ``dL/dc = 1``, ``dL/dk = (1/2, 1/2)``, ``h = (1, 3)``, ``<h, s> = 2`` and
     ``dL/dq = (1/2 * (1 - 2), 1/2 * (3 - 2)) = (-1/2, 1/2)``: raising q_2 moves weight to the
     larger key.
+
+    With dropout on the scores (``keep``), step 2 reads ``w_n = s_n m_n / (1 - p)`` in place of
+    ``s_n``: ``dL/dk_jn = dL/dc_j * w_n`` and the sum over j is multiplied by ``m_n / (1 - p)``
+    before ``grad_scores`` (which is the softmax's own output's) is added.
     """
     scores = softmax(query, axis=-1)
-    context = np.sum(key * scores, axis=-1, keepdims=True)  # [B, d, P, 1]
+    scale = None if keep is None else _dropout_scale(keep, dropout, scores.dtype)
+    weights = scores if scale is None else scores * scale
+    context = np.sum(key * weights, axis=-1, keepdims=True)  # [B, d, P, 1]
     grad_value = grad_out * context * (value > 0)
     grad_context = np.sum(grad_out * relu(value), axis=-1, keepdims=True)  # [B, d, P, 1]
-    grad_key = grad_context * scores
+    grad_key = grad_context * weights
     grad_s = np.sum(grad_context * key, axis=1, keepdims=True)  # [B, 1, P, N]
+    if scale is not None:
+        grad_s = grad_s * scale
     if grad_scores is not None:
         grad_s = grad_s + grad_scores
     grad_query = scores * (grad_s - np.sum(grad_s * scores, axis=-1, keepdims=True))
@@ -819,6 +862,7 @@ def _check_class_targets(logits, target, ignore_index):  # -> target as an array
     return target, keep
 
 
+@primitive
 def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0):  # [B, C, ...], [B, ...] int -> scalar
     """Mean negative log-likelihood ``-mean_i log softmax(logits_i)[target_i]`` over the positions whose
     target is not ``ignore_index``, as ``torch.nn.functional.cross_entropy``. The class axis is 1.
@@ -865,6 +909,7 @@ def cross_entropy_backward(logits, target, ignore_index=-100, label_smoothing=0.
     return g
 
 
+@primitive
 def mse_loss(prediction, target):  # [...], [...] -> scalar
     """``mean((prediction - target)^2)``; shapes must match exactly."""
     if prediction.shape != np.shape(target):
@@ -881,6 +926,7 @@ def mse_loss_backward(prediction, target, grad=1.0):  # [...], [...] -> [...]
     return (prediction - target) * np.asarray(2 * grad / prediction.size, dtype=prediction.dtype)
 
 
+@primitive
 def binary_cross_entropy_with_logits(logits, target):  # [...], [...] -> scalar
     """``mean(max(x, 0) - x*y + log(1 + exp(-|x|)))``, the stable form of
     ``-mean(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``."""
