@@ -445,3 +445,130 @@ def crosscheck(ours=None, theirs=None, *, checkpoint=None, head: str | None = No
             first = row["layer"]
     return CrosscheckReport(rows=rows, dtypes=dtypes, tolerance={dt: tolerance[dt] for dt in dtypes},
                             first_divergence=first, head=head, input_shape=tuple(pixel_values.shape), notes=notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Gradients
+# --------------------------------------------------------------------------------------------
+
+GRADIENT_TOLERANCE = {"float32": 1e-3, "float64": 1e-8}
+"""Per tensor, ``max|ours - torch| / max|torch|`` beyond which a gradient is said to diverge."""
+
+ZERO_GRADIENT_FLOOR = {"float32": 1e-3, "float64": 1e-6}
+"""A gradient that is zero in exact arithmetic (the shift of a layer feeding a training-mode batch
+norm, which subtracts it again, e.g. each MobileViT block's ``conv_projection.normalization.bias``
+before the next stage's first conv) is round-off on both sides; each tensor's error is measured
+against its own scale or this fraction of the model's largest gradient, whichever is larger."""
+
+
+def reference_gradients(torch_model, pixel_values, labels, *, train: bool = False, masks=()):
+    """PyTorch autograd's answer to ``training.value_and_grad``: ``(loss, grads, pixel_grad,
+    buffers)`` for a copy of ``torch_model`` (in its own dtype) in ``train()`` or ``eval()`` mode.
+    ``masks``: the dropout masks ours drew (booleans, in the order the forward reaches its dropouts
+    with a nonzero probability), applied in place of PyTorch's own draws by forward hooks.
+    ``buffers``: the state dict's running statistics after the step. The model given is not
+    modified."""
+    torch = _require("torch")
+    model = copy.deepcopy(torch_model).train(train)
+    dtype = next(model.parameters()).dtype
+    pending = list(masks)
+
+    def replace(module, inputs, output):
+        if not module.training or module.p == 0:
+            return None
+        if not pending:
+            raise ValueError("reference_gradients: more dropouts with a nonzero probability than masks given (pass the "
+                             "masks ours drew, or set the dropout probabilities to 0)")
+        keep = torch.from_numpy(np.asarray(pending.pop(0)))
+        return inputs[0] * torch.where(keep, torch.tensor(1 / (1 - module.p), dtype=dtype), torch.tensor(0, dtype=dtype))
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Dropout, torch.nn.Dropout2d)):
+            module.register_forward_hook(replace)
+    x = torch.tensor(np.asarray(pixel_values), dtype=dtype, requires_grad=True)
+    head = next((h for h, name in _TORCH_CLASSES.items() if name == type(model).__name__), "base")
+    if head == "base":
+        output = model(x).last_hidden_state
+        loss = (output * torch.as_tensor(np.asarray(labels), dtype=dtype)).sum()
+    else:
+        target = torch.as_tensor(np.asarray(labels))
+        loss = model(x, labels=target if not target.is_floating_point() else target.to(dtype)).loss
+    loss.backward()
+    grads = {name: p.grad.detach().numpy() if p.grad is not None else np.zeros(p.shape, dtype=p.detach().numpy().dtype)
+             for name, p in model.named_parameters()}
+    buffers = {name: value.detach().numpy() for name, value in model.state_dict().items() if "running_" in name}
+    return float(loss.detach()), grads, x.grad.detach().numpy(), buffers
+
+
+def _gradient_errors(ours, theirs, floor):
+    if ours.shape != theirs.shape:
+        return float("inf"), float("inf"), float("nan")
+    diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(theirs).max()) if theirs.size else 0.0
+    return max_abs, (max_abs / max(scale, floor) if max_abs else 0.0), scale
+
+
+def crosscheck_gradients(ours, theirs, pixel_values, labels, *, train: bool = False, dtypes=("float32", "float64"),
+                         tolerance: dict | None = None, seed: int = 0) -> CrosscheckReport:
+    """Compare ``training.value_and_grad(ours, ...)`` with PyTorch autograd on ``theirs`` (the
+    transformers model of the same head, through ``apply_behavior`` when ours computes another
+    framework's function): every parameter's gradient, the input's, the loss, and in train mode
+    the running statistics after the step, in float32 and float64. ``ours`` must hold unfolded
+    batch norms (``fold_batch_norm=False``); neither model is modified (ours runs on a copy).
+
+    The rows are in the order the backward pass reaches them: the loss, then the head's
+    parameters, the last stage's, ... the stem's, the input gradient last; ``first_divergence``
+    is thus the parameter nearest the loss whose gradient is beyond ``tolerance``
+    (``GRADIENT_TOLERANCE``): where an error starts, since it spreads to all before it. Each
+    row's ``rel_{dt}`` is ``max|ours - torch| / max|torch|`` (see ``ZERO_GRADIENT_FLOOR``); the
+    running statistics are compared the same way."""
+    from . import training
+
+    torch = _require("torch")
+    if ours.batch_norm_folded:
+        raise ValueError("crosscheck_gradients: load ours with fold_batch_norm=False (transformers' gradients are "
+                         "those of its unfolded batch norms)")
+    head = _head_of(ours)
+    if type(theirs).__name__ != _TORCH_CLASSES[head]:
+        raise TypeError(f"crosscheck_gradients: ours is a {type(ours).__name__} but theirs a {type(theirs).__name__}")
+    tolerance = {**GRADIENT_TOLERANCE, **(tolerance or {})}
+    notes = []
+    config = ours.config
+    if config.choices != _our_config(theirs).choices:
+        theirs = apply_behavior(theirs, config=config)
+        notes.append(f"behavior {config.behavior!r}; transformers' model compared through crosscheck.apply_behavior")
+    dtypes = tuple(np.dtype(d).name for d in dtypes)
+    rows = None
+    for dt in dtypes:
+        kwargs = {"expand_output": ours.expand_output} if head == "base" else {}
+        model = type(ours)(config, state_dict=ours.state_dict(), dtype=np.dtype(dt).type, fold_batch_norm=False,
+                           fast=False, **kwargs)  # a copy: a training step moves its running statistics
+        masks = []
+        loss, grads, pixel_grad = training._value_and_grad(model, pixel_values, labels, train=train, input_grad=True,
+                                                           generator=np.random.default_rng(seed), masks=masks)
+        reference = copy.deepcopy(theirs).to(getattr(torch, dt))
+        theirs_loss, theirs_grads, theirs_pixel_grad, buffers = reference_gradients(
+            reference, np.asarray(pixel_values).astype(dt), labels, train=train, masks=masks)
+        pairs = [("loss", np.asarray(loss), np.asarray(theirs_loss))]
+        pairs += [(name, grads[name], theirs_grads[name]) for name in reversed(list(theirs_grads))]
+        pairs.append(("pixel_values (input gradient)", pixel_grad, theirs_pixel_grad))
+        if train:
+            state = model.state_dict()
+            pairs += [(f"{name} (after the step)", state[name], buffers[name]) for name in buffers]
+        floor = ZERO_GRADIENT_FLOOR[dt] * max(float(np.abs(g).max()) for g in theirs_grads.values() if g.size)
+        if rows is None:
+            rows = [{"layer": name, "stage": name.split(".")[2] if ".encoder.layer." in f".{name}" else "",
+                     "shape": tuple(np.shape(b))} for name, _, b in pairs]
+        for row, (name, a, b) in zip(rows, pairs):
+            row[f"max_abs_{dt}"], row[f"rel_{dt}"], row[f"scale_{dt}"] = _gradient_errors(np.asarray(a), np.asarray(b),
+                                                                                       floor)
+    first = None
+    for row in rows:
+        row["diverged"] = any(not row[f"rel_{dt}"] <= tolerance[dt] for dt in dtypes)
+        if row["diverged"] and first is None:
+            first = row["layer"]
+    notes.append(f"{'train' if train else 'eval'} mode; rows in the order the backward pass reaches them; "
+                 "rel = max|ours - torch| / max|torch|")
+    return CrosscheckReport(rows=rows, dtypes=dtypes, tolerance={dt: tolerance[dt] for dt in dtypes},
+                            first_divergence=first, head=head, input_shape=tuple(np.shape(pixel_values)), notes=notes)

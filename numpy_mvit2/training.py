@@ -1,0 +1,245 @@
+"""Gradients of the whole model: ``value_and_grad``.
+
+    from numpy_mvit2.training import value_and_grad
+    model = MobileViTV2ForImageClassification.from_pretrained(folder, fold_batch_norm=False)
+    loss, grads = value_and_grad(model, pixel_values, labels, train=True)
+    loss, grads, pixel_grad = value_and_grad(model, pixel_values, labels, input_grad=True)
+
+How: the forward pass is ``numpy_mvit2.blocks``, the same code ``model(...)`` runs with
+``fast=False``, run on values that a tape records (``numpy_mvit2.autodiff``); the loss is the
+model's own ``loss_function``. The tape is then walked backwards, each kernel's gradient coming
+from its ``*_backward`` in ``numpy_mvit2.ops``. The table below (``_RULES``) is the whole link
+between the two: for each kernel of the forward, which backward computes its vector-Jacobian
+product and what it keeps from the forward to do so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import autodiff, blocks, ops
+from .autodiff import Tape
+
+MOMENTUM = 0.1
+"""``torch.nn.BatchNorm2d``'s default, which transformers', timm's and ml-cvnets' layers keep."""
+
+
+# --------------------------------------------------------------------------------------------
+# Which backward belongs to which kernel
+# --------------------------------------------------------------------------------------------
+
+
+def _with_arguments(backward, grads_for):
+    """The common rule: the forward keeps its arguments, and ``backward(grad, **arguments)`` returns
+    the gradients of the inputs named ``grads_for``, in that order (ops' convention)."""
+
+    def forward(tape, kernel, args, traced):
+        return kernel(**args), args
+
+    def back(saved, grad):
+        result = backward(grad, **saved)
+        return dict(zip(grads_for, result if isinstance(result, tuple) else (result,)))
+
+    return forward, back
+
+
+def _keep_shape(backward, grads_for, *options):
+    """For a kernel whose backward needs only its input's shape (and ``options``):
+    ``backward(grad, input_shape, *options)``."""
+
+    def forward(tape, kernel, args, traced):
+        return kernel(**args), (args[grads_for].shape, *(args[name] for name in options))
+
+    return forward, lambda saved, grad: {grads_for: backward(grad, *saved)}
+
+
+def _batch_norm_forward(tape, kernel, args, traced):
+    """``model.eval()``: the running statistics (and ``batch_norm_backward``); ``model.train()``:
+    the batch's (``batch_norm_train``), whose running-statistics update the tape keeps."""
+    if not tape.train:
+        return kernel(**args), ("eval", args)
+    try:
+        y, mean, var, saved = ops.batch_norm_train(**args, momentum=MOMENTUM)
+    except ValueError as error:
+        raise ValueError(f"{_layer(traced)}: {error}") from None
+    for name, new in (("running_mean", mean), ("running_var", var)):
+        if name in traced:
+            tape.updates[traced[name].name] = new
+    return y, ("train", saved)
+
+
+def _layer(traced):
+    """The checkpoint prefix of the layer a kernel's parameters belong to."""
+    for value in traced.values():
+        if isinstance(value, autodiff.Traced) and value.name:
+            return value.name.rsplit(".", 2)[0]
+    return "batch norm"
+
+
+def _batch_norm_backward(saved, grad):
+    mode, kept = saved
+    if mode == "train":
+        grad_x, grad_weight, grad_bias = ops.batch_norm_train_backward(grad, kept)
+    else:
+        grad_x, grad_weight, grad_bias = ops.batch_norm_backward(grad, **kept)
+    return {"x": grad_x, "weight": grad_weight, "bias": grad_bias}
+
+
+def _keep_mask(tape, shape, p, dtype):
+    """The boolean mask of what dropout keeps while training (None: nothing is dropped)."""
+    if not tape.train or p == 0:
+        return None
+    keep = ops.dropout(np.ones(shape, dtype=dtype), p, tape.generator)[1]
+    if tape.masks is not None:
+        tape.masks.append(keep)
+    return keep
+
+
+def _dropout_forward(tape, kernel, args, traced):
+    x, p = args["x"], args["p"]
+    shape = x.shape[:2] + (1,) * (x.ndim - 2) if args["channels"] else x.shape  # Dropout2d: whole channels
+    keep = _keep_mask(tape, shape, p, x.dtype)
+    if keep is None:
+        return x, None
+    return x * ops._dropout_scale(keep, p, x.dtype), (keep, p)
+
+
+def _dropout_backward(saved, grad):
+    return {"x": grad if saved is None else ops.dropout_backward(grad, *saved)}
+
+
+def _attention_forward(tape, kernel, args, traced):
+    args["keep"] = _keep_mask(tape, args["query"].shape, args["dropout"], args["query"].dtype)
+    return kernel(**args), args
+
+
+def _attention_backward(saved, grad_out, grad_scores):
+    if grad_out is None:
+        grad_out = np.zeros_like(saved["value"])
+    grad_query, grad_key, grad_value = ops.separable_attention_backward(grad_out, grad_scores, **saved)
+    return {"query": grad_query, "key": grad_key, "value": grad_value}
+
+
+def _loss(backward, grads_for):
+    """Losses: ``backward(*inputs, grad=dL/dloss)``."""
+
+    def forward(tape, kernel, args, traced):
+        return kernel(**args), args
+
+    return forward, lambda saved, grad: {grads_for: backward(**saved, grad=grad)}
+
+
+_RULES = {
+    ops.conv2d: _with_arguments(ops.conv2d_backward, ("x", "weight", "bias")),
+    ops.linear: _with_arguments(ops.linear_backward, ("x", "weight", "bias")),
+    ops.batch_norm: (_batch_norm_forward, _batch_norm_backward),
+    ops.group_norm: _with_arguments(ops.group_norm_backward, ("x", "weight", "bias")),
+    ops.softmax: _with_arguments(ops.softmax_backward, ("x",)),
+    ops.log_softmax: _with_arguments(ops.log_softmax_backward, ("x",)),
+    ops.global_avg_pool: _keep_shape(ops.global_avg_pool_backward, "x"),
+    ops.interpolate_bilinear: _keep_shape(ops.interpolate_bilinear_backward, "x", "align_corners"),
+    ops.unfold_patches: _keep_shape(ops.unfold_patches_backward, "x", "patch_size"),
+    ops.fold_patches: (lambda tape, kernel, args, traced: (kernel(**args), args["patch_size"]),
+                       lambda patch_size, grad: {"patches": ops.fold_patches_backward(grad, patch_size)}),
+    ops.separable_attention: (_attention_forward, _attention_backward),
+    blocks.dropout: (_dropout_forward, _dropout_backward),
+    ops.cross_entropy: _loss(ops.cross_entropy_backward, "logits"),
+    ops.mse_loss: _loss(ops.mse_loss_backward, "prediction"),
+    ops.binary_cross_entropy_with_logits: _loss(ops.binary_cross_entropy_with_logits_backward, "logits"),
+}
+for _name, _activation in ops.ACTIVATIONS.items():
+    _RULES[_activation] = _with_arguments(ops.ACTIVATION_BACKWARDS[_name], ("x",))
+autodiff.RULES.update(_RULES)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole model
+# --------------------------------------------------------------------------------------------
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def trainable_names(model) -> list[str]:
+    """The names ``value_and_grad``'s ``grads`` has: the model's state-dict names, in order, less
+    batch norm's running statistics (buffers, not parameters)."""
+    return [name for name in model.state_dict() if name.rsplit(".", 1)[-1] not in _BUFFERS]
+
+
+def value_and_grad(model, pixel_values, labels=None, *, train: bool = False, input_grad: bool = False,
+                   generator: np.random.Generator | None = None):
+    """The loss and its gradient with respect to every trainable parameter (and the input).
+
+    - ``model``: any of the three models. For ``MobileViTV2ForImageClassification`` and
+      ``...ForSemanticSegmentation`` the loss is the one ``model(pixel_values, labels=labels).loss``
+      computes (every ``config.problem_type``; the segmentation ignore index). ``MobileViTV2Model``
+      has no loss: there ``labels`` is the gradient of the loss with respect to
+      ``last_hidden_state`` (an array of its shape), and the value returned is
+      ``sum(last_hidden_state * labels)``, whose gradients are then exactly the backward pass of
+      that output gradient.
+    - ``train``: as PyTorch's ``model.train()``: batch norms normalise with the batch's statistics
+      and their running statistics are updated in ``model.params`` (momentum 0.1, unbiased
+      variance), dropout is active, drawing from ``generator`` (an ``np.random.Generator``; a fresh
+      one when None). ``train=False`` is ``model.eval()``. Either needs the batch norms unfolded
+      (load with ``fold_batch_norm=False``) for ``train=True``; an eval-mode gradient of a folded
+      model is taken with respect to its folded weights.
+    - returns ``(loss, grads)``, or ``(loss, grads, pixel_grad)`` with ``input_grad``: ``grads``
+      maps each name of ``trainable_names(model)`` (transformers' state-dict names) to an array of
+      that parameter's shape and dtype; ``pixel_grad`` is ``dL/dpixel_values``, shaped like the
+      input, in the model's dtype.
+
+    The forward runs on ``numpy_mvit2.blocks`` (the readable path), whatever ``model.fast`` says;
+    the running statistics are written only once the whole step has succeeded.
+    """
+    return _value_and_grad(model, pixel_values, labels, train=train, input_grad=input_grad, generator=generator)
+
+
+def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator, masks=None):
+    """``value_and_grad``; ``masks``: None, or a list that receives the dropout masks drawn, in
+    order (``crosscheck.crosscheck_gradients`` hands them to PyTorch)."""
+    if train and model.batch_norm_folded:
+        raise ValueError("value_and_grad(train=True) needs the batch norms unfolded: they normalise with the batch's "
+                         "statistics while training; load the model with fold_batch_norm=False")
+    pixels = model._pixels(pixel_values)
+    head = model.head
+    if labels is None:
+        raise ValueError("value_and_grad needs labels: " + ("the gradient of the loss with respect to last_hidden_state"
+                                                            if head == "base" else "the targets of the loss"))
+    tape = Tape(train=train, generator=np.random.default_rng() if generator is None else generator)
+    if not isinstance(tape.generator, np.random.Generator):
+        raise TypeError(f"generator must be an np.random.Generator, got {type(generator).__name__}")
+    tape.masks = masks
+    output = model._readable(tape.leaf(pixels, "pixel_values"), tape.leaves(model.params))
+    if head == "base":
+        seed = np.asarray(labels)
+        if seed.shape != output.shape or seed.dtype.kind not in "biuf":
+            raise ValueError(f"labels for MobileViTV2Model are the gradient of last_hidden_state: an array of shape "
+                             f"{output.shape}, got {seed.dtype} {seed.shape}")
+        seed = seed.astype(model.dtype)
+        loss = np.sum(output.value * seed, dtype=model.dtype)
+        grads = tape.backward(output, seed)
+    else:
+        traced_loss = model.loss_function(labels, output)
+        loss = traced_loss.value[()]
+        grads = tape.backward(traced_loss)
+    params = {}
+    for name, value in ((name, value) for name, value in model.state_dict().items()
+                        if name.rsplit(".", 1)[-1] not in _BUFFERS):
+        grad = grads.get(name)
+        params[name] = np.zeros_like(value) if grad is None else np.asarray(grad, dtype=value.dtype).reshape(value.shape)
+    for name, new in tape.updates.items():
+        _assign(model.params, name, new)
+    if tape.updates:
+        model._plan = None  # the fast path's folded weights read the running statistics: rebuilt when next used
+    if not input_grad:
+        return loss, params
+    pixel_grad = grads.get("pixel_values")
+    return loss, params, np.zeros_like(pixels) if pixel_grad is None else pixel_grad.astype(model.dtype, copy=False)
+
+
+def _assign(params, name, value):
+    """``params`` (nested dicts and lists) at the dotted ``name`` <- ``value``."""
+    *path, last = name.split(".")
+    node = params
+    for key in path:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value

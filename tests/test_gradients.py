@@ -1,0 +1,183 @@
+"""Whole-model gradients (``numpy_mvit2.training.value_and_grad``) against transformers' autograd.
+
+Every parameter's gradient, the input gradient, the loss and (train mode) the running statistics
+after the step, per tensor ``max|ours - torch| / max|torch|`` <= 1e-3 in float32 and 1e-8 in
+float64 (``crosscheck.GRADIENT_TOLERANCE``; a gradient that is zero in exact arithmetic is measured
+against ``crosscheck.ZERO_GRADIENT_FLOOR`` of the largest). References are transformers' models
+with every tensor randomized (``reference.make_reference``), through ``crosscheck.apply_behavior``
+for the timm and ml-cvnets behaviors; in train mode the dropout masks ours drew are applied on
+PyTorch's side by forward hooks (``crosscheck.reference_gradients``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import quick, require
+from reference import OURS, make_reference
+
+torch = require("torch")
+require("transformers")
+
+from numpy_mvit2 import MobileViTV2Config  # noqa: E402
+from numpy_mvit2.crosscheck import crosscheck_gradients, reference_gradients  # noqa: E402
+from numpy_mvit2.training import trainable_names, value_and_grad  # noqa: E402
+
+
+def _pair(head, seed=0, **fields):
+    config = MobileViTV2Config(**fields)
+    reference = make_reference(config, head, seed=seed)
+    ours = OURS[head](config, state_dict={k: v.numpy() for k, v in reference.state_dict().items()}, dtype=np.float64,
+                      fold_batch_norm=False)
+    return ours, reference
+
+
+def _labels(ours, pixels, kind, rng):
+    batch = pixels.shape[0]
+    config = ours.config
+    if ours.head == "base":
+        return rng.standard_normal(ours(pixels).last_hidden_state.shape)
+    if ours.head == "segmentation":
+        labels = rng.integers(0, config.num_labels, (batch, *pixels.shape[-2:]))
+        labels[rng.random(labels.shape) < 0.2] = config.semantic_loss_ignore_index
+        return labels
+    if kind == "single_label_classification":
+        return rng.integers(0, config.num_labels, batch)
+    if kind == "multi_label_classification":
+        return (rng.random((batch, config.num_labels)) < 0.5).astype(np.float64)
+    return rng.standard_normal((batch, config.num_labels) if config.num_labels > 1 else (batch,))
+
+
+def _check(head, *, train, batch, height, width, kind=None, seed=0, **fields):
+    if head == "classification":
+        fields.setdefault("num_labels", 5)
+        fields["problem_type"] = kind
+    if head == "segmentation":
+        fields.setdefault("num_labels", 4)
+        fields.setdefault("aspp_out_channels", 32)
+    ours, reference = _pair(head, seed, **fields)
+    rng = np.random.default_rng(seed)
+    pixels = rng.uniform(-1, 1, (batch, 3, height, width))
+    labels = _labels(ours, pixels, kind, rng)
+    # float32 in train mode: see test_train_mode_float32_gap
+    report = crosscheck_gradients(ours, reference, pixels, labels, train=train,
+                                  dtypes=("float64",) if train else ("float32", "float64"))
+    assert report.passed, str(report)
+    return report
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 16): in float32, train-mode gradients upstream of a batch norm over "
+                   "few values (the ASPP's pooled branch) or of a shift-invariant input (the query bias) are off by up to "
+                   "~1e-2 of their tensor's scale; PyTorch accumulates batch statistics in double")
+def test_train_mode_float32_gap():
+    ours, reference = _pair("segmentation", 0, width_multiplier=0.5, num_labels=4, aspp_out_channels=32, output_stride=16)
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(-1, 1, (2, 3, 64, 64))
+    report = crosscheck_gradients(ours, reference, pixels, _labels(ours, pixels, None, rng), train=True, dtypes=("float32",))
+    assert report.passed, str(report)
+
+
+CASES = [
+    # head, problem type, train, batch, height, width, fields
+    ("classification", "single_label_classification", True, 3, 64, 64, {}),
+    ("classification", "single_label_classification", False, 1, 65, 71, {}),
+    ("segmentation", None, True, 2, 64, 64, {"output_stride": 16}),
+    ("base", None, True, 3, 64, 80, {}),
+    ("base", None, False, 1, 64, 64, {"width_multiplier": 0.75}),
+    ("classification", "multi_label_classification", True, 2, 64, 64, {"width_multiplier": 1.0}),
+    ("classification", "regression", True, 2, 64, 64, {"num_labels": 1}),
+    ("classification", "regression", False, 2, 64, 64, {"num_labels": 3}),
+    ("classification", "single_label_classification", True, 2, 64, 64, {"width_multiplier": 1.5}),
+    ("classification", "single_label_classification", False, 1, 64, 64, {"width_multiplier": 2.0}),
+    ("segmentation", None, False, 1, 64, 64, {"output_stride": 8}),
+    ("segmentation", None, True, 3, 71, 65, {"output_stride": 32}),
+    ("segmentation", None, False, 2, 96, 64, {"output_stride": 8, "behavior": "ml-cvnets"}),
+    ("segmentation", None, True, 2, 80, 72, {"output_stride": 16, "behavior": "timm"}),
+    ("classification", "single_label_classification", True, 2, 72, 88, {"behavior": "ml-cvnets"}),
+    ("base", None, True, 2, 70, 90, {"behavior": "timm", "hidden_act": "gelu"}),
+    ("classification", "single_label_classification", False, 2, 64, 64, {"hidden_act": "relu"}),
+]
+
+
+@pytest.mark.parametrize("head, kind, train, batch, height, width, fields", quick(CASES, 0, 1, 2, 3))
+def test_gradients_match_autograd(head, kind, train, batch, height, width, fields):
+    fields = {"width_multiplier": 0.5, **fields}
+    _check(head, kind=kind, train=train, batch=batch, height=height, width=width, **fields)
+
+
+@pytest.mark.parametrize("head", quick(["classification", "segmentation"], 1))
+def test_train_mode_dropout_everywhere(head):
+    """Every dropout transformers has, each nonzero: the attention scores', the feed-forward's two,
+    the ASPP's and the segmentation head's Dropout2d; PyTorch is handed the masks ours drew."""
+    report = _check(head, kind="single_label_classification", train=True, batch=2, height=64, width=64,
+                    width_multiplier=0.5, attn_dropout=0.3, ffn_dropout=0.2, aspp_dropout_prob=0.25,
+                    classifier_dropout_prob=0.4, output_stride=16 if head == "segmentation" else 32)
+    assert report.rows[0]["layer"] == "loss"
+
+
+def test_value_and_grad_api():
+    ours, reference = _pair("classification", width_multiplier=0.5, num_labels=3)
+    pixels = np.random.default_rng(0).uniform(0, 1, (2, 3, 64, 64))
+    labels = np.array([0, 2])
+    before = {k: v.copy() for k, v in ours.state_dict().items()}
+    loss, grads, pixel_grad = value_and_grad(ours, pixels, labels, input_grad=True)
+    assert list(grads) == trainable_names(ours) == [n for n, _ in reference.named_parameters()]
+    assert all(grads[n].shape == before[n].shape and grads[n].dtype == np.float64 for n in grads)
+    assert pixel_grad.shape == pixels.shape and pixel_grad.dtype == np.float64
+    assert np.isclose(loss, ours(pixels, labels=labels).loss)
+    # eval mode moves nothing; train mode moves the running statistics and nothing else
+    assert all(np.array_equal(before[k], v) for k, v in ours.state_dict().items())
+    loss2, grads2 = value_and_grad(ours, pixels, labels, train=True, generator=np.random.default_rng(0))
+    after = ours.state_dict()
+    moved = {k for k in after if not np.array_equal(before[k], after[k])}
+    assert moved and all("running_" in k for k in moved)
+    _, _, _, buffers = reference_gradients(reference.double(), pixels, labels, train=True)
+    for name, value in buffers.items():
+        assert np.max(np.abs(after[name] - value)) <= 1e-6 * np.max(np.abs(value)), name
+    # the fast path reads the new statistics
+    assert np.allclose(ours(pixels).logits, ours._forward(pixels, fast=False), atol=1e-10)
+
+
+def test_float32_model_gradients_are_float32():
+    ours, _ = _pair("segmentation", width_multiplier=0.5, num_labels=3, aspp_out_channels=16)
+    model = type(ours)(ours.config, state_dict=ours.state_dict(), fold_batch_norm=False)
+    labels = np.zeros((2, 64, 64), dtype=np.int64)
+    loss, grads = value_and_grad(model, np.zeros((2, 3, 64, 64), np.float32), labels, train=True,
+                                 generator=np.random.default_rng(1))
+    assert np.asarray(loss).dtype == np.float32 and all(g.dtype == np.float32 for g in grads.values())
+
+
+def test_errors_name_the_problem():
+    ours, _ = _pair("segmentation", width_multiplier=0.5, num_labels=3, aspp_out_channels=16)
+    pixels = np.zeros((1, 3, 64, 64))
+    # one image: the ASPP's pooled branch has a single value per channel, as PyTorch refuses too
+    with pytest.raises(ValueError, match="aspp.convs.4.conv_1x1.*more than 1 value per channel"):
+        value_and_grad(ours, pixels, np.zeros((1, 64, 64), np.int64), train=True)
+    with pytest.raises(ValueError, match="needs labels"):
+        value_and_grad(ours, pixels, None)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        value_and_grad(ours, pixels, np.zeros((1, 64)))
+    with pytest.raises(TypeError, match="generator"):
+        value_and_grad(ours, np.zeros((2, 3, 64, 64)), np.zeros((2, 64, 64), np.int64), train=True, generator=3)
+    folded = type(ours)(ours.config, state_dict=ours.state_dict())
+    with pytest.raises(ValueError, match="fold_batch_norm=False"):
+        value_and_grad(folded, pixels, np.zeros((1, 64, 64), np.int64), train=True)
+    base, _ = _pair("base", width_multiplier=0.5)
+    with pytest.raises(ValueError, match="gradient of last_hidden_state"):
+        value_and_grad(base, pixels, np.zeros((1, 2)))
+    # a failed step leaves the running statistics as they were
+    before = {k: v.copy() for k, v in ours.state_dict().items()}
+    with pytest.raises(ValueError):
+        value_and_grad(ours, np.zeros((2, 3, 64, 64)), np.full((2, 64, 64), 7), train=True)
+    assert all(np.array_equal(before[k], v) for k, v in ours.state_dict().items())
+
+
+def test_folded_model_eval_gradient_is_the_unfolded_ones_input_gradient():
+    ours, _ = _pair("classification", width_multiplier=0.5, num_labels=3)
+    folded = type(ours)(ours.config, state_dict=ours.state_dict(), dtype=np.float64)
+    pixels = np.random.default_rng(0).uniform(0, 1, (2, 3, 64, 64))
+    labels = np.array([1, 2])
+    loss_a, _, grad_a = value_and_grad(ours, pixels, labels, input_grad=True)
+    loss_b, grads_b, grad_b = value_and_grad(folded, pixels, labels, input_grad=True)
+    assert np.isclose(loss_a, loss_b) and np.allclose(grad_a, grad_b, rtol=1e-9, atol=1e-12)
+    assert set(grads_b) == set(folded.state_dict())
