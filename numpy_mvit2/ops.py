@@ -267,7 +267,8 @@ def batch_norm_backward(grad_output, x, running_mean, running_var, weight, bias,
 
 class BatchNormSaved(NamedTuple):
     """What ``batch_norm_train`` keeps for its backward: the normalised input ``xhat`` ``[B, C, H, W]``,
-    ``r = 1 / sqrt(var_batch + eps)`` ``[C]`` and ``gamma`` ``[C]``."""
+    ``r = 1 / sqrt(var_batch + eps)`` ``[C]`` and ``gamma`` ``[C]``, in float64 for a float32
+    input (see ``batch_norm_train``)."""
 
     x_hat: np.ndarray
     inv_std: np.ndarray
@@ -287,17 +288,26 @@ def batch_norm_train(x, running_mean, running_var, weight, bias, eps=1e-5, momen
     variance, as PyTorch keeps it). Nothing is modified in place: the new running statistics are
     returned (None when ``running_mean`` / ``running_var`` are None, PyTorch's
     ``track_running_stats=False``), with what the backward needs (``BatchNormSaved``).
+
+    A float32 input is normalised in float64 (the output is float32): with few values per
+    channel (the ASPP's pooled branch sees one per image) ``xhat`` is close to +-1 and the
+    backward's ``u - mean(u) - xhat * mean(u * xhat)`` cancels to a small difference, which
+    float32 would leave with a few per cent of error. PyTorch's CPU kernel accumulates in double too.
     """
     batch, channels, height, width = x.shape
     n = batch * height * width
     if n <= 1:
         raise ValueError(f"batch_norm_train: expected more than 1 value per channel when training, got input of shape {x.shape}")
+    dtype = x.dtype
+    if dtype == np.float32:
+        x, weight, bias = x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64)
     mean = x.mean(axis=(0, 2, 3))
     centred = x - mean[None, :, None, None]
     var = np.mean(centred * centred, axis=(0, 2, 3))
     inv_std = 1 / np.sqrt(var + eps)
     x_hat = centred * inv_std[None, :, None, None]
-    y = x_hat * weight[None, :, None, None] + bias[None, :, None, None]
+    del centred
+    y = (x_hat * weight[None, :, None, None] + bias[None, :, None, None]).astype(dtype, copy=False)
     new_mean = None if running_mean is None else (1 - momentum) * running_mean + momentum * mean
     new_var = None if running_var is None else (1 - momentum) * running_var + momentum * (var * (n / (n - 1)))
     if new_mean is not None:
@@ -322,6 +332,8 @@ def batch_norm_train_backward(grad_output, saved):  # [B, C, H, W], BatchNormSav
     The running-statistics update is not differentiated (PyTorch updates them outside autograd).
     """
     x_hat, inv_std, weight = saved
+    dtype = np.result_type(grad_output, np.float32)
+    grad_output = grad_output.astype(x_hat.dtype, copy=False)  # float64 for float32 (see batch_norm_train)
     axes = (0, 2, 3)
     grad_bias = grad_output.sum(axis=axes)
     grad_weight = np.sum(grad_output * x_hat, axis=axes)
@@ -329,7 +341,7 @@ def batch_norm_train_backward(grad_output, saved):  # [B, C, H, W], BatchNormSav
     mean_u = u.mean(axis=axes, keepdims=True)
     mean_u_xhat = np.mean(u * x_hat, axis=axes, keepdims=True)
     grad_x = inv_std[None, :, None, None] * (u - mean_u - x_hat * mean_u_xhat)
-    return grad_x, grad_weight, grad_bias
+    return grad_x.astype(dtype, copy=False), grad_weight.astype(dtype, copy=False), grad_bias.astype(dtype, copy=False)
 
 
 def fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps=1e-5):
