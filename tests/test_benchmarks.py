@@ -1,5 +1,6 @@
-"""Smoke test of the benchmark script: ``bench_forward.py --quick`` runs, compares the sides on the
-same weights and prints its tables. Speed is never asserted; the benchmark prints it."""
+"""Smoke tests of the benchmark scripts: ``bench_forward.py --quick`` runs, compares the sides on the
+same weights and prints its tables; ``bench_train.py --quick`` likewise for a training step. Speed
+is never asserted; the benchmarks print it."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def test_quick_benchmark_runs_and_prints_ratios(tmp_path):
         assert data["check"]["torch 0.5"] < 1e-4  # both sides ran the same weights on the same input
     if importlib.util.find_spec("matplotlib"):
         assert plot.stat().st_size > 0
+
+
+def test_quick_training_step_benchmark_runs_and_prints_ratios(tmp_path):
+    """``bench_train.py --quick``: both sides take the same training step (their losses agree)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    results = tmp_path / "train.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--quick", "--json", str(results)],
+                         check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "time ratio numpy/torch" in run.stdout and "memory ratio" in run.stdout
+    data = json.loads(results.read_text())
+    assert abs(data["numpy"]["loss"] - data["torch"]["loss"]) < 1e-4 * (1 + abs(data["torch"]["loss"]))
