@@ -2,7 +2,7 @@
 
 Every parameter's gradient, the input gradient, the loss and (train mode) the running statistics
 after the step, per tensor ``max|ours - torch| / max|torch|`` <= 1e-3 in float32 and 1e-8 in
-float64 (``crosscheck.GRADIENT_TOLERANCE``; a gradient that is zero in exact arithmetic is measured
+float64, both against PyTorch's float64 autograd (``crosscheck.GRADIENT_TOLERANCE``; a gradient that is zero in exact arithmetic is measured
 against ``crosscheck.ZERO_GRADIENT_FLOOR`` of the largest). References are transformers' models
 with every tensor randomized (``reference.make_reference``), through ``crosscheck.apply_behavior``
 for the timm and ml-cvnets behaviors; in train mode the dropout masks ours drew are applied on
@@ -64,11 +64,18 @@ def _check(head, *, train, batch, height, width, kind=None, seed=0, **fields):
     return report
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 16): float32, train mode, two images: the ASPP pooled branch's batch "
-                   "norm sees two values per channel and its conv_1x1 weight gradient is ~1e-3 of its scale from float64 "
-                   "(PyTorch's float32: 4e-5)")
 def test_train_mode_float32_two_images_through_the_aspp_pooled_branch():
+    """The ASPP's pooled branch normalises two values per channel: its backward cancels to a small
+    difference, which float32 holds only if the batch norm works in float64 (as PyTorch's does)."""
     _check("segmentation", train=True, batch=2, height=64, width=64, width_multiplier=0.5, output_stride=16)
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 16): float32 train mode, a map the patch size does not divide, "
+                   "resized (9x11 -> 10x12): stage 4's first qkv_proj bias gradient is 1.4e-1 of its scale from "
+                   "PyTorch's float64 (ours in float64: 3e-10)")
+def test_train_mode_float32_resized_map():
+    _check("classification", kind="single_label_classification", train=True, batch=2, height=72, width=88,
+           width_multiplier=0.5, behavior="ml-cvnets")
 
 
 CASES = [
@@ -87,7 +94,6 @@ CASES = [
     ("segmentation", None, True, 3, 71, 65, {"output_stride": 32}),
     ("segmentation", None, False, 2, 96, 64, {"output_stride": 8, "behavior": "ml-cvnets"}),
     ("segmentation", None, True, 2, 80, 72, {"output_stride": 16, "behavior": "timm"}),
-    ("classification", "single_label_classification", True, 2, 72, 88, {"behavior": "ml-cvnets"}),
     ("base", None, True, 2, 70, 90, {"behavior": "timm", "hidden_act": "gelu"}),
     ("classification", "single_label_classification", False, 2, 64, 64, {"hidden_act": "relu"}),
 ]
