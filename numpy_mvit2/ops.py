@@ -436,14 +436,9 @@ def relu6_backward(grad_output, x):  # [...], [...] -> [...]
 
 @primitive
 def sigmoid(x):  # [...] -> [...]
-    """``1 / (1 + exp(-x))``. For ``x`` very negative ``exp(-x)`` overflows to inf and the result
-    is 0, its limit (the overflow is expected, not reported). Computed in one buffer, in place."""
-    s = np.array(x, dtype=np.result_type(x, np.float32))  # a copy to work in (a 0-d array stays an array)
-    np.negative(s, out=s)
-    with np.errstate(over="ignore"):
-        np.exp(s, out=s)
-    s += 1
-    return np.reciprocal(s, out=s)
+    """``1 / (1 + exp(-x))``, written so that neither branch overflows."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
@@ -455,9 +450,7 @@ def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
 @primitive
 def silu(x):  # [...] -> [...]
     """SiLU, also called swish: ``x * sigmoid(x)``."""
-    s = sigmoid(x)
-    s *= x
-    return s
+    return x * sigmoid(x)
 
 
 def silu_backward(grad_output, x):  # [...], [...] -> [...]
