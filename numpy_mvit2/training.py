@@ -221,10 +221,9 @@ def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator
         traced_loss = model.loss_function(labels, output)
         loss = traced_loss.value[()]
         grads = tape.backward(traced_loss)
-    params = {}
-    for name, value in ((name, value) for name, value in model.state_dict().items()
-                        if name.rsplit(".", 1)[-1] not in _BUFFERS):
-        grad = grads.get(name)
+    params, state = {}, model.state_dict()
+    for name in trainable_names(model):
+        value, grad = state[name], grads.get(name)
         params[name] = np.zeros_like(value) if grad is None else np.asarray(grad, dtype=value.dtype).reshape(value.shape)
     for name, new in tape.updates.items():
         _assign(model.params, name, new)
