@@ -278,13 +278,17 @@ class CrosscheckReport:
     def table(self) -> str:
         width = max(len(r["layer"]) for r in self.rows)
         header = f"{'layer':<{width}}  {'shape':<20}"
+        # crosscheck_gradients adds, for float32, PyTorch's own float32 error (against its float64)
+        torch_own = [dt for dt in self.dtypes if any(f"torch_rel_{dt}" in r for r in self.rows)]
         for dt in self.dtypes:
             header += f"  {'max|err| ' + dt:>17}  {'rel ' + dt:>12}"
+            header += f"  {'torch rel ' + dt:>17}" if dt in torch_own else ""
         lines = [header, "-" * len(header)]
         for r in self.rows:
             line = f"{r['layer']:<{width}}  {tuple(r['shape'])!s:<20}"
             for dt in self.dtypes:
                 line += f"  {r[f'max_abs_{dt}']:>17.3e}  {r[f'rel_{dt}']:>12.3e}"
+                line += f"  {r.get(f'torch_rel_{dt}', float('nan')):>17.3e}" if dt in torch_own else ""
             lines.append(line + ("  <- diverges" if r["layer"] == self.first_divergence else ""))
         return "\n".join(lines)
 
@@ -460,6 +464,15 @@ norm, which subtracts it again, e.g. each MobileViT block's ``conv_projection.no
 before the next stage's first conv) is round-off on both sides; each tensor's error is measured
 against its own scale or this fraction of the model's largest gradient, whichever is larger."""
 
+ROUNDOFF_MARGIN = 4.0
+"""In float32 a gradient also passes when ``max|ours - torch64|`` is within this factor of
+``max|torch32 - torch64|``, PyTorch's own float32 error. Train-mode batch norms over a few values
+per channel (a 2x2 map, two images) and a softmax over one or two patches make some gradients
+ill-conditioned: there PyTorch's float32 answer is itself a few per cent of its tensor's scale
+from the exact one, and no float32 implementation can do much better. Ours measured within 1.3x
+of PyTorch's own float32 error on every such tensor of the tests' cases; a wrong backward is off
+by the tensor's scale, many times more, and float64 (1e-8) has no such allowance."""
+
 
 def reference_gradients(torch_model, pixel_values, labels, *, train: bool = False, masks=()):
     """PyTorch autograd's answer to ``training.value_and_grad``: ``(loss, grads, pixel_grad,
@@ -509,14 +522,31 @@ def _gradient_errors(ours, theirs, floor):
     return max_abs, (max_abs / max(scale, floor) if max_abs else 0.0), scale
 
 
+def _gradient_pairs(model, ours, reference, train):
+    """``[(row name, ours, PyTorch's)]`` in the order of the report's rows, from
+    ``value_and_grad``'s ``(loss, grads, pixel_grad)`` (None: PyTorch's values on both sides) and
+    ``reference_gradients``' answer; in train mode with the running statistics after the step."""
+    theirs_loss, theirs_grads, theirs_pixel_grad, buffers = reference
+    loss, grads, pixel_grad = ours if ours is not None else (theirs_loss, theirs_grads, theirs_pixel_grad)
+    pairs = [("loss", loss, theirs_loss)]
+    pairs += [(name, grads[name], theirs_grads[name]) for name in reversed(list(theirs_grads))]
+    pairs.append(("pixel_values (input gradient)", pixel_grad, theirs_pixel_grad))
+    if train:
+        state = model.state_dict() if ours is not None else buffers
+        pairs += [(f"{name} (after the step)", state[name], buffers[name]) for name in buffers]
+    return [(name, np.asarray(a), np.asarray(b)) for name, a, b in pairs]
+
+
 def crosscheck_gradients(ours, theirs, pixel_values, labels, *, train: bool = False, dtypes=("float32", "float64"),
                          tolerance: dict | None = None, seed: int = 0) -> CrosscheckReport:
     """Compare ``training.value_and_grad(ours, ...)`` with PyTorch autograd on ``theirs`` (the
     transformers model of the same head, through ``apply_behavior`` when ours computes another
     framework's function): every parameter's gradient, the input's, the loss, and in train mode
     the running statistics after the step, ours in float32 and in float64, each against
-    PyTorch's float64 gradients (the exact answer to round-off; PyTorch's float32 ones are not
-    always within 1e-3 of it). ``ours`` must hold unfolded
+    PyTorch's float64 gradients (the exact answer to round-off). PyTorch's float32 ones are not
+    always within 1e-3 of it: float32 rows also carry PyTorch's own float32 error
+    (``torch_max_abs_float32``, ``torch_rel_float32``), and a float32 gradient within
+    ``ROUNDOFF_MARGIN`` of it passes. ``ours`` must hold unfolded
     batch norms (``fold_batch_norm=False``); neither model is modified (ours runs on a copy).
 
     The rows are in the order the backward pass reaches them: the loss, then the head's
@@ -542,6 +572,7 @@ def crosscheck_gradients(ours, theirs, pixel_values, labels, *, train: bool = Fa
         notes.append(f"behavior {config.behavior!r}; transformers' model compared through crosscheck.apply_behavior")
     dtypes = tuple(np.dtype(d).name for d in dtypes)
     reference = copy.deepcopy(theirs).to(torch.float64)
+    reference32 = copy.deepcopy(theirs).to(torch.float32)
     rows = None
     for dt in dtypes:
         kwargs = {"expand_output": ours.expand_output} if head == "base" else {}
@@ -550,27 +581,30 @@ def crosscheck_gradients(ours, theirs, pixel_values, labels, *, train: bool = Fa
         masks = []
         loss, grads, pixel_grad = training._value_and_grad(model, pixel_values, labels, train=train, input_grad=True,
                                                            generator=np.random.default_rng(seed), masks=masks)
-        # against PyTorch in float64 (on the same, rounded, pixels) whatever ours' dtype: PyTorch's own
-        # float32 gradients are off by up to a few per cent of their tensor's scale where the exact
-        # gradient is zero for some entries (a query bias over one patch) and its reductions run on one thread
-        theirs_loss, theirs_grads, theirs_pixel_grad, buffers = reference_gradients(
-            reference, np.asarray(pixel_values).astype(dt).astype(np.float64), labels, train=train, masks=masks)
-        pairs = [("loss", np.asarray(loss), np.asarray(theirs_loss))]
-        pairs += [(name, grads[name], theirs_grads[name]) for name in reversed(list(theirs_grads))]
-        pairs.append(("pixel_values (input gradient)", pixel_grad, theirs_pixel_grad))
-        if train:
-            state = model.state_dict()
-            pairs += [(f"{name} (after the step)", state[name], buffers[name]) for name in buffers]
-        floor = ZERO_GRADIENT_FLOOR[dt] * max(float(np.abs(g).max()) for g in theirs_grads.values() if g.size)
+        # against PyTorch in float64 (on the same, rounded, pixels) whatever ours' dtype: the exact
+        # answer to round-off. In float32, PyTorch's own float32 answer too (see ROUNDOFF_MARGIN).
+        rounded = np.asarray(pixel_values).astype(dt)
+        exact = _gradient_pairs(model, (loss, grads, pixel_grad),
+                                reference_gradients(reference, rounded.astype(np.float64), labels, train=train,
+                                                    masks=masks), train)
+        own = None
+        if dt == "float32":
+            own = _gradient_pairs(model, None, reference_gradients(reference32, rounded, labels,
+                                                                   train=train, masks=masks), train)
+        floor = ZERO_GRADIENT_FLOOR[dt] * max(float(np.abs(b).max()) for name, _, b in exact
+                                               if name in grads and b.size)
         if rows is None:
             rows = [{"layer": name, "stage": name.split(".")[2] if ".encoder.layer." in f".{name}" else "",
-                     "shape": tuple(np.shape(b))} for name, _, b in pairs]
-        for row, (name, a, b) in zip(rows, pairs):
-            row[f"max_abs_{dt}"], row[f"rel_{dt}"], row[f"scale_{dt}"] = _gradient_errors(np.asarray(a), np.asarray(b),
-                                                                                       floor)
+                     "shape": tuple(np.shape(b))} for name, _, b in exact]
+        for i, (row, (name, a, b)) in enumerate(zip(rows, exact)):
+            row[f"max_abs_{dt}"], row[f"rel_{dt}"], row[f"scale_{dt}"] = _gradient_errors(a, b, floor)
+            if own is not None:
+                row[f"torch_max_abs_{dt}"], row[f"torch_rel_{dt}"], _ = _gradient_errors(own[i][2], b, floor)
     first = None
     for row in rows:
-        row["diverged"] = any(not row[f"rel_{dt}"] <= tolerance[dt] for dt in dtypes)
+        row["diverged"] = any(not (row[f"rel_{dt}"] <= tolerance[dt]
+                                   or row[f"max_abs_{dt}"] <= ROUNDOFF_MARGIN * row.get(f"torch_max_abs_{dt}", -1.0))
+                              for dt in dtypes)
         if row["diverged"] and first is None:
             first = row["layer"]
     notes.append(f"{'train' if train else 'eval'} mode; rows in the order the backward pass reaches them; "
