@@ -180,9 +180,11 @@ def test_a_dead_worker_turns_the_team_off_with_a_warning(members, monkeypatch):
     members.procs[0].wait(timeout=WAIT_SECONDS)
     with pytest.warns(RuntimeWarning, match="team of processes is off"):
         got = model(x).logits
-    assert np.array_equal(got, expected)
+    # expected ran on the team, got on threads: equal to round-off (a part's matrices differ in
+    # shape, and OpenBLAS picks its kernels by shape: the bits agree on some CPUs, not on all)
+    assert relative_error(got, expected) <= 1e-5
     assert members.broken is not None
-    assert np.array_equal(model(x).logits, expected)  # on threads from now on, without a warning
+    assert np.array_equal(model(x).logits, got)  # on threads from now on, without a warning
 
 
 @pytest.mark.slow
@@ -206,8 +208,8 @@ def test_concurrent_callers_share_one_team(members):
     for w in workers:
         w.join(timeout=5 * WAIT_SECONDS)
     assert not errors and not any(w.is_alive() for w in workers)
-    for i, e in enumerate(expected):
-        assert np.array_equal(results[i], e)
+    for i, e in enumerate(expected):  # on the team or on threads: round-off apart (see above)
+        assert relative_error(results[i], e) <= 1e-5
 
 
 def weights_mapped(member) -> int:
