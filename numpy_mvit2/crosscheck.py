@@ -522,19 +522,14 @@ def _gradient_errors(ours, theirs, floor):
     return max_abs, (max_abs / max(scale, floor) if max_abs else 0.0), scale
 
 
-def _gradient_pairs(model, ours, reference, train):
-    """``[(row name, ours, PyTorch's)]`` in the order of the report's rows, from
-    ``value_and_grad``'s ``(loss, grads, pixel_grad)`` (None: PyTorch's values on both sides) and
-    ``reference_gradients``' answer; in train mode with the running statistics after the step."""
-    theirs_loss, theirs_grads, theirs_pixel_grad, buffers = reference
-    loss, grads, pixel_grad = ours if ours is not None else (theirs_loss, theirs_grads, theirs_pixel_grad)
-    pairs = [("loss", loss, theirs_loss)]
-    pairs += [(name, grads[name], theirs_grads[name]) for name in reversed(list(theirs_grads))]
-    pairs.append(("pixel_values (input gradient)", pixel_grad, theirs_pixel_grad))
-    if train:
-        state = model.state_dict() if ours is not None else buffers
-        pairs += [(f"{name} (after the step)", state[name], buffers[name]) for name in buffers]
-    return [(name, np.asarray(a), np.asarray(b)) for name, a, b in pairs]
+def _in_row_order(names, buffer_names, loss, grads, pixel_grad, state):
+    """``[(row name, value)]`` in the report's order: the loss, the parameters ``names`` reversed
+    (the order the backward reaches them), the input gradient, the running statistics
+    ``buffer_names`` after the step (``state``: where they are read)."""
+    rows = [("loss", loss), *((name, grads[name]) for name in reversed(names)),
+            ("pixel_values (input gradient)", pixel_grad),
+            *((f"{name} (after the step)", state[name]) for name in buffer_names)]
+    return [(name, np.asarray(value)) for name, value in rows]
 
 
 def crosscheck_gradients(ours, theirs, pixel_values, labels, *, train: bool = False, dtypes=("float32", "float64"),
@@ -572,7 +567,6 @@ def crosscheck_gradients(ours, theirs, pixel_values, labels, *, train: bool = Fa
         notes.append(f"behavior {config.behavior!r}; transformers' model compared through crosscheck.apply_behavior")
     dtypes = tuple(np.dtype(d).name for d in dtypes)
     reference = copy.deepcopy(theirs).to(torch.float64)
-    reference32 = copy.deepcopy(theirs).to(torch.float32)
     rows = None
     for dt in dtypes:
         kwargs = {"expand_output": ours.expand_output} if head == "base" else {}
@@ -584,22 +578,23 @@ def crosscheck_gradients(ours, theirs, pixel_values, labels, *, train: bool = Fa
         # against PyTorch in float64 (on the same, rounded, pixels) whatever ours' dtype: the exact
         # answer to round-off. In float32, PyTorch's own float32 answer too (see ROUNDOFF_MARGIN).
         rounded = np.asarray(pixel_values).astype(dt)
-        exact = _gradient_pairs(model, (loss, grads, pixel_grad),
-                                reference_gradients(reference, rounded.astype(np.float64), labels, train=train,
-                                                    masks=masks), train)
+        theirs_loss, theirs_grads, theirs_pixel_grad, buffers = reference_gradients(
+            reference, rounded.astype(np.float64), labels, train=train, masks=masks)
+        names, buffer_names = list(theirs_grads), list(buffers) if train else []
+        exact = _in_row_order(names, buffer_names, theirs_loss, theirs_grads, theirs_pixel_grad, buffers)
+        mine = _in_row_order(names, buffer_names, loss, grads, pixel_grad, model.state_dict())
         own = None
         if dt == "float32":
-            own = _gradient_pairs(model, None, reference_gradients(reference32, rounded, labels,
-                                                                   train=train, masks=masks), train)
-        floor = ZERO_GRADIENT_FLOOR[dt] * max(float(np.abs(b).max()) for name, _, b in exact
-                                               if name in grads and b.size)
+            own = _in_row_order(names, buffer_names, *reference_gradients(
+                copy.deepcopy(theirs).to(torch.float32), rounded, labels, train=train, masks=masks))
+        floor = ZERO_GRADIENT_FLOOR[dt] * max(float(np.abs(g).max()) for g in theirs_grads.values() if g.size)
         if rows is None:
             rows = [{"layer": name, "stage": name.split(".")[2] if ".encoder.layer." in f".{name}" else "",
-                     "shape": tuple(np.shape(b))} for name, _, b in exact]
-        for i, (row, (name, a, b)) in enumerate(zip(rows, exact)):
-            row[f"max_abs_{dt}"], row[f"rel_{dt}"], row[f"scale_{dt}"] = _gradient_errors(a, b, floor)
+                     "shape": tuple(np.shape(b))} for name, b in exact]
+        for i, (row, (_, b)) in enumerate(zip(rows, exact)):
+            row[f"max_abs_{dt}"], row[f"rel_{dt}"], row[f"scale_{dt}"] = _gradient_errors(mine[i][1], b, floor)
             if own is not None:
-                row[f"torch_max_abs_{dt}"], row[f"torch_rel_{dt}"], _ = _gradient_errors(own[i][2], b, floor)
+                row[f"torch_max_abs_{dt}"], row[f"torch_rel_{dt}"], _ = _gradient_errors(own[i][1], b, floor)
     first = None
     for row in rows:
         row["diverged"] = any(not (row[f"rel_{dt}"] <= tolerance[dt]
