@@ -22,17 +22,27 @@ import os
 import sys
 
 
-def _run_by_an_older_console_script() -> bool:
-    """True in a ``numpy-mvit2`` console script written before its entry point became
-    ``numpy_mvit2.__main__:main`` (one installed earlier and not reinstalled): it imports
-    ``numpy_mvit2.cli``, and with it NumPy, before its first line of ours runs. Only the program
-    itself is looked at, the file ``__main__`` runs: importing the package anywhere else installs
-    nothing."""
+def _run_as_our_program() -> bool:
+    """True when this package is being imported as the start of our own program, the only case in
+    which importing it installs anything:
+
+    - ``python -m numpy_mvit2``: runpy imports the package before ``numpy_mvit2.__main__``, so a
+      Ctrl-C while this file's own imports run would otherwise show a traceback. While runpy
+      locates the module, ``sys.argv[0]`` is ``"-m"``, and ``sys.orig_argv`` names the module.
+    - a ``numpy-mvit2`` console script written before its entry point became
+      ``numpy_mvit2.__main__:main`` (one installed earlier and not reinstalled): it imports
+      ``numpy_mvit2.cli``, and with it NumPy, before its first line of ours runs. Only the program
+      itself is looked at, the file ``__main__`` runs.
+
+    Importing the package anywhere else installs nothing."""
+    if sys.argv[:1] == ["-m"]:
+        orig = list(getattr(sys, "orig_argv", ()))
+        return any(a == "-m" and b == __name__ for a, b in zip(orig, orig[1:]))
     program = os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "")
     return program in ("numpy-mvit2", "numpy-mvit2-script.py")
 
 
-if _run_by_an_older_console_script():  # the Ctrl-C handling numpy_mvit2.__main__ gives the new one
+if _run_as_our_program():  # the Ctrl-C handling numpy_mvit2.__main__ gives, from the package's first lines
     try:  # (the first import from the package's folder reads the folder: a signal can land there)
         from ._signals import take_signals
     except KeyboardInterrupt:
@@ -41,7 +51,7 @@ if _run_by_an_older_console_script():  # the Ctrl-C handling numpy_mvit2.__main_
     take_signals()
 
 
-# (imported after the signal handling above: an older console script takes Ctrl-C first)
+# (imported after the signal handling above: our own program takes Ctrl-C first)
 from ._lazy import lazy_names  # noqa: E402
 from ._version import __version__  # noqa: E402, F401
 
