@@ -4,8 +4,8 @@ The kernel is this interpreter (``sys.executable``), started through a kernel sp
 temporary folder, with the repository root first on its ``PYTHONPATH``: the test does not depend on
 which kernels the machine has installed, and the notebooks import this checkout's ``numpy_mvit2``.
 The notebooks assert their own bars, so a failing assertion in a cell fails the test; none of
-them is a time (notebook 02 asserts the fitted slopes of counted multiply-adds and of peak memory,
-and only draws the wall time).
+them is a time (notebooks 02 and 05 assert the fitted slopes of counted multiply-adds and of peak memory;
+02 only draws the wall time).
 
 The pictures must be legible at the size they are saved: a probe cell run first (and removed from
 the executed notebook) records every piece of text matplotlib draws, with its size and the dpi it
@@ -153,7 +153,7 @@ def illegible(texts) -> list:
 
 @pytest.fixture(scope="module")
 def generated_dir(tmp_path_factory):
-    """One folder for the generated checkpoints of all four notebooks (01 and 02 share theirs): the
+    """One folder for the generated checkpoints of all five notebooks (most share theirs): the
     test's own, not the user's cache."""
     return tmp_path_factory.mktemp("generated")
 
@@ -175,12 +175,13 @@ def test_notebook_executes(path, tmp_path, generated_dir):
                                   f"offset label (cell index, text, points, dpi, offset): {illegible(texts)}")
 
 
-def test_there_are_four_notebooks():
+def test_there_are_five_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         "01_architecture.ipynb",
         "02_separable_attention.ipynb",
         "03_crosscheck_pytorch.ipynb",
         "04_segmentation.ipynb",
+        "05_gradients.ipynb",
     ]
 
 
