@@ -46,13 +46,13 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _taps(x, kernel, stride, dilation, out_hw):  # [B, C, Hp, Wp] -> kernel*kernel views [B, C, Ho, Wo]
-    """The strided windows a kernel tap (kh, kw) sees: ``x[:, :, kh*d + s*i, kw*d + s*j]``."""
+def _taps(x, kernel, stride, dilation, out_hw):  # [..., Hp, Wp] -> kernel*kernel views [..., Ho, Wo]
+    """The strided windows a kernel tap (kh, kw) sees: ``x[..., kh*d + s*i, kw*d + s*j]``."""
     ho, wo = out_hw
     for kh in range(kernel):
         for kw in range(kernel):
             h0, w0 = kh * dilation, kw * dilation
-            yield kh, kw, x[:, :, h0 : h0 + stride * (ho - 1) + 1 : stride, w0 : w0 + stride * (wo - 1) + 1 : stride]
+            yield kh, kw, x[..., h0 : h0 + stride * (ho - 1) + 1 : stride, w0 : w0 + stride * (wo - 1) + 1 : stride]
 
 
 @primitive
@@ -95,8 +95,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # 
             x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
         if cin_g == 1 and cout == groups:  # depthwise: each channel has its own k x k filter
             y = np.zeros((batch, cout, ho, wo), dtype=np.result_type(x, weight))
-            for kh, kw, tap in _taps(x, kernel, stride, dilation, (ho, wo)):
-                y += weight[None, :, 0, kh, kw, None, None] * tap
+            product = np.empty(y.shape[1:], dtype=y.dtype)
+            # image by image: the k*k passes over one image's output and product stay in the CPU cache
+            for image, out in zip(x, y):
+                for kh, kw, tap in _taps(image, kernel, stride, dilation, (ho, wo)):
+                    out += np.multiply(weight[:, 0, kh, kw, None, None], tap, out=product)
         else:  # im2col: [B, groups, Cg * k * k, Ho * Wo], then one matmul per group
             cols = np.empty((batch, cin, kernel, kernel, ho, wo), dtype=x.dtype)
             for kh, kw, tap in _taps(x, kernel, stride, dilation, (ho, wo)):
@@ -129,7 +132,8 @@ def conv2d_backward(grad_output, x, weight, bias=None, stride=1, padding=0, dila
 
     ``bias``: the forward's (an array, or True: ``dL/dbias`` is returned; None or False: None is).
     The three paths mirror the forward's: one matrix product for 1x1 (unpadded, one group), ``k*k`` shifted
-    multiply-adds for depthwise, im2col / col2im around one matrix product per group otherwise.
+    multiply-adds for depthwise (image by image, as there), im2col / col2im around one matrix product
+    per group otherwise.
     """
     batch, cin, height, width = x.shape
     cout, cin_g, kernel, _ = weight.shape
@@ -156,12 +160,14 @@ def conv2d_backward(grad_output, x, weight, bias=None, stride=1, padding=0, dila
     xpad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
     grad_xpad = np.zeros(xpad.shape, dtype=dtype)
     # _taps yields views: adding into a tap of grad_xpad scatters into the pixels that tap read
-    grad_taps = _taps(grad_xpad, kernel, stride, dilation, (ho, wo))
     if cin_g == 1 and cout == groups:  # depthwise: per channel, dW[c, kh, kw] = <g, tap>, dtap += W[c, kh, kw] g
-        grad_weight = np.empty(weight.shape, dtype=dtype)
-        for (kh, kw, tap), (_, _, grad_tap) in zip(_taps(xpad, kernel, stride, dilation, (ho, wo)), grad_taps):
-            grad_weight[:, 0, kh, kw] = np.einsum("bchw,bchw->c", grad_output, tap)
-            grad_tap += weight[None, :, 0, kh, kw, None, None] * grad_output
+        grad_weight = np.zeros(weight.shape, dtype=dtype)
+        product = np.empty(grad_output.shape[1:], dtype=dtype)
+        for g, image, grad_image in zip(grad_output, xpad, grad_xpad):  # image by image, as the forward
+            for (kh, kw, tap), (_, _, grad_tap) in zip(_taps(image, kernel, stride, dilation, (ho, wo)),
+                                                       _taps(grad_image, kernel, stride, dilation, (ho, wo))):
+                grad_weight[:, 0, kh, kw] += np.einsum("chw,chw->c", g, tap)
+                grad_tap += np.multiply(weight[:, 0, kh, kw, None, None], g, out=product)
     else:  # im2col: dW = sum_b g cols^T per group; dcols = W^T g, scattered back tap by tap (col2im)
         cols = np.empty((batch, cin, kernel, kernel, ho, wo), dtype=x.dtype)
         for kh, kw, tap in _taps(xpad, kernel, stride, dilation, (ho, wo)):
@@ -172,7 +178,7 @@ def conv2d_backward(grad_output, x, weight, bias=None, stride=1, padding=0, dila
         grad_weight = np.matmul(g, cols.swapaxes(-1, -2)).sum(axis=0).reshape(weight.shape)
         del cols  # (the largest array here: gone before grad_cols, its size, is made)
         grad_cols = np.matmul(w.swapaxes(-1, -2), g).reshape(batch, cin, kernel, kernel, ho, wo)
-        for kh, kw, grad_tap in grad_taps:
+        for kh, kw, grad_tap in _taps(grad_xpad, kernel, stride, dilation, (ho, wo)):
             grad_tap += grad_cols[:, :, kh, kw]
     grad_x = grad_xpad[:, :, padding : padding + height, padding : padding + width] if padding else grad_xpad
     return np.ascontiguousarray(grad_x), grad_weight.astype(dtype, copy=False), grad_bias
@@ -267,12 +273,27 @@ def batch_norm_backward(grad_output, x, running_mean, running_var, weight, bias,
 
 class BatchNormSaved(NamedTuple):
     """What ``batch_norm_train`` keeps for its backward: the normalised input ``xhat`` ``[B, C, H, W]``,
-    ``r = 1 / sqrt(var_batch + eps)`` ``[C]`` and ``gamma`` ``[C]``, in float64 for a float32
-    input (see ``batch_norm_train``)."""
+    ``r = 1 / sqrt(var_batch + eps)`` ``[C]`` and ``gamma`` ``[C]``, in the dtype ``batch_norm_train``
+    computed in (float64 for a float32 input with few values per channel)."""
 
     x_hat: np.ndarray
     inv_std: np.ndarray
     weight: np.ndarray
+
+
+FLOAT64_BELOW = 4096
+"""A float32 batch norm with fewer values per channel (``B*H*W``) than this is computed in float64.
+With few values ``xhat`` is close to +-1 (the ASPP's pooled branch sees one per image) and the
+backward's ``g - mean(g) - xhat * mean(g * xhat)`` cancels to a small difference, which float32
+would leave with a few per cent of error; with many, the difference is as large as ``g`` and
+float32 loses nothing, while float64 would double the memory of every saved ``xhat``."""
+
+
+def _per_channel_sum(x):  # [B, C, H, W] -> [C] float64
+    """``sum over (b, h, w)``: the sum along each contiguous ``H*W`` row (pairwise, in the array's
+    dtype, so its error grows as log(H*W)), then over the batch in float64."""
+    batch, channels = x.shape[:2]
+    return x.reshape(batch, channels, -1).sum(axis=2).sum(axis=0, dtype=np.float64)
 
 
 def batch_norm_train(x, running_mean, running_var, weight, bias, eps=1e-5, momentum=0.1):
@@ -289,32 +310,33 @@ def batch_norm_train(x, running_mean, running_var, weight, bias, eps=1e-5, momen
     returned (None when ``running_mean`` / ``running_var`` are None, PyTorch's
     ``track_running_stats=False``), with what the backward needs (``BatchNormSaved``).
 
-    A float32 input is normalised in float64 (the output is float32): with few values per
-    channel (the ASPP's pooled branch sees one per image) ``xhat`` is close to +-1 and the
-    backward's ``u - mean(u) - xhat * mean(u * xhat)`` cancels to a small difference, which
-    float32 would leave with a few per cent of error. PyTorch's CPU kernel accumulates in double too.
+    The statistics are summed in float64, as PyTorch's CPU kernel accumulates them; the
+    normalisation runs in the input's dtype, or in float64 for a float32 input with fewer than
+    ``FLOAT64_BELOW`` values per channel (see there). The variance is that of the centred values
+    (two passes), never ``mean(x^2) - mu^2``, which cancels.
     """
     batch, channels, height, width = x.shape
     n = batch * height * width
     if n <= 1:
         raise ValueError(f"batch_norm_train: expected more than 1 value per channel when training, got input of shape {x.shape}")
     dtype = x.dtype
-    if dtype == np.float32:
-        x, weight, bias = x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64)
-    mean = x.mean(axis=(0, 2, 3))
-    centred = x - mean[None, :, None, None]
-    var = np.mean(centred * centred, axis=(0, 2, 3))
+    work = np.float64 if dtype == np.float32 and n < FLOAT64_BELOW else dtype
+    x = x.astype(work, copy=False)
+    mean = _per_channel_sum(x) / n
+    x_hat = x - mean.astype(work)[None, :, None, None]  # centred, then scaled in place below
+    y = np.square(x_hat)  # (y's buffer holds the squares first)
+    var = _per_channel_sum(y) / n
     inv_std = 1 / np.sqrt(var + eps)
-    x_hat = centred * inv_std[None, :, None, None]
-    del centred
-    y = (x_hat * weight[None, :, None, None] + bias[None, :, None, None]).astype(dtype, copy=False)
+    x_hat *= inv_std.astype(work)[None, :, None, None]
+    np.multiply(x_hat, weight.astype(work)[None, :, None, None], out=y)
+    y += bias.astype(work)[None, :, None, None]
     new_mean = None if running_mean is None else (1 - momentum) * running_mean + momentum * mean
     new_var = None if running_var is None else (1 - momentum) * running_var + momentum * (var * (n / (n - 1)))
     if new_mean is not None:
         new_mean = new_mean.astype(running_mean.dtype, copy=False)
     if new_var is not None:
         new_var = new_var.astype(running_var.dtype, copy=False)
-    return y, new_mean, new_var, BatchNormSaved(x_hat, inv_std, weight)
+    return y.astype(dtype, copy=False), new_mean, new_var, BatchNormSaved(x_hat, inv_std, weight)
 
 
 def batch_norm_train_backward(grad_output, saved):  # [B, C, H, W], BatchNormSaved -> [B, C, H, W], [C], [C]
@@ -327,21 +349,29 @@ def batch_norm_train_backward(grad_output, saved):  # [B, C, H, W], BatchNormSav
     ``dmu/dx_j = 1/n`` and ``dr/dx_j = -r^3 (x_j - mu) / n = -r^2 xhat_j / n``. Summing
     ``u_k dxhat_k/dx_j`` over ``k``:
 
-    ``dL/dx_j = r * (u_j - mean(u) - xhat_j * mean(u * xhat))``.
+    ``dL/dx_j = r * (u_j - mean(u) - xhat_j * mean(u * xhat))
+              = r * gamma * (g_j - mean(g) - xhat_j * mean(g * xhat))``,
+
+    and the two means are ``dL/dbeta / n`` and ``dL/dgamma / n``: two sums over the batch give all
+    three gradients.
 
     The running-statistics update is not differentiated (PyTorch updates them outside autograd).
     """
     x_hat, inv_std, weight = saved
     dtype = np.result_type(grad_output, np.float32)
-    grad_output = grad_output.astype(x_hat.dtype, copy=False)  # float64 for float32 (see batch_norm_train)
-    axes = (0, 2, 3)
-    grad_bias = grad_output.sum(axis=axes)
-    grad_weight = np.sum(grad_output * x_hat, axis=axes)
-    u = grad_output * weight[None, :, None, None]
-    mean_u = u.mean(axis=axes, keepdims=True)
-    mean_u_xhat = np.mean(u * x_hat, axis=axes, keepdims=True)
-    grad_x = inv_std[None, :, None, None] * (u - mean_u - x_hat * mean_u_xhat)
-    return grad_x.astype(dtype, copy=False), grad_weight.astype(dtype, copy=False), grad_bias.astype(dtype, copy=False)
+    work = x_hat.dtype  # float64 for a float32 input with few values per channel (see batch_norm_train)
+    n = x_hat.size // x_hat.shape[1]
+    g = grad_output.astype(work, copy=False)
+    grad_bias = _per_channel_sum(g)
+    grad_x = g * x_hat
+    grad_weight = _per_channel_sum(grad_x)
+    as_channels = lambda v: v.astype(work)[None, :, None, None]  # noqa: E731 - [C] -> [1, C, 1, 1] in the working dtype
+    # grad_x <- r * gamma * (g - mean(g) - xhat * mean(g * xhat)), in place
+    np.multiply(x_hat, as_channels(grad_weight / n), out=grad_x)
+    np.subtract(g, grad_x, out=grad_x)
+    grad_x -= as_channels(grad_bias / n)
+    grad_x *= as_channels(inv_std * weight)
+    return grad_x.astype(dtype, copy=False), grad_weight.astype(dtype), grad_bias.astype(dtype)
 
 
 def fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps=1e-5):
@@ -436,9 +466,18 @@ def relu6_backward(grad_output, x):  # [...], [...] -> [...]
 
 @primitive
 def sigmoid(x):  # [...] -> [...]
-    """``1 / (1 + exp(-x))``, written so that neither branch overflows."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    """``1 / (1 + exp(-x))``, written so that nothing overflows: ``exp(min(x, 0)) / (1 + exp(-|x|))``,
+    which is ``1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` for ``x < 0``, ``e = exp(-|x|) <= 1``.
+    (The same numbers, bit for bit, as choosing between those two branches with ``np.where``; computed
+    in two buffers, updated in place, rather than in eight arrays: sigmoid is in every SiLU.)"""
+    x = np.asarray(x)
+    dtype = np.result_type(x.dtype, np.float16)  # a float array's own dtype; float64 for integers
+    denominator, numerator = np.empty(x.shape, dtype), np.empty(x.shape, dtype)
+    np.exp(np.negative(np.abs(x, out=denominator), out=denominator), out=denominator)
+    denominator += 1
+    np.exp(np.minimum(x, 0, out=numerator), out=numerator)
+    numerator /= denominator
+    return numerator
 
 
 def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
@@ -450,13 +489,25 @@ def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
 @primitive
 def silu(x):  # [...] -> [...]
     """SiLU, also called swish: ``x * sigmoid(x)``."""
-    return x * sigmoid(x)
+    s = sigmoid(x)
+    s *= x
+    return s
 
 
 def silu_backward(grad_output, x):  # [...], [...] -> [...]
-    """``d/dx [x s(x)] = s + x s (1 - s) = s (1 + x (1 - s))`` with ``s = sigmoid(x)``."""
-    s = sigmoid(x)
-    return grad_output * (s * (1 + x * (1 - s)))
+    """``d/dx [x s(x)] = s + x s (1 - s) = s (1 + x (1 - s))`` with ``s = sigmoid(x)``, times
+    ``grad_output``. Here ``s`` is ``(1 + tanh(x / 2)) / 2``, the same function with one
+    transcendental instead of ``sigmoid``'s two (its float32 round-off is absolute, ~6e-8, which a
+    gradient does not notice), and the products are taken in place, in the order written."""
+    s = np.multiply(x, 0.5, out=np.empty(np.shape(x), np.result_type(x, np.float16)))
+    np.tanh(s, out=s)
+    s *= 0.5
+    s += 0.5
+    t = 1 - s
+    t *= x
+    t += 1
+    t *= s
+    return grad_output * t
 
 
 @primitive

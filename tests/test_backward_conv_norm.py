@@ -223,6 +223,8 @@ def bn_inputs(gen, shape, dtype):
 
 
 BN_SHAPES = [(2, 3, 7, 9), (3, 4, 13, 5), (1, 2, 3, 1)]
+# and with at least ops.FLOAT64_BELOW values per channel, where a float32 batch norm trains in float32
+BN_TRAIN_SHAPES = BN_SHAPES + [(2, 3, 40, 60), (8, 2, 64, 64)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -256,7 +258,7 @@ def assert_stats_close(ours, ref, what):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("momentum", [0.1, 0.3])
-@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("shape", BN_TRAIN_SHAPES)
 def test_batch_norm_train(shape, momentum, dtype):
     """Output, input gradients and the running statistics after one step, against
     ``F.batch_norm(training=True)``, which updates its running-statistics tensors in place."""
@@ -280,6 +282,8 @@ def test_batch_norm_train(shape, momentum, dtype):
         assert_grad_close(ours, theirs, dtype, what)
     for a, c in zip((x, mean, var, gamma, beta), copies):  # nothing updated in place
         np.testing.assert_array_equal(a, c)
+    values_per_channel = shape[0] * shape[2] * shape[3]
+    assert saved.x_hat.dtype == (np.float64 if dtype == np.float32 and values_per_channel < ops.FLOAT64_BELOW else dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
