@@ -15,10 +15,13 @@ product and what it keeps from the forward to do so.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import autodiff, blocks, ops
 from .autodiff import Tape
+from .fast.executors import THREAD_PART_ELEMENTS, parallel, parts_worth, threads
 
 MOMENTUM = 0.1
 """``torch.nn.BatchNorm2d``'s default, which transformers', timm's and ml-cvnets' layers keep."""
@@ -59,13 +62,52 @@ def _batch_norm_forward(tape, kernel, args, traced):
     if not tape.train:
         return kernel(**args), ("eval", args)
     try:
-        y, mean, var, saved = ops.batch_norm_train(**args, momentum=MOMENTUM)
+        y, mean, var, saved = _batch_norm_train_by_channels(args)
     except ValueError as error:
         raise ValueError(f"{_layer(traced)}: {error}") from None
     for name, new in (("running_mean", mean), ("running_var", var)):
         if name in traced:
             tape.updates[traced[name].name] = new
     return y, ("train", saved)
+
+
+_CHANNEL_ARGS = ("running_mean", "running_var", "weight", "bias")
+
+
+def _batch_norm_train_by_channels(args):  # -> y, new running mean, new running var, (parts, what each part saved)
+    """``ops.batch_norm_train`` on parts of the channels, one thread each: each channel is
+    normalised with its own statistics, so the parts are independent (see "Running a kernel on
+    parts of its arrays")."""
+    x = args["x"]
+    workers = min(x.shape[1], _threads_for(x.size))
+    if workers < 2:
+        y, mean, var, saved = ops.batch_norm_train(**args, momentum=MOMENTUM)
+        return y, mean, var, (None, saved)
+    channels = x.shape[1]
+    parts = [slice(channels * w // workers, channels * (w + 1) // workers) for w in range(workers)]
+
+    def part_of(k):
+        part = parts[k]
+        y, mean, var, saved = ops.batch_norm_train(
+            x[:, part], *(None if args[n] is None else args[n][part] for n in _CHANNEL_ARGS), eps=args["eps"],
+            momentum=MOMENTUM)
+        return (y,), (mean, var, saved)
+
+    (y,), kept = _in_parts(part_of, parts, 1, workers)
+    mean, var = (None if kept[0][i] is None else np.concatenate([k[i] for k in kept]) for i in (0, 1))
+    return y, mean, var, (parts, [k[2] for k in kept])
+
+
+def _batch_norm_train_backward_by_channels(grad, saved):  # -> dL/dx, dL/dweight, dL/dbias
+    parts, kept = saved
+    if parts is None:
+        return ops.batch_norm_train_backward(grad, kept)
+    def part_of(k):
+        grad_x, grad_weight, grad_bias = ops.batch_norm_train_backward(grad[:, parts[k]], kept[k])
+        return (grad_x,), (grad_weight, grad_bias)
+
+    (grad_x,), small = _in_parts(part_of, parts, 1, len(parts))
+    return grad_x, np.concatenate([s[0] for s in small]), np.concatenate([s[1] for s in small])
 
 
 def _layer(traced):
@@ -79,7 +121,7 @@ def _layer(traced):
 def _batch_norm_backward(saved, grad):
     mode, kept = saved
     if mode == "train":
-        grad_x, grad_weight, grad_bias = ops.batch_norm_train_backward(grad, kept)
+        grad_x, grad_weight, grad_bias = _batch_norm_train_backward_by_channels(grad, kept)
     else:
         grad_x, grad_weight, grad_bias = ops.batch_norm_backward(grad, **kept)
     return {"x": grad_x, "weight": grad_weight, "bias": grad_bias}
@@ -120,6 +162,95 @@ def _attention_backward(saved, grad_out, grad_scores):
     return {"query": grad_query, "key": grad_key, "value": grad_value}
 
 
+# --------------------------------------------------------------------------------------------
+# Running a kernel on parts of its arrays, one thread each
+# --------------------------------------------------------------------------------------------
+#
+# NumPy runs an element-wise operation on one core, and most of a training step is element-wise
+# (SiLU and its derivative, the batch norms, the depthwise convolutions' shifted multiply-adds;
+# the 1x1 convolutions are matrix products, which BLAS already spreads over the cores). Where a
+# kernel computes each image, or each channel, on its own, its rule below runs it on parts of the
+# batch (or of the channels) at once, one thread per part (NumPy lets go of the GIL inside such
+# loops), and joins the parts: the same sums, in the same order within each part, so the same
+# numbers (a parameter's gradient, the sum of the parts', is summed in another order). The
+# kernels in ops stay as they are: this is the only place that knows about threads. How many:
+# ``numpy_mvit2.fast.THREADS``, as for the fast path (by default BLAS's thread count).
+
+
+def _threads_for(elements):  # -> how many threads ``elements`` values of element-wise work are worth
+    return parts_worth(threads(), THREAD_PART_ELEMENTS, elements)
+
+
+def _in_parts(function, pieces, axis, workers):  # -> [joined arrays], [what each piece kept]
+    """``function(i)`` for each ``pieces[i]`` (consecutive slices of one axis), on ``workers`` threads,
+    each taking a run of consecutive pieces one at a time (an image's arrays fit the CPU's cache
+    better than half a batch's). ``function`` returns ``(arrays, kept)``: each array of ``arrays``
+    is written into its place along ``axis`` of one joined array as soon as it is computed (a
+    None stays None); ``kept`` is listed in the pieces' order."""
+    joined, kept, lock = [], [None] * len(pieces), threading.Lock()
+
+    def run(run_of_pieces):
+        for i in run_of_pieces:
+            arrays, kept[i] = function(i)
+            with lock:
+                if not joined:  # the first piece done gives the shapes and dtypes
+                    length = pieces[-1].stop
+                    joined.extend(None if a is None else np.empty(a.shape[:axis] + (length,) + a.shape[axis + 1:], a.dtype)
+                                  for a in arrays)
+            for out, a in zip(joined, arrays):
+                if out is not None:
+                    out[(slice(None),) * axis + (pieces[i],)] = a
+
+    bounds = [len(pieces) * w // workers for w in range(workers + 1)]
+    parallel(run, [range(start, stop) for start, stop in zip(bounds, bounds[1:])])
+    return joined, kept
+
+
+def _by_images(rule, batch_args, when=lambda args: True):
+    """``rule`` run image by image on threads (when ``when(args)``), for a kernel with one output
+    whose image b depends only on image b of the arguments named ``batch_args`` (the others, such
+    as weights, are shared). The output and those arguments' gradients are joined along the batch;
+    the shared arguments' gradients are the sums of the images'."""
+    forward, backward = rule
+
+    def split_forward(tape, kernel, args, traced):
+        x = args[batch_args[0]]
+        workers = min(x.shape[0], _threads_for(x.size)) if when(args) else 1
+        if workers < 2:
+            output, kept = forward(tape, kernel, args, traced)
+            return output, (None, kept)
+        images = [slice(b, b + 1) for b in range(x.shape[0])]
+
+        def image(b):
+            output, kept = forward(tape, kernel, {**args, **{n: args[n][b : b + 1] for n in batch_args}}, traced)
+            return (output,), kept
+
+        (output,), kept = _in_parts(image, images, 0, workers)
+        return output, ((images, workers), kept)
+
+    def split_backward(saved, grad):
+        split, kept = saved
+        if split is None:
+            return backward(kept, grad)
+        images, workers = split
+
+        def image(b):
+            grads = backward(kept[b], grad[b : b + 1])
+            return tuple(grads.get(n) for n in batch_args), {n: g for n, g in grads.items() if n not in batch_args}
+
+        joined, shared = _in_parts(image, images, 0, workers)
+        grads = dict(zip(batch_args, joined))
+        for name in shared[0]:
+            grads[name] = None if shared[0][name] is None else sum(s[name] for s in shared)
+        return grads
+
+    return split_forward, split_backward
+
+
+def _depthwise(args):
+    return args["weight"].shape[1] == 1 and args["groups"] == args["x"].shape[1] > 1
+
+
 def _loss(backward, grads_for):
     """Losses: ``backward(*inputs, grad=dL/dloss)``."""
 
@@ -130,10 +261,10 @@ def _loss(backward, grads_for):
 
 
 _RULES = {
-    ops.conv2d: _with_arguments(ops.conv2d_backward, ("x", "weight", "bias")),
+    ops.conv2d: _by_images(_with_arguments(ops.conv2d_backward, ("x", "weight", "bias")), ("x",), when=_depthwise),
     ops.linear: _with_arguments(ops.linear_backward, ("x", "weight", "bias")),
     ops.batch_norm: (_batch_norm_forward, _batch_norm_backward),
-    ops.group_norm: _with_arguments(ops.group_norm_backward, ("x", "weight", "bias")),
+    ops.group_norm: _by_images(_with_arguments(ops.group_norm_backward, ("x", "weight", "bias")), ("x",)),
     ops.softmax: _with_arguments(ops.softmax_backward, ("x",)),
     ops.log_softmax: _with_arguments(ops.log_softmax_backward, ("x",)),
     ops.global_avg_pool: _keep_shape(ops.global_avg_pool_backward, "x"),
@@ -148,7 +279,7 @@ _RULES = {
     ops.binary_cross_entropy_with_logits: _loss(ops.binary_cross_entropy_with_logits_backward, "logits"),
 }
 for _name, _activation in ops.ACTIVATIONS.items():
-    _RULES[_activation] = _with_arguments(ops.ACTIVATION_BACKWARDS[_name], ("x",))
+    _RULES[_activation] = _by_images(_with_arguments(ops.ACTIVATION_BACKWARDS[_name], ("x",)), ("x",))
 autodiff.RULES.update(_RULES)
 
 
