@@ -210,3 +210,38 @@ def test_folded_model_eval_gradient_is_the_unfolded_ones_input_gradient():
     loss_b, grads_b, grad_b = value_and_grad(folded, pixels, labels, input_grad=True)
     assert np.isclose(loss_a, loss_b) and np.allclose(grad_a, grad_b, rtol=1e-9, atol=1e-12)
     assert set(grads_b) == set(folded.state_dict())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_threads_compute_the_same_step(monkeypatch, dtype):
+    """The element-wise kernels run image by image (activations, depthwise convolutions, group
+    norms) or channel part by channel part (batch norms) on threads (``training._in_parts``): the
+    same loss, the same running statistics and the same gradients as on one thread, to round-off
+    (a weight's gradient is summed image by image). Large enough maps that every kind is split."""
+    import numpy_mvit2.fast as fast
+    from numpy_mvit2 import MobileViTV2ForImageClassification, training
+
+    config = MobileViTV2Config(num_labels=5, width_multiplier=0.5)
+    reference = make_reference(config, "classification", seed=3)
+    state = {k: v.numpy() for k, v in reference.state_dict().items()}
+    rng = np.random.default_rng(3)
+    pixels, labels = rng.uniform(-1, 1, (3, 3, 96, 80)), rng.integers(0, 5, 3)
+    runs, split = {}, []
+    in_parts = training._in_parts
+    monkeypatch.setattr(training, "_in_parts", lambda function, pieces, axis, workers:
+                        split.append((axis, workers)) or in_parts(function, pieces, axis, workers))
+    for threads in (1, 2):
+        monkeypatch.setattr(fast, "THREADS", threads)
+        model = MobileViTV2ForImageClassification(config, state_dict=state, dtype=dtype, fold_batch_norm=False)
+        loss, grads = value_and_grad(model, pixels.astype(dtype), labels, train=True, generator=np.random.default_rng(0))
+        runs[threads] = loss, grads, model.state_dict()
+    assert {axis for axis, workers in split} == {0, 1} and all(workers == 2 for _, workers in split)
+    (loss1, grads1, state1), (loss2, grads2, state2) = runs[1], runs[2]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert abs(loss1 - loss2) <= tol * abs(loss1)
+    for name in grads1:
+        scale = max(np.abs(grads1[name]).max(), 1e-30)
+        assert np.abs(grads2[name] - grads1[name]).max() <= tol * scale, name
+        assert grads2[name].dtype == grads1[name].dtype == dtype, name
+    for name in state1:
+        assert np.array_equal(state1[name], state2[name]), name  # running statistics: per channel, the same sums
