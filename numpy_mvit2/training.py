@@ -15,13 +15,14 @@ product and what it keeps from the forward to do so.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
 
 from . import autodiff, blocks, ops
 from .autodiff import Tape
-from .fast.executors import THREAD_PART_ELEMENTS, parallel, parts_worth, threads
+from .fast.executors import THREAD_PART_ELEMENTS, blas_limited, parallel, parts_worth, threads
 
 MOMENTUM = 0.1
 """``torch.nn.BatchNorm2d``'s default, which transformers', timm's and ml-cvnets' layers keep."""
@@ -167,13 +168,15 @@ def _attention_backward(saved, grad_out, grad_scores):
 # --------------------------------------------------------------------------------------------
 #
 # NumPy runs an element-wise operation on one core, and most of a training step is element-wise
-# (SiLU and its derivative, the batch norms, the depthwise convolutions' shifted multiply-adds;
-# the 1x1 convolutions are matrix products, which BLAS already spreads over the cores). Where a
-# kernel computes each image, or each channel, on its own, its rule below runs it on parts of the
-# batch (or of the channels) at once, one thread per part (NumPy lets go of the GIL inside such
-# loops), and joins the parts: the same sums, in the same order within each part, so the same
-# numbers (a parameter's gradient, the sum of the parts', is summed in another order). The
-# kernels in ops stay as they are: this is the only place that knows about threads. How many:
+# (SiLU and its derivative, the batch norms, the depthwise convolutions' shifted multiply-adds).
+# Where a kernel computes each image, or each channel, on its own, its rule below runs it image
+# by image (or on parts of the channels), the images shared out among threads (NumPy lets go of
+# the GIL inside its loops), and joins the results: the same sums, in the same order within each
+# image, so the same numbers (a parameter's gradient, the sum of the images', is summed in another
+# order). The convolutions go image by image too, 1x1 ones included: ``value_and_grad`` holds
+# BLAS at one thread meanwhile, as the fast path does, because an OpenBLAS thread spins on after
+# each matrix product and takes a core from ours (measured: benchmarks/README.md). The kernels in
+# ops stay as they are: this is the only place that knows about threads. How many:
 # ``numpy_mvit2.fast.THREADS``, as for the fast path (by default BLAS's thread count).
 
 
@@ -206,8 +209,8 @@ def _in_parts(function, pieces, axis, workers):  # -> [joined arrays], [what eac
     return joined, kept
 
 
-def _by_images(rule, batch_args, when=lambda args: True):
-    """``rule`` run image by image on threads (when ``when(args)``), for a kernel with one output
+def _by_images(rule, batch_args):
+    """``rule`` run image by image on threads, for a kernel with one output
     whose image b depends only on image b of the arguments named ``batch_args`` (the others, such
     as weights, are shared). The output and those arguments' gradients are joined along the batch;
     the shared arguments' gradients are the sums of the images'."""
@@ -215,7 +218,7 @@ def _by_images(rule, batch_args, when=lambda args: True):
 
     def split_forward(tape, kernel, args, traced):
         x = args[batch_args[0]]
-        workers = min(x.shape[0], _threads_for(x.size)) if when(args) else 1
+        workers = min(x.shape[0], _threads_for(x.size))
         if workers < 2:
             output, kept = forward(tape, kernel, args, traced)
             return output, (None, kept)
@@ -247,10 +250,6 @@ def _by_images(rule, batch_args, when=lambda args: True):
     return split_forward, split_backward
 
 
-def _depthwise(args):
-    return args["weight"].shape[1] == 1 and args["groups"] == args["x"].shape[1] > 1
-
-
 def _loss(backward, grads_for):
     """Losses: ``backward(*inputs, grad=dL/dloss)``."""
 
@@ -261,7 +260,7 @@ def _loss(backward, grads_for):
 
 
 _RULES = {
-    ops.conv2d: _by_images(_with_arguments(ops.conv2d_backward, ("x", "weight", "bias")), ("x",), when=_depthwise),
+    ops.conv2d: _by_images(_with_arguments(ops.conv2d_backward, ("x", "weight", "bias")), ("x",)),
     ops.linear: _with_arguments(ops.linear_backward, ("x", "weight", "bias")),
     ops.batch_norm: (_batch_norm_forward, _batch_norm_backward),
     ops.group_norm: _by_images(_with_arguments(ops.group_norm_backward, ("x", "weight", "bias")), ("x",)),
@@ -318,8 +317,9 @@ def value_and_grad(model, pixel_values, labels=None, *, train: bool = False, inp
       that parameter's shape and dtype; ``pixel_grad`` is ``dL/dpixel_values``, shaped like the
       input, in the model's dtype.
 
-    The forward runs on ``numpy_mvit2.blocks`` (the readable path), whatever ``model.fast`` says;
-    the running statistics are written only once the whole step has succeeded.
+    The forward runs on ``numpy_mvit2.blocks`` (the readable path), whatever ``model.fast`` says,
+    its kernels image by image on ``numpy_mvit2.fast.THREADS`` threads (1: all on the calling
+    thread); the running statistics are written only once the whole step has succeeded.
     """
     return _value_and_grad(model, pixel_values, labels, train=train, input_grad=input_grad, generator=generator)
 
@@ -339,19 +339,9 @@ def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator
     if not isinstance(tape.generator, np.random.Generator):
         raise TypeError(f"generator must be an np.random.Generator, got {type(generator).__name__}")
     tape.masks = masks
-    output = model._readable(tape.leaf(pixels, "pixel_values"), tape.leaves(model.params))
-    if head == "base":
-        seed = np.asarray(labels)
-        if seed.shape != output.shape or seed.dtype.kind not in "biuf":
-            raise ValueError(f"labels for MobileViTV2Model are the gradient of last_hidden_state: an array of shape "
-                             f"{output.shape}, got {seed.dtype} {seed.shape}")
-        seed = seed.astype(model.dtype)
-        loss = np.sum(output.value * seed, dtype=model.dtype)
-        grads = tape.backward(output, seed)
-    else:
-        traced_loss = model.loss_function(labels, output)
-        loss = traced_loss.value[()]
-        grads = tape.backward(traced_loss)
+    # our threads split the work, BLAS on one thread meanwhile (see "Running a kernel on parts of its arrays")
+    with blas_limited() if threads() > 1 else contextlib.nullcontext():
+        loss, grads = _forward_and_backward(model, tape, pixels, labels)
     params, state = {}, model.state_dict()
     for name in trainable_names(model):
         value, grad = state[name], grads.get(name)
@@ -364,6 +354,19 @@ def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator
         return loss, params
     pixel_grad = grads.get("pixel_values")
     return loss, params, np.zeros_like(pixels) if pixel_grad is None else pixel_grad.astype(model.dtype, copy=False)
+
+
+def _forward_and_backward(model, tape, pixels, labels):  # -> loss, {leaf name: gradient}
+    output = model._readable(tape.leaf(pixels, "pixel_values"), tape.leaves(model.params))
+    if model.head == "base":
+        seed = np.asarray(labels)
+        if seed.shape != output.shape or seed.dtype.kind not in "biuf":
+            raise ValueError(f"labels for MobileViTV2Model are the gradient of last_hidden_state: an array of shape "
+                             f"{output.shape}, got {seed.dtype} {seed.shape}")
+        seed = seed.astype(model.dtype)
+        return np.sum(output.value * seed, dtype=model.dtype), tape.backward(output, seed)
+    traced_loss = model.loss_function(labels, output)
+    return traced_loss.value[()], tape.backward(traced_loss)
 
 
 def _assign(params, name, value):
