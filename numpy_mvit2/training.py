@@ -339,8 +339,9 @@ def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator
     if not isinstance(tape.generator, np.random.Generator):
         raise TypeError(f"generator must be an np.random.Generator, got {type(generator).__name__}")
     tape.masks = masks
-    # our threads split the work, BLAS on one thread meanwhile (see "Running a kernel on parts of its arrays")
-    with blas_limited() if threads() > 1 else contextlib.nullcontext():
+    # our threads split a batch's work, BLAS on one thread meanwhile (see "Running a kernel on parts
+    # of its arrays"); a single image's convolutions are left to BLAS's threads
+    with blas_limited() if threads() > 1 and len(pixels) > 1 else contextlib.nullcontext():
         loss, grads = _forward_and_backward(model, tape, pixels, labels)
     params, state = {}, model.state_dict()
     for name in trainable_names(model):
