@@ -76,16 +76,17 @@ _CHANNEL_ARGS = ("running_mean", "running_var", "weight", "bias")
 
 
 def _batch_norm_train_by_channels(args):  # -> y, new running mean, new running var, (parts, what each part saved)
-    """``ops.batch_norm_train`` on parts of the channels, one thread each: each channel is
-    normalised with its own statistics, so the parts are independent (see "Running a kernel on
-    parts of its arrays")."""
+    """``ops.batch_norm_train`` on pieces of the channels, shared out among threads: each channel
+    is normalised with its own statistics, so the pieces are independent (see "Running a kernel
+    on parts of its arrays")."""
     x = args["x"]
     workers = min(x.shape[1], _threads_for(x.size))
     if workers < 2:
         y, mean, var, saved = ops.batch_norm_train(**args, momentum=MOMENTUM)
         return y, mean, var, (None, saved)
     channels = x.shape[1]
-    parts = [slice(channels * w // workers, channels * (w + 1) // workers) for w in range(workers)]
+    count = min(channels, 4 * workers)  # smaller pieces than one per thread: each pass stays in the CPU's cache longer
+    parts = [slice(channels * k // count, channels * (k + 1) // count) for k in range(count)]
 
     def part_of(k):
         part = parts[k]
@@ -96,18 +97,20 @@ def _batch_norm_train_by_channels(args):  # -> y, new running mean, new running 
 
     (y,), kept = _in_parts(part_of, parts, 1, workers)
     mean, var = (None if kept[0][i] is None else np.concatenate([k[i] for k in kept]) for i in (0, 1))
-    return y, mean, var, (parts, [k[2] for k in kept])
+    return y, mean, var, ((parts, workers), [k[2] for k in kept])
 
 
 def _batch_norm_train_backward_by_channels(grad, saved):  # -> dL/dx, dL/dweight, dL/dbias
-    parts, kept = saved
-    if parts is None:
+    split, kept = saved
+    if split is None:
         return ops.batch_norm_train_backward(grad, kept)
+    parts, workers = split
+
     def part_of(k):
         grad_x, grad_weight, grad_bias = ops.batch_norm_train_backward(grad[:, parts[k]], kept[k])
         return (grad_x,), (grad_weight, grad_bias)
 
-    (grad_x,), small = _in_parts(part_of, parts, 1, len(parts))
+    (grad_x,), small = _in_parts(part_of, parts, 1, workers)
     return grad_x, np.concatenate([s[0] for s in small]), np.concatenate([s[1] for s in small])
 
 
