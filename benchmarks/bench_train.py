@@ -8,7 +8,10 @@ Method: the driver writes one random checkpoint (transformers' ``save_pretrained
 unfolded, dropout probabilities 0 so both sides compute the same step), one input array and one
 label array. Each measurement is a fresh process of one side (``--worker SIDE``) that loads the
 checkpoint, runs one warm-up step, then ``--steps`` timed steps, and reports the median step time
-and its peak resident memory (``VmHWM``) above what it held before the first step. The sides
+and its peak resident memory (``VmHWM``, over the warm-up and the timed steps) above what it held
+before the warm-up: the memory training needs on top of the loaded model. (Measured from after
+the warm-up instead, the peak counts only what the allocator had not kept from the warm-up's
+freed arrays, which varies from run to run.) The sides
 alternate, the order rotating per round; medians over rounds. The losses of the two sides are
 compared. Nothing is asserted: the ratio is printed (goal in the issue: time <= 1.5x PyTorch's,
 peak memory <= PyTorch's).
@@ -75,12 +78,12 @@ def worker(side: str, folder: str, steps: int, threads: int) -> dict:
             loss.backward()
             return float(loss.detach())
 
-    loss = step()  # warm-up
     import gc
 
     gc.collect()
     _reset_peak()
-    before = _peak_rss()
+    before = _peak_rss()  # the loaded model and the input: what the process holds before it trains
+    loss = step()  # warm-up
     times = []
     for _ in range(steps):
         start = time.perf_counter()
