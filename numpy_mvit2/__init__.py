@@ -28,7 +28,9 @@ def _run_as_our_program() -> bool:
 
     - ``python -m numpy_mvit2``: runpy imports the package before ``numpy_mvit2.__main__``, so a
       Ctrl-C while this file's own imports run would otherwise show a traceback. While runpy
-      locates the module, ``sys.argv[0]`` is ``"-m"``, and ``sys.orig_argv`` names the module.
+      locates the module, ``sys.argv`` is ``["-m", *the program's arguments]``, so the module
+      the interpreter was asked for is the entry of ``sys.orig_argv`` just before those
+      arguments (never one of them: another program's ``--flag -m numpy_mvit2`` does not count).
     - a ``numpy-mvit2`` console script written before its entry point became
       ``numpy_mvit2.__main__:main`` (one installed earlier and not reinstalled): it imports
       ``numpy_mvit2.cli``, and with it NumPy, before its first line of ours runs. Only the program
@@ -37,7 +39,8 @@ def _run_as_our_program() -> bool:
     Importing the package anywhere else installs nothing."""
     if sys.argv[:1] == ["-m"]:
         orig = list(getattr(sys, "orig_argv", ()))
-        return any(a == "-m" and b == __name__ for a, b in zip(orig, orig[1:]))
+        module = len(orig) - len(sys.argv)  # where the module's name stands: after "-m", before the arguments
+        return module >= 1 and orig[module - 1 : module + 1] == ["-m", __name__]
     program = os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "")
     return program in ("numpy-mvit2", "numpy-mvit2-script.py")
 

@@ -187,20 +187,22 @@ def test_the_package_imports_nothing_heavy():
 def test_python_m_takes_the_signals_as_the_package_is_imported():
     """Under `python -m numpy_mvit2`, runpy imports the package before numpy_mvit2.__main__: the
     package's own first lines take SIGINT (a Ctrl-C during its imports used to print a traceback).
-    While runpy locates the module sys.argv[0] is "-m" and sys.orig_argv names it; the same import
-    under `python -m` of another module, or `python -c`, installs nothing."""
+    While runpy locates the module sys.argv is ["-m", *arguments] and sys.orig_argv names the
+    module before them; the same import under `python -m` of another module (even one given
+    `-m numpy_mvit2` among its own arguments), or `python -c`, installs nothing."""
     child = ("import signal, sys\n"
-             "sys.argv[:1] = ['-m']\n"
-             "sys.orig_argv = [sys.executable, '-X', 'utf8', '-m', sys.argv.pop(1)]\n"
+             "module, *rest = sys.argv[1:]\n"
+             "sys.orig_argv = [sys.executable, '-X', 'utf8', '-m', module, *rest]\n"
+             "sys.argv = ['-m', *rest]\n"
              "import numpy_mvit2\n"
              "print(signal.getsignal(signal.SIGINT) is not signal.default_int_handler)\n")
-    taken = {}
-    for module in ("numpy_mvit2", "someone_else"):
-        result = subprocess.run([sys.executable, "-c", child, module], capture_output=True, text=True, env=cli_env(),
+    cases = {("numpy_mvit2",): "True", ("numpy_mvit2", "classify", "-m", "x"): "True", ("someone_else",): "False",
+             ("someone_else", "--grep", "-m", "numpy_mvit2"): "False", ("numpy_mvit2.cli",): "False"}
+    for argv, expected in cases.items():
+        result = subprocess.run([sys.executable, "-c", child, *argv], capture_output=True, text=True, env=cli_env(),
                                 timeout=300)
         assert result.returncode == 0, result.stderr
-        taken[module] = result.stdout.strip()
-    assert taken == {"numpy_mvit2": "True", "someone_else": "False"}
+        assert result.stdout.strip() == expected, argv
 
 
 # --------------------------------------------------------------------------------------------
