@@ -285,8 +285,9 @@ FLOAT64_BELOW = 4096
 """A float32 batch norm with fewer values per channel (``B*H*W``) than this is computed in float64.
 With few values ``xhat`` is close to +-1 (the ASPP's pooled branch sees one per image) and the
 backward's ``g - mean(g) - xhat * mean(g * xhat)`` cancels to a small difference, which float32
-would leave with a few per cent of error; with many, the difference is as large as ``g`` and
-float32 loses nothing, while float64 would double the memory of every saved ``xhat``."""
+would leave with a few per cent of error; with many, the difference is in practice as large as
+``g`` (it is small only for a ``g`` nearly affine in ``xhat``), and float32 loses no more than
+PyTorch's float32 does, while float64 would double the memory of every saved ``xhat``."""
 
 
 def _per_channel_sum(x):  # [B, C, H, W] -> [C] float64
@@ -294,6 +295,10 @@ def _per_channel_sum(x):  # [B, C, H, W] -> [C] float64
     dtype, so its error grows as log(H*W)), then over the batch in float64."""
     batch, channels = x.shape[:2]
     return x.reshape(batch, channels, -1).sum(axis=2).sum(axis=0, dtype=np.float64)
+
+
+def _per_channel(values, dtype):  # [C] -> [1, C, 1, 1] in dtype, to broadcast over a [B, C, H, W] map
+    return values.astype(dtype)[None, :, None, None]
 
 
 def batch_norm_train(x, running_mean, running_var, weight, bias, eps=1e-5, momentum=0.1):
@@ -323,13 +328,13 @@ def batch_norm_train(x, running_mean, running_var, weight, bias, eps=1e-5, momen
     work = np.float64 if dtype == np.float32 and n < FLOAT64_BELOW else dtype
     x = x.astype(work, copy=False)
     mean = _per_channel_sum(x) / n
-    x_hat = x - mean.astype(work)[None, :, None, None]  # centred, then scaled in place below
+    x_hat = x - _per_channel(mean, work)  # centred, then scaled in place below
     y = np.square(x_hat)  # (y's buffer holds the squares first)
     var = _per_channel_sum(y) / n
     inv_std = 1 / np.sqrt(var + eps)
-    x_hat *= inv_std.astype(work)[None, :, None, None]
-    np.multiply(x_hat, weight.astype(work)[None, :, None, None], out=y)
-    y += bias.astype(work)[None, :, None, None]
+    x_hat *= _per_channel(inv_std, work)
+    np.multiply(x_hat, _per_channel(weight, work), out=y)
+    y += _per_channel(bias, work)
     new_mean = None if running_mean is None else (1 - momentum) * running_mean + momentum * mean
     new_var = None if running_var is None else (1 - momentum) * running_var + momentum * (var * (n / (n - 1)))
     if new_mean is not None:
@@ -366,12 +371,11 @@ def batch_norm_train_backward(grad_output, saved):  # [B, C, H, W], BatchNormSav
     batch, channels = g.shape[:2]
     grad_weight = np.einsum("bci,bci->bc", g.reshape(batch, channels, -1), x_hat.reshape(batch, channels, -1))
     grad_weight = grad_weight.sum(axis=0, dtype=np.float64)  # (each image's dot products, then their sum)
-    as_channels = lambda v: v.astype(work)[None, :, None, None]  # noqa: E731 - [C] -> [1, C, 1, 1] in the working dtype
     # grad_x = r * gamma * (g - mean(g) - xhat * mean(g * xhat)), in one buffer
-    grad_x = x_hat * as_channels(grad_weight / n)
+    grad_x = x_hat * _per_channel(grad_weight / n, work)
     np.subtract(g, grad_x, out=grad_x)
-    grad_x -= as_channels(grad_bias / n)
-    grad_x *= as_channels(inv_std * weight)
+    grad_x -= _per_channel(grad_bias / n, work)
+    grad_x *= _per_channel(inv_std * weight, work)
     return grad_x.astype(dtype, copy=False), grad_weight.astype(dtype), grad_bias.astype(dtype)
 
 
@@ -472,13 +476,23 @@ def sigmoid(x):  # [...] -> [...]
     (The same numbers, bit for bit, as choosing between those two branches with ``np.where``; computed
     in two buffers, updated in place, rather than in eight arrays: sigmoid is in every SiLU.)"""
     x = np.asarray(x)
-    dtype = np.result_type(x.dtype, np.float16)  # a float array's own dtype; float64 for integers
+    dtype = _float_dtype(x)
     denominator, numerator = np.empty(x.shape, dtype), np.empty(x.shape, dtype)
-    np.exp(np.negative(np.abs(x, out=denominator), out=denominator), out=denominator)
+    np.exp(np.negative(np.abs(x, out=denominator, dtype=dtype), out=denominator), out=denominator)
     denominator += 1
-    np.exp(np.minimum(x, 0, out=numerator), out=numerator)
+    np.exp(np.minimum(x, 0, out=numerator, dtype=dtype), out=numerator)
     numerator /= denominator
     return numerator
+
+
+def _float_dtype(x):  # -> the dtype np.exp gives x: its own for a float array (float16 for int8, float64 for int64)
+    return np.result_type(x.dtype, np.float16)
+
+
+def _half(x):  # [...] -> [...]: x / 2, a new array, in the dtype np.exp gives x
+    x = np.asarray(x)
+    dtype = _float_dtype(x)
+    return np.multiply(x, 0.5, out=np.empty(x.shape, dtype), dtype=dtype)
 
 
 def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
@@ -491,8 +505,10 @@ def sigmoid_backward(grad_output, x):  # [...], [...] -> [...]
 def silu(x):  # [...] -> [...]
     """SiLU, also called swish: ``x * sigmoid(x)``, computed as ``u (1 + tanh u)`` with ``u = x / 2``
     (``sigmoid(x) = (1 + tanh(x / 2)) / 2``): one transcendental and four passes where ``sigmoid``
-    takes two and seven, and no overflow for any x. The fast path computes it the same way."""
-    u = np.multiply(x, 0.5, out=np.empty(np.shape(x), np.result_type(x, np.float16)))
+    takes two and seven, and no overflow for any x. The fast path computes it the same way. Its
+    round-off is absolute: at most about ``|x| * 6e-8`` in float32, so where SiLU is tiny (x below
+    -10, SiLU above -5e-4) the relative error can be large; it is ``1 + tanh u`` that rounds."""
+    u = _half(x)
     t = np.tanh(u)
     t += 1
     t *= u
@@ -502,9 +518,9 @@ def silu(x):  # [...] -> [...]
 def silu_backward(grad_output, x):  # [...], [...] -> [...]
     """``d/dx [x s(x)] = s + x s (1 - s) = s (1 + x (1 - s))`` with ``s = sigmoid(x)``, times
     ``grad_output``. Here ``s`` is ``(1 + tanh(x / 2)) / 2``, the same function with one
-    transcendental instead of ``sigmoid``'s two (its float32 round-off is absolute, ~6e-8, which a
-    gradient does not notice), and the products are taken in place, in the order written."""
-    s = np.multiply(x, 0.5, out=np.empty(np.shape(x), np.result_type(x, np.float16)))
+    transcendental instead of ``sigmoid``'s two (its float32 round-off is absolute, about 6e-8,
+    against a derivative of size 1), and the products are taken in place, in the order written."""
+    s = _half(x)
     np.tanh(s, out=s)
     s *= 0.5
     s += 0.5

@@ -216,12 +216,19 @@ def _by_images(rule, batch_args):
     """``rule`` run image by image on threads, for a kernel with one output
     whose image b depends only on image b of the arguments named ``batch_args`` (the others, such
     as weights, are shared). The output and those arguments' gradients are joined along the batch;
-    the shared arguments' gradients are the sums of the images'."""
+    the shared arguments' gradients are the sums of the images'. For example ``conv2d`` on a batch
+    of 8: the forward runs ``conv2d(x[b : b + 1], weight, bias)`` for b = 0 ... 7, images 0-3 on
+    one thread and 4-7 on another, each result written into its rows of one ``[8, Cout, H, W]``
+    output; the backward runs ``conv2d_backward`` on each image's output gradient the same way,
+    joins the eight ``dL/dx`` and adds up the eight ``dL/dweight``. The rule's forward must not
+    use the tape (dropout, which draws from its generator, is not run this way: the images' draws
+    would come in no fixed order), and its backward gives every image a gradient for the same
+    arguments (None for all or for none)."""
     forward, backward = rule
 
     def split_forward(tape, kernel, args, traced):
         x = args[batch_args[0]]
-        workers = min(x.shape[0], _threads_for(x.size))
+        workers = min(x.shape[0], _threads_for(x.size)) if x.ndim else 1
         if workers < 2:
             output, kept = forward(tape, kernel, args, traced)
             return output, (None, kept)
@@ -320,9 +327,10 @@ def value_and_grad(model, pixel_values, labels=None, *, train: bool = False, inp
       that parameter's shape and dtype; ``pixel_grad`` is ``dL/dpixel_values``, shaped like the
       input, in the model's dtype.
 
-    The forward runs on ``numpy_mvit2.blocks`` (the readable path), whatever ``model.fast`` says,
-    its kernels image by image on ``numpy_mvit2.fast.THREADS`` threads (1: all on the calling
-    thread); the running statistics are written only once the whole step has succeeded.
+    The forward runs on ``numpy_mvit2.blocks`` (the readable path), whatever ``model.fast`` says;
+    its kernels go image by image (batch norms: by pieces of their channels) on as many threads
+    as ``numpy_mvit2.fast.THREADS`` says (by default BLAS's thread count; 1: all on the calling
+    thread). The running statistics are written only once the whole step has succeeded.
     """
     return _value_and_grad(model, pixel_values, labels, train=train, input_grad=input_grad, generator=generator)
 
@@ -343,8 +351,8 @@ def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator
         raise TypeError(f"generator must be an np.random.Generator, got {type(generator).__name__}")
     tape.masks = masks
     # our threads split a batch's work, BLAS on one thread meanwhile (see "Running a kernel on parts
-    # of its arrays"); a single image's convolutions are left to BLAS's threads
-    with blas_limited() if threads() > 1 and len(pixels) > 1 else contextlib.nullcontext():
+    # of its arrays"); a single image's convolutions, or a batch too small to split, are left to BLAS's threads
+    with blas_limited() if len(pixels) > 1 and _threads_for(pixels.size) > 1 else contextlib.nullcontext():
         loss, grads = _forward_and_backward(model, tape, pixels, labels)
     params, state = {}, model.state_dict()
     for name in trainable_names(model):

@@ -220,6 +220,11 @@ def test_threads_compute_the_same_step(monkeypatch, dtype):
     (a weight's gradient is summed image by image). Large enough maps that every kind is split."""
     import numpy_mvit2.fast as fast
     from numpy_mvit2 import MobileViTV2ForImageClassification, training
+    from numpy_mvit2.fast import executors
+
+    monkeypatch.setattr(fast, "THREADS", 2)
+    if executors.threads() < 2:  # no BLAS library threadpoolctl can hold at one thread: nothing is split
+        pytest.skip("threadpoolctl finds no BLAS library here, so value_and_grad runs on one thread")
 
     config = MobileViTV2Config(num_labels=5, width_multiplier=0.5)
     reference = make_reference(config, "classification", seed=3)
@@ -243,5 +248,5 @@ def test_threads_compute_the_same_step(monkeypatch, dtype):
         scale = max(np.abs(grads1[name]).max(), 1e-30)
         assert np.abs(grads2[name] - grads1[name]).max() <= tol * scale, name
         assert grads2[name].dtype == grads1[name].dtype == dtype, name
-    for name in state1:
-        assert np.array_equal(state1[name], state2[name]), name  # running statistics: per channel, the same sums
+    for name in state1:  # the running statistics: per channel the same sums, of the same convolution outputs
+        np.testing.assert_allclose(state2[name], state1[name], rtol=tol, atol=0, err_msg=name)
