@@ -23,6 +23,11 @@ import numpy as np
 from . import autodiff, blocks, ops
 from .autodiff import Tape
 from .fast.executors import THREAD_PART_ELEMENTS, blas_limited, parallel, parts_worth, threads
+from .optim import SGD, AdamW, CosineWithWarmup, Optimizer, clip_grad_norm, no_decay_groups, trainable_names
+from .weights.convert import assign
+
+__all__ = ["value_and_grad", "trainable_names", "SGD", "AdamW", "Optimizer", "CosineWithWarmup", "clip_grad_norm",
+           "no_decay_groups"]
 
 MOMENTUM = 0.1
 """``torch.nn.BatchNorm2d``'s default, which transformers', timm's and ml-cvnets' layers keep."""
@@ -296,15 +301,6 @@ autodiff.RULES.update(_RULES)
 # The whole model
 # --------------------------------------------------------------------------------------------
 
-_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def trainable_names(model) -> list[str]:
-    """The names ``value_and_grad``'s ``grads`` has: the model's state-dict names, in order, less
-    batch norm's running statistics (buffers, not parameters)."""
-    return [name for name in model.state_dict() if name.rsplit(".", 1)[-1] not in _BUFFERS]
-
-
 def value_and_grad(model, pixel_values, labels=None, *, train: bool = False, input_grad: bool = False,
                    generator: np.random.Generator | None = None):
     """The loss and its gradient with respect to every trainable parameter (and the input).
@@ -359,7 +355,7 @@ def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator
         value, grad = state[name], grads.get(name)
         params[name] = np.zeros_like(value) if grad is None else np.asarray(grad, dtype=value.dtype).reshape(value.shape)
     for name, new in tape.updates.items():
-        _assign(model.params, name, new)
+        assign(model.params, name, new)
     if tape.updates:
         model._plan = None  # the fast path's folded weights read the running statistics: rebuilt when next used
     if not input_grad:
@@ -379,12 +375,3 @@ def _forward_and_backward(model, tape, pixels, labels):  # -> loss, {leaf name: 
         return np.sum(output.value * seed, dtype=model.dtype), tape.backward(output, seed)
     traced_loss = model.loss_function(labels, output)
     return traced_loss.value[()], tape.backward(traced_loss)
-
-
-def _assign(params, name, value):
-    """``params`` (nested dicts and lists) at the dotted ``name`` <- ``value``."""
-    *path, last = name.split(".")
-    node = params
-    for key in path:
-        node = node[int(key)] if isinstance(node, list) else node[key]
-    node[last] = value

@@ -140,6 +140,15 @@ def flatten(params, prefix: str = "") -> dict:
     return out
 
 
+def assign(params, name: str, value) -> None:
+    """``params`` (nested dicts and lists, as ``nest`` makes them) at the dotted ``name`` <- ``value``."""
+    *path, last = name.split(".")
+    node = params
+    for key in path:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[int(last) if isinstance(node, list) else last] = value
+
+
 def to_params(state: dict, dtype, fold: bool = True, *, consume: bool = False) -> dict:
     """A checked state dict -> nested params in ``dtype`` (BN folded unless ``fold=False``), the
     same numbers as ``fold_all_batch_norms`` then a cast. Done one layer at a time; with
