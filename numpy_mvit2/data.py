@@ -1,0 +1,199 @@
+"""Image folders for fine-tuning a classifier: the layout, the augmentation, the batches.
+
+    from numpy_mvit2.data import ImageFolder, batches
+    data = ImageFolder("DATA")                       # DATA/train/<class>/, DATA/val/<class>/, or DATA/<class>/
+    for pixel_values, labels in batches(data.train, processor, batch_size=16, train=True, seed=0, epoch=0):
+        ...                                          # [B, 3, S, S] float32, [B] int64
+
+**Layouts.** As Hugging Face's ``imagefolder`` lays a data set out: ``DATA/train/<class>/`` and
+``DATA/val/<class>/`` (``validation/`` also accepted), or ``DATA/<class>/`` alone, of which
+``val_fraction`` of every class (at least one image) is held out for validation, chosen by
+``seed``. The classes are the folder names, sorted; ``data.classes[i]`` is label ``i``. Files are
+taken by their suffix (``IMAGE_SUFFIXES``), in sorted order; a file that turns out not to be an
+image is named and skipped when it is read (``skipped``), as the command line does with images.
+
+**Augmentation**, as ml-cvnets' fine-tuning recipes use it: a random resized crop (torchvision's:
+a box of 8% to 100% of the area and aspect ratio 3/4 to 4/3, ten tries, else the centre) resized
+bilinearly to the processor's crop size, and a horizontal flip half the time; then the
+processor's own rescaling and channel order (``do_resize`` and ``do_center_crop`` off). Without
+``train`` each image is prepared by the processor as at inference. All draws come from
+``np.random.default_rng((seed, epoch))``: the same seed and epoch give the same batches, whatever
+the number of threads decoding them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .processing import ImageLoadError, load_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+VALIDATION_NAMES = ("val", "validation")
+
+
+class DataError(ValueError):
+    """A data folder that cannot be used for training: the message names the folder and why."""
+
+
+@dataclass
+class Split:
+    """Image files and their labels (indices into ``ImageFolder.classes``)."""
+
+    files: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of the files that were not images
+
+    def __len__(self):
+        return len(self.files)
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    """``{class name: its image files, sorted}`` for the sub-folders of ``folder`` (hidden ones left out)."""
+    classes = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        classes[sub.name] = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return classes
+
+
+class ImageFolder:
+    """The train and validation splits of a classification data folder (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0):
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such folder (a data folder holds one sub-folder of images per class)")
+        if not 0 < val_fraction < 1:
+            raise DataError(f"val_fraction must lie between 0 and 1, got {val_fraction}")
+        validation = next((root / n for n in VALIDATION_NAMES if (root / n).is_dir()), None)
+        if (root / "train").is_dir() and validation is not None:
+            train, val = _class_folders(root / "train"), _class_folders(validation)
+            if set(val) - set(train):
+                raise DataError(f"{validation}: classes that {root / 'train'} does not have: "
+                                f"{', '.join(sorted(set(val) - set(train)))}")
+            self.layout = f"{root / 'train'} and {validation}"
+        else:
+            train, val = _class_folders(root), {}
+            self.layout = f"{root}, {val_fraction:.0%} of each class held out"
+        empty = [name for name, files in train.items() if not files]
+        if empty:
+            raise DataError(f"{root}: class folder(s) without images: {', '.join(empty[:10])}")
+        if len(train) < 2:
+            raise DataError(f"{root}: found {len(train)} class folder(s) "
+                            f"({', '.join(train) or 'none'}); a classifier needs at least two")
+        self.root, self.classes = root, list(train)
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.train, self.val = Split(), Split()
+        rng = np.random.default_rng(seed)
+        for name, files in train.items():
+            if val:
+                kept, held = files, val.get(name, [])
+            else:
+                if len(files) < 2:
+                    raise DataError(f"{root / name}: one image; holding one out for validation needs two or more")
+                order = rng.permutation(len(files))
+                count = min(len(files) - 1, max(1, round(val_fraction * len(files))))
+                held = [files[i] for i in sorted(order[:count])]
+                kept = [files[i] for i in sorted(order[count:])]
+            for split, chosen in ((self.train, kept), (self.val, held)):
+                split.files += chosen
+                split.labels += [index[name]] * len(chosen)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.classes))
+
+    def __repr__(self):
+        return (f"ImageFolder({self.layout}: {len(self.classes)} classes, {len(self.train)} training and "
+                f"{len(self.val)} validation images)")
+
+
+def random_resized_crop_box(rng: np.random.Generator, width: int, height: int, scale=(0.08, 1.0),
+                            ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """``(left, top, crop width, crop height)``: torchvision's ``RandomResizedCrop.get_params``. Ten
+    tries at a box of a random fraction ``scale`` of the area and a log-uniform aspect ratio in
+    ``ratio`` that fits the image; if none fits, the largest centred box whose ratio lies in
+    ``ratio``."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def _crop_size(processor) -> tuple[int, int]:
+    crop = processor.crop_size if processor.do_center_crop else processor.size
+    if "height" in crop:
+        return crop["height"], crop["width"]
+    side = crop.get("shortest_edge")
+    return side, side
+
+
+def prepare(image: Image.Image, processor, rng: np.random.Generator | None) -> np.ndarray:  # -> [3, S, S] float32
+    """One image as the model takes it: augmented from ``rng`` (random resized crop to the crop
+    size, horizontal flip half the time) then rescaled and put in the processor's channel order,
+    or, with ``rng`` None, prepared by the processor as at inference."""
+    if rng is None:
+        return processor(image, return_tensors="np")["pixel_values"][0]
+    height, width = _crop_size(processor)
+    left, top, w, h = random_resized_crop_box(rng, image.width, image.height)
+    image = image.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return processor(image, do_resize=False, do_center_crop=False, return_tensors="np")["pixel_values"][0]
+
+
+def batches(split: Split, processor, *, batch_size: int, train: bool, seed: int = 0, epoch: int = 0,
+            workers: int = 2):
+    """``(pixel_values [B, 3, S, S] float32, labels [B] int64)`` over ``split``: shuffled (and
+    augmented) from ``np.random.default_rng((seed, epoch))`` when ``train``, in order otherwise;
+    the last batch may be smaller. Images are decoded on ``workers`` threads, a batch ahead of the
+    one handed out. A file that is not a usable image is named in ``split.skipped`` and left out."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be 1 or more, got {batch_size}")
+    rng = np.random.default_rng((seed, epoch))
+    order = rng.permutation(len(split)) if train else np.arange(len(split))
+    # every image's own generator, drawn in order up front: the augmentation does not depend on
+    # which thread decodes which image, nor when
+    image_seeds = rng.integers(0, 2**63, len(split)) if train else [None] * len(split)
+
+    def load(i):
+        try:
+            image = load_image(split.files[i])
+        except ImageLoadError as error:
+            return i, None, str(error)
+        generator = None if image_seeds[i] is None else np.random.default_rng(image_seeds[i])
+        return i, prepare(image, processor, generator), None
+
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="numpy_mvit2-data") as pool:
+        pending = [pool.map(load, chunk) for chunk in chunks[:2]]
+        for k in range(len(chunks)):
+            results = list(pending[k])
+            if k + 2 < len(chunks):
+                pending.append(pool.map(load, chunks[k + 2]))
+            pending[k] = None
+            kept = [(i, pixels) for i, pixels, error in results if error is None]
+            for _, _, error in results:
+                if error is not None and error not in split.skipped:
+                    split.skipped.append(error)
+            if kept:
+                yield (np.stack([pixels for _, pixels in kept]).astype(np.float32, copy=False),
+                       np.array([split.labels[i] for i, _ in kept], dtype=np.int64))
