@@ -25,6 +25,8 @@ from numpy_mvit2 import MobileViTV2Config  # noqa: E402
 from numpy_mvit2.crosscheck import crosscheck_gradients, reference_gradients  # noqa: E402
 from numpy_mvit2.training import trainable_names, value_and_grad  # noqa: E402
 
+MARGIN = 4.0  # float32 threads: how much farther from the float64 step than the one-thread run's
+
 
 def _pair(head, seed=0, **fields):
     config = MobileViTV2Config(**fields)
@@ -244,9 +246,24 @@ def test_threads_compute_the_same_step(monkeypatch, dtype):
     (loss1, grads1, state1), (loss2, grads2, state2) = runs[1], runs[2]
     tol = 1e-5 if dtype == np.float32 else 1e-12
     assert abs(loss1 - loss2) <= tol * abs(loss1)
+    if dtype == np.float32:
+        # a weight's gradient summed image by image is the one-product sum in another order: in
+        # float32 the two differ by the round-off either carries, which where terms cancel (the
+        # stem's weight, summed over every pixel; a batch norm's shift before another, zero in exact
+        # arithmetic) passes 1e-5 of the gradient. So each is measured against the float64 step:
+        # the split run within tol of it, or MARGIN times the one-thread run's own distance.
+        monkeypatch.setattr(fast, "THREADS", 1)
+        model = MobileViTV2ForImageClassification(config, state_dict=state, dtype=np.float64, fold_batch_norm=False)
+        _, exact = value_and_grad(model, pixels, labels, train=True, generator=np.random.default_rng(0))
     for name in grads1:
-        scale = max(np.abs(grads1[name]).max(), 1e-30)
-        assert np.abs(grads2[name] - grads1[name]).max() <= tol * scale, name
+        if dtype == np.float32:
+            scale = max(np.abs(exact[name]).max(), 1e-30)
+            own = np.abs(grads1[name] - exact[name]).max()
+            assert np.abs(grads2[name] - exact[name]).max() <= max(tol * scale, MARGIN * own), name
+        else:
+            scale = max(np.abs(grads1[name]).max(), 1e-30)
+            assert np.abs(grads2[name] - grads1[name]).max() <= tol * scale, name
         assert grads2[name].dtype == grads1[name].dtype == dtype, name
     for name in state1:  # the running statistics: per channel the same sums, of the same convolution outputs
-        np.testing.assert_allclose(state2[name], state1[name], rtol=tol, atol=0, err_msg=name)
+        # (a channel's mean near zero beside others far from it: relative to the tensor's largest)
+        np.testing.assert_allclose(state2[name], state1[name], rtol=tol, atol=tol * np.abs(state1[name]).max(), err_msg=name)
