@@ -214,10 +214,15 @@ def backbone(pixel_values, conv_stem, encoder, *, config: MobileViTV2Config, rec
 
 
 def image_classification(pixel_values, mobilevitv2, classifier=None, *, config: MobileViTV2Config, record=ignore):  # [B, C, H, W] -> [B, num_labels]
-    """``MobileViTV2ForImageClassification``: the backbone, global average pooling of its last
-    stage (``pooler``, [B, C5]), a linear classifier (none when ``num_labels`` is 0: the pooled
-    features are the output)."""
-    pooled = global_avg_pool(backbone(pixel_values, **mobilevitv2, config=config, record=record))
+    """``MobileViTV2ForImageClassification``: the backbone, then ``classification_head``."""
+    features = backbone(pixel_values, **mobilevitv2, config=config, record=record)
+    return classification_head(features, classifier, config=config, record=record)
+
+
+def classification_head(features, classifier=None, *, config: MobileViTV2Config, record=ignore):  # [B, C5, h, w] -> [B, num_labels]
+    """Global average pooling of the last stage (``pooler``, [B, C5]), then a linear classifier
+    (none when ``num_labels`` is 0: the pooled features are the output)."""
+    pooled = global_avg_pool(features)
     record("pooler", pooled)
     if classifier is None:
         record("classifier", pooled)  # transformers' classifier is then an nn.Identity

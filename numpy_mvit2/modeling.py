@@ -374,6 +374,7 @@ class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
 
     head = "classification"
     _function = "image_classification"
+    _head_function = "classification_head"  # of numpy_mvit2.blocks: the backbone's output -> this model's
 
     def __call__(self, pixel_values=None, output_hidden_states=None, labels=None, return_dict=None, output_attentions=None):
         """``output_attentions=True`` adds the per-layer context scores (see ``MobileViTV2Model``;
@@ -417,6 +418,7 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
 
     head = "segmentation"
     _function = "semantic_segmentation"
+    _head_function = "deeplabv3"
 
     def __call__(self, pixel_values=None, labels=None, output_hidden_states=None, return_dict=None, output_attentions=None):
         """``output_attentions=True`` fills ``attentions`` with the per-layer context scores (see

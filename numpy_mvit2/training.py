@@ -26,7 +26,7 @@ from .fast.executors import THREAD_PART_ELEMENTS, blas_limited, parallel, parts_
 from .optim import SGD, AdamW, CosineWithWarmup, Optimizer, clip_grad_norm, no_decay_groups, trainable_names
 from .weights.convert import assign
 
-__all__ = ["value_and_grad", "trainable_names", "SGD", "AdamW", "Optimizer", "CosineWithWarmup", "clip_grad_norm",
+__all__ = ["value_and_grad", "head_value_and_grad", "trainable_names", "SGD", "AdamW", "Optimizer", "CosineWithWarmup", "clip_grad_norm",
            "no_decay_groups"]
 
 MOMENTUM = 0.1
@@ -331,13 +331,31 @@ def value_and_grad(model, pixel_values, labels=None, *, train: bool = False, inp
     return _value_and_grad(model, pixel_values, labels, train=train, input_grad=input_grad, generator=generator)
 
 
-def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator, masks=None):
+def head_value_and_grad(model, features, labels, *, train: bool = False, generator: np.random.Generator | None = None):
+    """``value_and_grad`` of the head alone, on the backbone's output ``features``
+    (``last_hidden_state``, [B, C5, h, w]), for a frozen backbone (a linear probe): the loss of
+    the head's function of ``numpy_mvit2.blocks`` (``classification_head`` or ``deeplabv3``) and
+    its gradient with respect to the head's parameters only (names outside ``mobilevitv2.``).
+    ``train`` applies to the head's batch norms and dropout; the backbone that made ``features``
+    ran as the caller ran it (in eval mode, as a frozen feature extractor)."""
+    if model.head == "base":
+        raise ValueError("head_value_and_grad needs a model with a head (classification or segmentation)")
+    return _value_and_grad(model, features, labels, train=train, input_grad=False, generator=generator, head_only=True)
+
+
+def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator, masks=None, head_only=False):
     """``value_and_grad``; ``masks``: None, or a list that receives the dropout masks drawn, in
-    order (``crosscheck.crosscheck_gradients`` hands them to PyTorch)."""
+    order (``crosscheck.crosscheck_gradients`` hands them to PyTorch); ``head_only``: the input is
+    the backbone's output (``head_value_and_grad``)."""
     if train and model.batch_norm_folded:
         raise ValueError("value_and_grad(train=True) needs the batch norms unfolded: they normalise with the batch's "
                          "statistics while training; load the model with fold_batch_norm=False")
-    pixels = model._pixels(pixel_values)
+    if head_only:
+        pixels = np.ascontiguousarray(pixel_values, dtype=model.dtype)
+        if pixels.ndim != 4 or len(pixels) == 0:
+            raise ValueError(f"features must be a non-empty [batch, channels, height, width] array, got shape {pixels.shape}")
+    else:
+        pixels = model._pixels(pixel_values)
     head = model.head
     if labels is None:
         raise ValueError("value_and_grad needs labels: " + ("the gradient of the loss with respect to last_hidden_state"
@@ -349,9 +367,11 @@ def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator
     # our threads split a batch's work, BLAS on one thread meanwhile (see "Running a kernel on parts
     # of its arrays"); a single image's convolutions, or a batch too small to split, are left to BLAS's threads
     with blas_limited() if len(pixels) > 1 and _threads_for(pixels.size) > 1 else contextlib.nullcontext():
-        loss, grads = _forward_and_backward(model, tape, pixels, labels)
+        loss, grads = _forward_and_backward(model, tape, pixels, labels, head_only)
     params, state = {}, model.state_dict()
     for name in trainable_names(model):
+        if head_only and name.startswith(f"{model.base_model_prefix}."):
+            continue
         value, grad = state[name], grads.get(name)
         params[name] = np.zeros_like(value) if grad is None else np.asarray(grad, dtype=value.dtype).reshape(value.shape)
     for name, new in tape.updates.items():
@@ -364,8 +384,15 @@ def _value_and_grad(model, pixel_values, labels, *, train, input_grad, generator
     return loss, params, np.zeros_like(pixels) if pixel_grad is None else pixel_grad.astype(model.dtype, copy=False)
 
 
-def _forward_and_backward(model, tape, pixels, labels):  # -> loss, {leaf name: gradient}
-    output = model._readable(tape.leaf(pixels, "pixel_values"), tape.leaves(model.params))
+def _forward_and_backward(model, tape, pixels, labels, head_only=False):  # -> loss, {leaf name: gradient}
+    if head_only:
+        # the head's parameters, named as in the checkpoint, as its function takes them (the
+        # segmentation head's are one level down, under segmentation_head)
+        head_params = tape.leaves({k: v for k, v in model.params.items() if k != model.base_model_prefix})
+        head_params = head_params.get("segmentation_head", head_params)
+        output = getattr(blocks, model._head_function)(tape.leaf(pixels, "features"), **head_params, config=model.config)
+    else:
+        output = model._readable(tape.leaf(pixels, "pixel_values"), tape.leaves(model.params))
     if model.head == "base":
         seed = np.asarray(labels)
         if seed.shape != output.shape or seed.dtype.kind not in "biuf":
