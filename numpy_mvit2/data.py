@@ -1,9 +1,11 @@
-"""Image folders for fine-tuning a classifier: the layout, the augmentation, the batches.
+"""Image folders for fine-tuning: the layouts, the augmentation, the batches.
 
-    from numpy_mvit2.data import ImageFolder, batches
+    from numpy_mvit2.data import ImageFolder, SegmentationFolder, batches
     data = ImageFolder("DATA")                       # DATA/train/<class>/, DATA/val/<class>/, or DATA/<class>/
     for pixel_values, labels in batches(data.train, processor, batch_size=16, train=True, seed=0, epoch=0):
         ...                                          # [B, 3, S, S] float32, [B] int64
+    data = SegmentationFolder("DATA")                # DATA/images/ + DATA/masks/ (or under train/ and val/)
+    ...                                              # the same batches, labels [B, S, S] int64 maps
 
 **Layouts.** As Hugging Face's ``imagefolder`` lays a data set out: ``DATA/train/<class>/`` and
 ``DATA/val/<class>/`` (``validation/`` also accepted), or ``DATA/<class>/`` alone, of which
@@ -11,6 +13,15 @@
 ``seed``. The classes are the folder names, sorted; ``data.classes[i]`` is label ``i``. Files are
 taken by their suffix (``IMAGE_SUFFIXES``), in sorted order; a file that turns out not to be an
 image is named and skipped when it is read (``skipped``), as the command line does with images.
+
+**Segmentation**: ``DATA/images/`` and ``DATA/masks/`` (also ``JPEGImages/`` and
+``SegmentationClass/``, as Pascal VOC names them), or both under ``DATA/train/`` and ``DATA/val/``;
+a photo and its mask share a file stem (``x.jpg``, ``x.png``). A mask is a palette ("P", VOC's
+colours) or grey-level PNG whose values are the class ids; ``ignore_index`` (255, transformers'
+``semantic_loss_ignore_index``) marks pixels no loss is taken over. The masks are read once when
+the folder is opened, to find the classes (``DATA/classes.txt``, one name per line, names them;
+else they are numbered); a photo without a mask, a mask of another size, or a colour mask is
+named in ``skipped``.
 
 **Augmentation**, as ml-cvnets' fine-tuning recipes use it: a random resized crop (torchvision's:
 a box of 8% to 100% of the area and aspect ratio 3/4 to 4/3, ten tries, else the centre) resized
@@ -32,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .processing import ImageLoadError, load_image
+from .processing import ImageLoadError, load_image, open_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 VALIDATION_NAMES = ("val", "validation")
@@ -47,7 +58,8 @@ class Split:
     """Image files and their labels (indices into ``ImageFolder.classes``)."""
 
     files: list[Path] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)  # classification
+    masks: list[Path] | None = None  # segmentation: each photo's label map
     skipped: list[str] = field(default_factory=list)  # "path: reason" of the files that were not images
 
     def __len__(self):
@@ -114,6 +126,111 @@ class ImageFolder:
                 f"{len(self.val)} validation images)")
 
 
+MASK_FOLDERS = ("masks", "SegmentationClass", "labels", "annotations")
+PHOTO_FOLDERS = ("images", "JPEGImages")
+MASK_MODES = ("P", "L", "I", "I;16", "1")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:  # -> [H, W] int64 class ids
+    """A label map as stored: a palette PNG's indices, a grey level, a 16-bit value. A colour
+    (RGB) mask is refused: its colours would need a table to become class ids."""
+    image = open_image(path)
+    if image.mode not in MASK_MODES:
+        raise ImageLoadError(path, f"a {image.mode} mask; masks hold class ids: save them as palette (P) or grey (L) PNGs")
+    return np.array(image).astype(np.int64)
+
+
+class SegmentationFolder:
+    """The train and validation splits of a segmentation data folder (see the module docstring):
+    ``classes`` (names, index = class id), ``train`` and ``val`` (``Split``s with ``masks``)."""
+
+    def __init__(self, root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0,
+                 ignore_index: int = 255, workers: int = 2):
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such folder (a segmentation data folder holds images/ and masks/)")
+        if not 0 < val_fraction < 1:
+            raise DataError(f"val_fraction must lie between 0 and 1, got {val_fraction}")
+        self.root, self.ignore_index = root, ignore_index
+        validation = next((root / n for n in VALIDATION_NAMES if (root / n).is_dir()), None)
+        if (root / "train").is_dir() and validation is not None:
+            self.train, self.val = self._pairs(root / "train"), self._pairs(validation)
+            self.layout = f"{root / 'train'} and {validation}"
+        else:
+            pairs = self._pairs(root)
+            if len(pairs) < 2:
+                raise DataError(f"{root}: {len(pairs)} photo(s) with a mask; holding some out for validation needs two or more")
+            order = np.random.default_rng(seed).permutation(len(pairs))
+            count = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+            held, kept = sorted(order[:count]), sorted(order[count:])
+            self.train = Split([pairs.files[i] for i in kept], masks=[pairs.masks[i] for i in kept], skipped=pairs.skipped)
+            self.val = Split([pairs.files[i] for i in held], masks=[pairs.masks[i] for i in held])
+            self.layout = f"{root}, {val_fraction:.0%} held out"
+        for split in (self.train, self.val):
+            self._check_masks(split, workers)
+        if not self.train.files:
+            raise DataError(f"{root}: no usable photo with its mask ({'; '.join(self.train.skipped[:3]) or 'none found'})")
+        found = max(self.class_ids, default=0) + 1
+        names = root / "classes.txt"
+        if names.is_file():
+            self.classes = [line.strip() for line in names.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            if len(self.classes) < found:
+                raise DataError(f"{names}: {len(self.classes)} class names, but the masks hold class id {found - 1}")
+        else:
+            self.classes = [str(i) for i in range(found)]
+        if len(self.classes) < 2:
+            raise DataError(f"{root}: the masks hold one class; a segmentation model needs at least two")
+
+    def _pairs(self, folder: Path) -> Split:
+        photos = next((folder / n for n in PHOTO_FOLDERS if (folder / n).is_dir()), None)
+        masks = next((folder / n for n in MASK_FOLDERS if (folder / n).is_dir()), None)
+        if photos is None or masks is None:
+            raise DataError(f"{folder}: expected an images/ (or JPEGImages/) folder and a masks/ (or "
+                            f"SegmentationClass/) folder beside it")
+        by_stem = {p.stem: p for p in _image_files(masks)}
+        split = Split(masks=[])
+        for photo in _image_files(photos):
+            if photo.stem in by_stem:
+                split.files.append(photo)
+                split.masks.append(by_stem[photo.stem])
+            else:
+                split.skipped.append(f"{photo}: no mask {photo.stem}.* in {masks}")
+        return split
+
+    def _check_masks(self, split: Split, workers: int) -> None:
+        """Read every mask once: the class ids found, and the pairs that cannot be used left out."""
+        def ids(k):
+            try:
+                mask = load_mask(split.masks[k])
+                with Image.open(split.files[k]) as photo:  # the header only: the size
+                    size = photo.size
+            except (ImageLoadError, OSError, ValueError) as error:
+                return None, str(error)
+            if mask.shape[::-1] not in (size, size[::-1]):  # (a photo may stand upright by its EXIF)
+                return None, f"{split.masks[k]}: a {mask.shape[1]}x{mask.shape[0]} mask for a {size[0]}x{size[1]} photo"
+            return np.unique(mask), None
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            results = list(pool.map(ids, range(len(split))))
+        kept = [k for k, (_, error) in enumerate(results) if error is None]
+        split.skipped += [error for _, error in results if error is not None]
+        split.files, split.masks = [split.files[k] for k in kept], [split.masks[k] for k in kept]
+        values = set().union(*(results[k][0].tolist() for k in kept)) if kept else set()
+        self.class_ids = getattr(self, "class_ids", set()) | (values - {self.ignore_index})
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.classes))
+
+    def __repr__(self):
+        return (f"SegmentationFolder({self.layout}: {len(self.classes)} classes, {len(self.train)} training and "
+                f"{len(self.val)} validation images)")
+
+
 def random_resized_crop_box(rng: np.random.Generator, width: int, height: int, scale=(0.08, 1.0),
                             ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
     """``(left, top, crop width, crop height)``: torchvision's ``RandomResizedCrop.get_params``. Ten
@@ -146,26 +263,45 @@ def _crop_size(processor) -> tuple[int, int]:
     return side, side
 
 
-def prepare(image: Image.Image, processor, rng: np.random.Generator | None) -> np.ndarray:  # -> [3, S, S] float32
-    """One image as the model takes it: augmented from ``rng`` (random resized crop to the crop
-    size, horizontal flip half the time) then rescaled and put in the processor's channel order,
-    or, with ``rng`` None, prepared by the processor as at inference."""
+def prepare(image: Image.Image, processor, rng: np.random.Generator | None, mask: np.ndarray | None = None):
+    """One image as the model takes it, ``[3, S, S]`` float32: augmented from ``rng`` (random
+    resized crop to the crop size, horizontal flip half the time) then rescaled and put in the
+    processor's channel order, or, with ``rng`` None, prepared by the processor as at inference.
+    With a ``mask`` (``[H, W]`` class ids), ``(pixels, labels [S, S] int64)``: the mask cropped,
+    resized (nearest) and flipped with its photo."""
     if rng is None:
-        return processor(image, return_tensors="np")["pixel_values"][0]
+        if mask is None:
+            return processor(image, return_tensors="np")["pixel_values"][0]
+        out = processor(image, segmentation_maps=mask, return_tensors="np")
+        return out["pixel_values"][0], out["labels"][0]
     height, width = _crop_size(processor)
     left, top, w, h = random_resized_crop_box(rng, image.width, image.height)
-    image = image.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-    if rng.random() < 0.5:
+    box = (left, top, left + w, top + h)
+    image = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
+    flip = rng.random() < 0.5
+    if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return processor(image, do_resize=False, do_center_crop=False, return_tensors="np")["pixel_values"][0]
+    pixels = processor(image, do_resize=False, do_center_crop=False, return_tensors="np")["pixel_values"][0]
+    if mask is None:
+        return pixels
+    # nearest-neighbour on the class ids, through a 32-bit image (ids may pass 255)
+    labels = np.array(Image.fromarray(mask.astype(np.int32)).resize((width, height), Image.Resampling.NEAREST, box=box))
+    return pixels, (labels[:, ::-1] if flip else labels).astype(np.int64)
+
+
+def batch_count(images: int, batch_size: int, train: bool) -> int:
+    """How many batches ``batches`` makes of ``images`` (before any file is found broken)."""
+    count = math.ceil(images / batch_size)
+    return count - 1 if train and count > 1 and images % batch_size == 1 else count
 
 
 def batches(split: Split, processor, *, batch_size: int, train: bool, seed: int = 0, epoch: int = 0,
             workers: int = 2):
-    """``(pixel_values [B, 3, S, S] float32, labels [B] int64)`` over ``split``: shuffled (and
-    augmented) from ``np.random.default_rng((seed, epoch))`` when ``train``, in order otherwise;
-    the last batch may be smaller. Images are decoded on ``workers`` threads, a batch ahead of the
-    one handed out. A file that is not a usable image is named in ``split.skipped`` and left out."""
+    """``(pixel_values [B, 3, S, S] float32, labels [B] int64)`` over ``split`` (a segmentation
+    split: ``labels [B, S, S]`` int64 maps): shuffled (and augmented) from
+    ``np.random.default_rng((seed, epoch))`` when ``train``, in order otherwise; the last batch may
+    be smaller (when training, never a single image: that one joins the batch before). Images are decoded on ``workers`` threads, a batch ahead of the one handed out. A
+    file that is not a usable image is named in ``split.skipped`` and left out."""
     if batch_size < 1:
         raise DataError(f"batch_size must be 1 or more, got {batch_size}")
     rng = np.random.default_rng((seed, epoch))
@@ -177,12 +313,19 @@ def batches(split: Split, processor, *, batch_size: int, train: bool, seed: int 
     def load(i):
         try:
             image = load_image(split.files[i])
+            mask = None if split.masks is None else load_mask(split.masks[i])
         except ImageLoadError as error:
             return i, None, str(error)
+        if mask is not None and mask.shape != (image.height, image.width):  # the photo turned by its EXIF
+            return i, None, f"{split.masks[i]}: a {mask.shape[1]}x{mask.shape[0]} mask for a {image.width}x{image.height} photo"
         generator = None if image_seeds[i] is None else np.random.default_rng(image_seeds[i])
-        return i, prepare(image, processor, generator), None
+        return i, prepare(image, processor, generator, mask), None
 
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if train and len(chunks) > 1 and len(chunks[-1]) == 1:
+        # a lone last image joins the batch before it: a batch norm cannot normalise one value per
+        # channel (DeepLabV3's pooled branch), and PyTorch's refuses to, as ours does
+        chunks[-2:] = [np.concatenate(chunks[-2:])]
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="numpy_mvit2-data") as pool:
         pending = [pool.map(load, chunk) for chunk in chunks[:2]]
         for k in range(len(chunks)):
@@ -194,6 +337,11 @@ def batches(split: Split, processor, *, batch_size: int, train: bool, seed: int 
             for _, _, error in results:
                 if error is not None and error not in split.skipped:
                     split.skipped.append(error)
-            if kept:
+            if not kept:
+                continue
+            if split.masks is None:
                 yield (np.stack([pixels for _, pixels in kept]).astype(np.float32, copy=False),
                        np.array([split.labels[i] for i, _ in kept], dtype=np.int64))
+            else:
+                yield (np.stack([pair[0] for _, pair in kept]).astype(np.float32, copy=False),
+                       np.stack([pair[1] for _, pair in kept]))
