@@ -395,7 +395,7 @@ def behavior_overrides(behavior: str | None) -> dict:
     return {} if behavior is None else {"behavior": behavior}
 
 
-def load_model(cls, name: str, command: str, default: str, behavior: str | None = None):
+def load_model(cls, name: str, command: str, default: str, behavior: str | None = None, **load):
     path = Path(name)
     # a folder, or a weights file with its config.json beside it (as from_pretrained reads them)
     config_path = (path.parent if path.is_file() else path) / "config.json"
@@ -408,7 +408,7 @@ def load_model(cls, name: str, command: str, default: str, behavior: str | None 
             raise ModelError(f"{name} is {HEAD_WORDS[head]} checkpoint (config.json's architectures); "
                              f"`{command}` needs {HEAD_WORDS[cls.head]} one, such as {default}")
     try:
-        return cls.from_pretrained(name, **behavior_overrides(behavior))
+        return cls.from_pretrained(name, **behavior_overrides(behavior), **load)
     except LOAD_ERRORS as e:
         raise ModelError(f"cannot load model {name}: {_reason(name, e)}") from None
 
@@ -905,6 +905,74 @@ def cmd_info(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# finetune
+# --------------------------------------------------------------------------------------------
+
+FINETUNE_HELP = """\
+DATA for classification: DATA/train/<class>/ and DATA/val/<class>/ (validation/ also), or
+DATA/<class>/ alone, of which --val-fraction of each class is held out (chosen by --seed); the
+labels are the folder names. For segmentation: DATA/images/ and DATA/masks/ (JPEGImages/ and
+SegmentationClass/ also), or both under train/ and val/; a mask is a palette or grey PNG of class
+ids with the photo's stem, 255 ignored; DATA/classes.txt names the classes, one per line.
+
+The model is MODEL's backbone with a new head sized to the classes (a segmentation checkpoint keeps
+its ASPP). Training: AdamW (or SGD, momentum 0.9), no weight decay on norms and biases, a linear
+warm-up over --warmup of the steps then a cosine decay to 0; random resized crops and horizontal
+flips, prepared as MODEL's preprocessor_config.json says. After every epoch OUT holds a checkpoint
+that transformers loads (model.safetensors, config.json with id2label, preprocessor_config.json),
+resume.safetensors (what --resume continues from), log.jsonl (one JSON object per epoch) and
+curves.png. Files are replaced whole: Ctrl-C or a crash loses at most the epoch in progress, and
+--resume then ends where the uninterrupted run would have. Broken images are named on stderr and
+skipped. Per-epoch results go to stdout, the progress bar to stderr."""
+
+
+def cmd_finetune(args) -> int:
+    from .data import DataError
+    from .finetune import FinetuneError, Recipe, open_data, resume, start
+
+    given = {field: getattr(args, field) for field in RECIPE_FLAGS}
+    try:
+        if args.resume:
+            run = resume(args.out, args.data, quiet=args.quiet, **given)
+            if args.model is not None and args.model != run.base:
+                raise FinetuneError(f"--model {args.model}: the run in {args.out} started from {run.base}")
+            note(f"resuming {args.out} after epoch {run.epoch} of {run.recipe.epochs}", args.quiet)
+        else:
+            recipe = Recipe(**{k: v for k, v in given.items() if v is not None})
+            recipe.check()
+            data = open_data(args.data, recipe)  # before the model: a bad folder is said at once
+            name = args.model or (DEFAULT_CLASSIFIER if recipe.task == "classification" else DEFAULT_SEGMENTER)
+            try:
+                base_head = guess_head(info_config(name, None), default=recipe.task)
+            except LOAD_ERRORS as e:
+                raise ModelError(f"cannot load model {name}: {_reason(name, e)}") from None
+            cls = {"segmentation": MobileViTV2ForSemanticSegmentation}.get(base_head, MobileViTV2ForImageClassification)
+            if base_head == "base":
+                from .modeling import MobileViTV2Model as cls
+            base = load_model(cls, name, "finetune", DEFAULT_CLASSIFIER, fold_batch_norm=False)
+            processor = load_processor(name, base.config, args.quiet)
+            run = start(data, base, processor, args.out, recipe, base_name=name, quiet=args.quiet)
+            note(f"{data!r}; {run.steps_per_epoch} steps per epoch", args.quiet)
+    except (DataError, FinetuneError) as e:
+        raise UsageError(str(e)) from None
+    try:
+        run.fit()
+    except FinetuneError as e:
+        raise ModelError(str(e)) from None
+    except (KeyboardInterrupt, Interrupted):
+        if run.epoch:
+            print(f"{PROG} finetune: epoch {run.epoch} is saved in {printable(args.out)}; "
+                  f"run the same command with --resume to go on", file=sys.stderr)
+        raise
+    print(f"saved to {printable(args.out)}")
+    return EXIT_OK
+
+
+RECIPE_FLAGS = ("task", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "warmup", "freeze_backbone",
+                "image_size", "seed", "val_fraction", "accumulate", "max_grad_norm")
+
+
+# --------------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------------
 
@@ -926,6 +994,26 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _seed_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 2**63 - 1, got {value}")
     return value
 
 
@@ -1004,6 +1092,43 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print {model, head, behavior, input_shape, params, params_folded, macs, rows: [{name, stage, kind, "
                            "output_shape, params, params_folded, macs}]} as JSON")
     info.set_defaults(func=cmd_info)
+
+    from .finetune import OPTIMIZERS, TASKS, Recipe
+
+    defaults = Recipe()
+    finetune = commands.add_parser("finetune", help="Fine-tune a checkpoint on an image folder (NumPy only).",
+                                   description="Fine-tune MobileViTV2 on a folder of images: a new head sized to "
+                                               "its classes, trained with NumPy alone; every epoch saved as a "
+                                               "checkpoint transformers loads.",
+                                   epilog=f"{FINETUNE_HELP}\n\n{MODEL_HELP}\n\n{EXIT_HELP}", formatter_class=HelpFormatter)
+    finetune.set_defaults(subparser=finetune, func=cmd_finetune)
+    finetune.add_argument("data", metavar="DATA", help="the data folder (layouts below)")
+    finetune.add_argument("--model", "-m", metavar="MODEL",
+                          help=f"the checkpoint to start from (default: {DEFAULT_CLASSIFIER}, or {DEFAULT_SEGMENTER} "
+                               "for --task segmentation; with --resume: the run's)")
+    finetune.add_argument("--out", "-o", required=True, metavar="DIR",
+                          help="the folder for the checkpoint, log and plot (new or empty; with --resume: the run's)")
+    finetune.add_argument("--task", choices=tuple(TASKS), help=f"default: {defaults.task}")
+    finetune.add_argument("--epochs", type=_positive_int, metavar="N", help=f"default: {defaults.epochs}")
+    finetune.add_argument("--batch-size", "-b", type=_positive_int, metavar="N", help=f"default: {defaults.batch_size}")
+    finetune.add_argument("--lr", type=_number, metavar="LR", help=f"the peak learning rate (default: {defaults.lr:g})")
+    finetune.add_argument("--weight-decay", type=_number, metavar="WD",
+                          help=f"on convolution and linear weights (default: {defaults.weight_decay:g})")
+    finetune.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {defaults.optimizer}")
+    finetune.add_argument("--warmup", type=_fraction, metavar="FRACTION",
+                          help=f"the fraction of the steps the learning rate warms up over (default: {defaults.warmup:g})")
+    finetune.add_argument("--freeze-backbone", action="store_true", default=None,
+                          help="a linear probe: train the head alone, the backbone fixed in eval mode")
+    finetune.add_argument("--image-size", type=_positive_int, metavar="S",
+                          help="the square crop to train on (default: MODEL's crop_size)")
+    finetune.add_argument("--seed", type=_seed_number, metavar="N", help=f"every random draw comes from it (default: {defaults.seed})")
+    finetune.add_argument("--val-fraction", type=_fraction, metavar="FRACTION",
+                          help=f"held out of DATA/<class>/ for validation (default: {defaults.val_fraction:g})")
+    finetune.add_argument("--accumulate", type=_positive_int, metavar="N",
+                          help="batches whose gradients make one step (default: 1)")
+    finetune.add_argument("--max-grad-norm", type=_number, metavar="NORM", help="clip the gradients' total norm (default: no clipping)")
+    finetune.add_argument("--resume", action="store_true", help="continue the run saved in DIR from its last epoch")
+    finetune.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notes")
     return parser
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from numpy_mvit2 import MobileViTImageProcessor
-from numpy_mvit2.data import DataError, ImageFolder, batches, prepare, random_resized_crop_box
+from numpy_mvit2.data import DataError, ImageFolder, SegmentationFolder, batch_count, batches, prepare, random_resized_crop_box
 
 PROCESSOR = MobileViTImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, resample=2)
 
@@ -130,3 +130,86 @@ def test_folders_that_cannot_be_used(tmp_path):
         ImageFolder(tmp_path / "three")
     with pytest.raises(DataError, match="val_fraction"):
         ImageFolder(tmp_path / "three", val_fraction=1.5)
+
+
+def _write_pairs(root: Path, count: int, seed: int, photos="images", masks="masks", size=(48, 40), ids=(0, 1, 2)):
+    """Photos whose red channel is 80 x the class id of their palette mask (blocks of 8x8 pixels)."""
+    rng = np.random.default_rng(seed)
+    (root / photos).mkdir(parents=True, exist_ok=True)
+    (root / masks).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        blocks = rng.choice(ids, (size[1] // 8, size[0] // 8))
+        mask = np.kron(blocks, np.ones((8, 8), int)).astype(np.uint8)
+        pixels = np.zeros((*mask.shape, 3), np.uint8)
+        pixels[..., 0] = 80 * mask
+        Image.fromarray(pixels).save(root / photos / f"p{i:02d}.png")
+        palette = Image.fromarray(mask, mode="P")
+        # a palette of distinct colours: Pillow saves a P image without one as if its indices were grey levels
+        palette.putpalette([c for k in range(256) for c in (k, (37 * k) % 256, (101 * k) % 256)])
+        palette.save(root / masks / f"p{i:02d}.png")
+
+
+def test_segmentation_layouts_and_classes(tmp_path):
+    _write_pairs(tmp_path / "flat", 10, seed=0)
+    data = SegmentationFolder(tmp_path / "flat", val_fraction=0.2, seed=1)
+    assert data.classes == ["0", "1", "2"] and len(data.train) == 8 and len(data.val) == 2
+    assert [m.stem for m in data.train.masks] == [p.stem for p in data.train.files]
+    assert not set(data.train.files) & set(data.val.files)
+
+    for split, count in (("train", 4), ("val", 2)):  # VOC's folder names, under train/ and val/
+        _write_pairs(tmp_path / "voc" / split, count, seed=len(split), photos="JPEGImages", masks="SegmentationClass")
+    (tmp_path / "voc" / "classes.txt").write_text("background\ncat\ndog\nowl\n")
+    data = SegmentationFolder(tmp_path / "voc")
+    assert data.classes == ["background", "cat", "dog", "owl"] and len(data.train) == 4 and len(data.val) == 2
+    assert data.id2label[3] == "owl"
+
+    _write_pairs(tmp_path / "ignored", 3, seed=0, ids=(0, 1, 255))  # 255 marks ignored pixels, not a class
+    assert SegmentationFolder(tmp_path / "ignored").classes == ["0", "1"]
+
+
+def test_segmentation_pairs_that_cannot_be_used_are_named(tmp_path):
+    root = tmp_path / "data"
+    _write_pairs(root, 6, seed=0)
+    Image.new("RGB", (48, 40)).save(root / "images" / "lonely.png")  # no mask
+    Image.new("RGB", (48, 40)).save(root / "masks" / "p00.png")  # a colour mask
+    Image.new("L", (20, 20)).save(root / "masks" / "p01.png")  # another size
+    data = SegmentationFolder(root, val_fraction=0.3)
+    skipped = " ".join(data.train.skipped + data.val.skipped)
+    assert "lonely.png" in skipped and "p00.png" in skipped and "RGB" in skipped and "p01.png" in skipped
+    assert len(data.train) + len(data.val) == 4
+    with pytest.raises(DataError, match="images/"):
+        SegmentationFolder(tmp_path)  # neither images/ nor masks/
+    _write_pairs(tmp_path / "one", 3, seed=0, ids=(0,))
+    with pytest.raises(DataError, match="one class"):
+        SegmentationFolder(tmp_path / "one")
+    (tmp_path / "short").mkdir()
+    _write_pairs(tmp_path / "short", 3, seed=0, ids=(0, 1, 2))
+    (tmp_path / "short" / "classes.txt").write_text("background\ncat\n")
+    with pytest.raises(DataError, match="class id 2"):
+        SegmentationFolder(tmp_path / "short")
+
+
+def test_a_mask_is_cropped_and_flipped_with_its_photo(tmp_path):
+    _write_pairs(tmp_path / "data", 12, seed=3)
+    data = SegmentationFolder(tmp_path / "data", val_fraction=0.25)
+    for pixels, labels in batches(data.train, PROCESSOR, batch_size=4, train=True, seed=2):
+        assert labels.shape == (len(pixels), 32, 32) and labels.dtype == np.int64
+        red = pixels[:, 2] * 255  # BGR: the red channel is the last
+        # inside a block, away from its edges (where bilinear pixels blend two classes), the photo tells the class
+        padded = np.pad(labels, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        clear = np.all([padded[:, 1 + dy:33 + dy, 1 + dx:33 + dx] == labels
+                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+        assert clear.mean() > 0.3
+        np.testing.assert_array_equal(np.round(red / 80)[clear], labels[clear])
+    (pixels, labels), = batches(data.val, PROCESSOR, batch_size=8, train=False)
+    assert labels.shape == (3, 32, 32)
+
+
+def test_a_lone_last_training_image_joins_the_batch_before(flat):
+    data = ImageFolder(flat, val_fraction=0.1, seed=0)  # 27 training images
+    assert len(data.train) == 27
+    sizes = [len(y) for _, y in batches(data.train, PROCESSOR, batch_size=13, train=True)]
+    assert sizes == [13, 14] and batch_count(27, 13, train=True) == 2
+    sizes = [len(y) for _, y in batches(data.train, PROCESSOR, batch_size=13, train=False)]
+    assert sizes == [13, 13, 1] and batch_count(27, 13, train=False) == 3
+    assert batch_count(1, 4, train=True) == 1 and batch_count(8, 4, train=True) == 2
