@@ -959,6 +959,9 @@ def cmd_finetune(args) -> int:
         run.fit()
     except FinetuneError as e:
         raise ModelError(str(e)) from None
+    except OSError as e:  # the disk filled, the folder went away: what was saved before stays whole
+        where = f" {e.filename}" if e.filename else f" in {args.out}"
+        raise ModelError(f"finetune: cannot write{where}: {e.strerror or e}; epochs saved: {run.epoch}") from None
     except (KeyboardInterrupt, Interrupted):
         if run.epoch:
             print(f"{PROG} finetune: epoch {run.epoch} is saved in {printable(args.out)}; "

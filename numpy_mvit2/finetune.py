@@ -450,6 +450,12 @@ def start(data_root, base, base_processor: MobileViTImageProcessor, out, recipe:
         model.config.check_input_size(crop["height"], crop["width"])
     except ValueError as error:
         raise FinetuneError(f"image size {crop['height']}x{crop['width']}: {error}") from None
+    try:  # made now, and written to once, so that a folder that cannot be written is said before an epoch's work
+        out.mkdir(parents=True, exist_ok=True)
+        write_whole(out / ".numpy_mvit2-write-test", lambda f: f.write(b""))
+        os.unlink(out / ".numpy_mvit2-write-test")
+    except OSError as error:
+        raise FinetuneError(f"{out}: cannot write there ({error.strerror or error})") from None
     return Run(model, processor, data, out, recipe, base=base_name, data_root=str(data.root), quiet=quiet, echo=echo)
 
 
@@ -476,38 +482,48 @@ def resume(out, data_root=None, *, quiet: bool = False, echo=print, **changes) -
     """The run saved in ``out``, ready to go on from its last complete epoch. ``data_root``:
     the data folder (default: the one the run was started on); ``changes``: recipe fields given
     again, which must equal the run's."""
+    path = Path(out) / RESUME_FILE
     state, tensors = read_resume_state(out)
-    try:
+    try:  # the file is read as data from anywhere: anything missing or malformed is named, not a crash
         recipe = Recipe(**state["recipe"])
         recipe.check()
-    except (TypeError, FinetuneError) as error:
-        raise FinetuneError(f"{Path(out) / RESUME_FILE}: its recipe cannot be used ({error})") from None
+        config = MobileViTV2Config.from_dict(state["config"])
+        processor = MobileViTImageProcessor.from_dict(state["processor"])
+        params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
+        model = TASKS[recipe.task](config, state_dict=in_order(params, config, recipe.task), dtype=np.float32,
+                                   fold_batch_norm=False)
+        history = [dict(r) for r in state["history"]]
+        if len(history) > recipe.epochs or [r.get("epoch") for r in history] != list(range(1, len(history) + 1)) or not all(
+                isinstance(r.get(key), (int, float, type(None))) for r in history for key in ("train_loss", "val_loss")):
+            raise ValueError(f"its history is not {recipe.epochs} or fewer epochs' records")
+        classes, train_images, base = list(map(str, state["classes"])), int(state["train_images"]), str(state["base"])
+        saved_data = str(state["data"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise FinetuneError(f"{path}: cannot continue from it ({error})") from None
     differ = {k: (v, getattr(recipe, k)) for k, v in changes.items() if v is not None and getattr(recipe, k) != v}
     if differ:
         raise FinetuneError("--resume continues a run with its own settings; these differ from the run's: "
                             + ", ".join(f"{k} {v!r} (the run's: {w!r})" for k, (v, w) in differ.items()))
-    data_root = state["data"] if data_root is None else str(data_root)
-    config = MobileViTV2Config.from_dict(state["config"])
+    data_root = saved_data if data_root is None else str(data_root)
     data = open_data(data_root, recipe, config.semantic_loss_ignore_index)
-    if list(data.classes) != state["classes"] or len(data.train) != state["train_images"]:
+    if list(data.classes) != classes or len(data.train) != train_images:
         raise FinetuneError(f"{data_root}: not the data the run in {out} was trained on (classes "
                             f"{data.classes[:5]}, {len(data.train)} training images; the run's: "
-                            f"{state['classes'][:5]}, {state['train_images']})")
-    params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
-    model = TASKS[recipe.task](config, state_dict=in_order(params, config, recipe.task), dtype=np.float32,
-                               fold_batch_norm=False)
-    processor = MobileViTImageProcessor.from_dict(state["processor"])
-    run = Run(model, processor, data, Path(out), recipe, base=state["base"], data_root=data_root,
-              history=state["history"], quiet=quiet, echo=echo)
+                            f"{classes[:5]}, {train_images})")
+    run = Run(model, processor, data, Path(out), recipe, base=base, data_root=data_root, history=history,
+              quiet=quiet, echo=echo)
     optimizer_state = {}
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            name, field = key[len("optim/"):].rsplit("/", 1)
-            optimizer_state.setdefault(name, {})[field] = value
-    for name, entry in state["optimizer_scalars"].items():
-        optimizer_state.setdefault(name, {}).update(entry)
-    run.optimizer.load_state_dict({"state": optimizer_state, "param_groups": state["optimizer_groups"]})
-    run.schedule.load_state_dict(state["schedule"])
+    try:
+        for key, value in tensors.items():
+            if key.startswith("optim/"):
+                name, field = key[len("optim/"):].rsplit("/", 1)
+                optimizer_state.setdefault(name, {})[field] = value
+        for name, entry in state["optimizer_scalars"].items():
+            optimizer_state.setdefault(name, {}).update(entry)
+        run.optimizer.load_state_dict({"state": optimizer_state, "param_groups": state["optimizer_groups"]})
+        run.schedule.load_state_dict(state["schedule"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise FinetuneError(f"{path}: its optimizer state cannot be restored ({error})") from None
     run.export()  # the checkpoint files may lag the state by an epoch (a stop between the two)
     return run
 

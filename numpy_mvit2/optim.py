@@ -138,8 +138,20 @@ class Optimizer:
         if not isinstance(groups, list) or [g.get("params") for g in groups] != [g["params"] for g in self.param_groups]:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the saved parameter groups are not this "
                              f"optimizer's (other parameters, or grouped otherwise)")
+        for i, group in enumerate(groups):  # hyper-parameters of the kinds this optimizer's are (a file may say anything)
+            for key, value in group.items():
+                default = self.defaults.get(key, 0.0 if key == "initial_lr" else None)
+                kind = (bool,) if isinstance(default, bool) else (tuple, list) if isinstance(default, tuple) else (int, float)
+                if key != "params" and (default is None or not isinstance(value, kind) or
+                                        (kind == (int, float) and (isinstance(value, bool) or not math.isfinite(value)))):
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: param_groups[{i}] {key} = {value!r}")
+            self._check({**self.defaults, **group})
         params = flatten(self.model.params)
         for name, entry in state_dict.get("state", {}).items():
+            if not isinstance(entry, dict) or not all(isinstance(v, np.ndarray) or (isinstance(v, (int, float)) and
+                                                      math.isfinite(v)) for v in entry.values()):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: the state of {name!r} holds something "
+                                 f"other than arrays and numbers")
             if name not in params:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: state for {name!r}, which this model lacks")
             for key, value in entry.items():
@@ -262,7 +274,11 @@ class CosineWithWarmup:
         return {"last_step": self.last_step}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.last_step = int(state_dict["last_step"])
+        step = state_dict["last_step"]
+        if not (isinstance(step, int) and 0 <= step <= self.total_steps):
+            raise ValueError(f"CosineWithWarmup.load_state_dict: last_step must be a whole number from 0 to "
+                             f"{self.total_steps}, got {step!r}")
+        self.last_step = step
         self._apply()
 
 

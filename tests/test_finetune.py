@@ -276,6 +276,38 @@ def test_bad_arguments_exit_2_with_a_clear_message(classifier, folder, tmp_path)
     assert_usage_error(run_cli(folder, *base[:2], "--out", done), "--resume")  # a run there: not started over
     other = class_images(tmp_path / "other", 2, 4)
     assert_usage_error(run_cli(other, "--out", done, "--resume"), "not the data")
+    assert_usage_error(run_cli(folder, *base[:2], "--out", folder / "class_0" / "000.png" / "out"), "cannot write")
+
+
+def _rewrite_resume_state(path: Path, change) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), framework="numpy") as f:
+        state = json.loads(f.metadata()["numpy_mvit2_finetune"])
+    tensors = read_safetensors(path)
+    change(state, tensors)
+    save_file(tensors, str(path), metadata={"numpy_mvit2_finetune": json.dumps(state)})
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda s, t: s.update(recipe={**s["recipe"], "mystery": 1}), "mystery"),
+    (lambda s, t: s.update(config={"hidden_act": 7}), "resume.safetensors"),
+    (lambda s, t: s.update(history=[{"epoch": 3}]), "history"),
+    (lambda s, t: s["optimizer_groups"][0].update(lr="fast"), "lr"),
+    (lambda s, t: s.update(schedule={"last_step": -4}), "last_step"),
+    (lambda s, t: t.pop(next(k for k in t if k.startswith("param/mobilevitv2."))), "resume.safetensors"),
+    (lambda s, t: s.pop("classes"), "classes"),
+], ids=["recipe", "config", "history", "groups", "schedule", "tensor", "classes"])
+def test_a_broken_resume_state_is_named(classifier, folder, tmp_path_factory, change, words):
+    out = tmp_path_factory.mktemp("broken") / "run"
+    run = start(folder, MobileViTV2ForImageClassification.from_pretrained(classifier, fold_batch_norm=False),
+                MobileViTImageProcessor.from_pretrained(classifier), out, Recipe(epochs=2, batch_size=8), quiet=True)
+    run.train_epoch()
+    run.history.append({"epoch": 1, "train_loss": 1.0, "val_loss": None, "val_top1": None})
+    run.save()
+    _rewrite_resume_state(out / "resume.safetensors", change)
+    assert_usage_error(run_cli(folder, "--out", out, "--resume"), words)
 
 
 def test_a_linear_probe_moves_the_head_alone(classifier, folder, tmp_path):
