@@ -972,7 +972,7 @@ def cmd_finetune(args) -> int:
 
 
 RECIPE_FLAGS = ("task", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "warmup", "freeze_backbone",
-                "image_size", "seed", "val_fraction", "accumulate", "max_grad_norm")
+                "image_size", "seed", "val_fraction", "accumulate", "max_grad_norm", "min_crop", "flip")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1129,6 +1129,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"held out of DATA/<class>/ for validation (default: {defaults.val_fraction:g})")
     finetune.add_argument("--accumulate", type=_positive_int, metavar="N",
                           help="batches whose gradients make one step (default: 1)")
+    finetune.add_argument("--min-crop", type=_fraction, metavar="FRACTION",
+                          help=f"the smallest share of the area a random crop takes (default: {defaults.min_crop:g})")
+    finetune.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                          help="no horizontal flips (for digits, text, anything with a handedness)")
     finetune.add_argument("--max-grad-norm", type=_number, metavar="NORM", help="clip the gradients' total norm (default: no clipping)")
     finetune.add_argument("--resume", action="store_true", help="continue the run saved in DIR from its last epoch")
     finetune.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no notes")

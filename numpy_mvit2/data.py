@@ -24,8 +24,9 @@ else they are numbered); a photo without a mask, a mask of another size, or a co
 named in ``skipped``.
 
 **Augmentation**, as ml-cvnets' fine-tuning recipes use it: a random resized crop (torchvision's:
-a box of 8% to 100% of the area and aspect ratio 3/4 to 4/3, ten tries, else the centre) resized
-bilinearly to the processor's crop size, and a horizontal flip half the time; then the
+a box of 8% to 100% of the area, ``crop_scale``, and aspect ratio 3/4 to 4/3, ten tries, else the
+centre) resized bilinearly to the processor's crop size, and a horizontal flip half the time
+(``flip=False``: none, for digits, text or anything with a handedness); then the
 processor's own rescaling and channel order (``do_resize`` and ``do_center_crop`` off). Without
 ``train`` each image is prepared by the processor as at inference. All draws come from
 ``np.random.default_rng((seed, epoch))``: the same seed and epoch give the same batches, whatever
@@ -47,6 +48,7 @@ from .processing import ImageLoadError, load_image, open_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 VALIDATION_NAMES = ("val", "validation")
+CROP_SCALE = (0.08, 1.0)  # the random resized crop's share of the area: torchvision's and ml-cvnets' default
 
 
 class DataError(ValueError):
@@ -263,9 +265,11 @@ def _crop_size(processor) -> tuple[int, int]:
     return side, side
 
 
-def prepare(image: Image.Image, processor, rng: np.random.Generator | None, mask: np.ndarray | None = None):
+def prepare(image: Image.Image, processor, rng: np.random.Generator | None, mask: np.ndarray | None = None, *,
+            crop_scale=CROP_SCALE, flip: bool = True):
     """One image as the model takes it, ``[3, S, S]`` float32: augmented from ``rng`` (random
-    resized crop to the crop size, horizontal flip half the time) then rescaled and put in the
+    resized crop of ``crop_scale`` of the area to the crop size, a horizontal flip half the time
+    unless ``flip`` is false) then rescaled and put in the
     processor's channel order, or, with ``rng`` None, prepared by the processor as at inference.
     With a ``mask`` (``[H, W]`` class ids), ``(pixels, labels [S, S] int64)``: the mask cropped,
     resized (nearest) and flipped with its photo."""
@@ -275,10 +279,10 @@ def prepare(image: Image.Image, processor, rng: np.random.Generator | None, mask
         out = processor(image, segmentation_maps=mask, return_tensors="np")
         return out["pixel_values"][0], out["labels"][0]
     height, width = _crop_size(processor)
-    left, top, w, h = random_resized_crop_box(rng, image.width, image.height)
+    left, top, w, h = random_resized_crop_box(rng, image.width, image.height, scale=crop_scale)
     box = (left, top, left + w, top + h)
     image = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
-    flip = rng.random() < 0.5
+    flip = rng.random() < 0.5 and flip  # (drawn either way: the same crops with flips or without)
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     pixels = processor(image, do_resize=False, do_center_crop=False, return_tensors="np")["pixel_values"][0]
@@ -296,7 +300,7 @@ def batch_count(images: int, batch_size: int, train: bool) -> int:
 
 
 def batches(split: Split, processor, *, batch_size: int, train: bool, seed: int = 0, epoch: int = 0,
-            workers: int = 2):
+            workers: int = 2, crop_scale=CROP_SCALE, flip: bool = True):
     """``(pixel_values [B, 3, S, S] float32, labels [B] int64)`` over ``split`` (a segmentation
     split: ``labels [B, S, S]`` int64 maps): shuffled (and augmented) from
     ``np.random.default_rng((seed, epoch))`` when ``train``, in order otherwise; the last batch may
@@ -319,7 +323,7 @@ def batches(split: Split, processor, *, batch_size: int, train: bool, seed: int 
         if mask is not None and mask.shape != (image.height, image.width):  # the photo turned by its EXIF
             return i, None, f"{split.masks[i]}: a {mask.shape[1]}x{mask.shape[0]} mask for a {image.width}x{image.height} photo"
         generator = None if image_seeds[i] is None else np.random.default_rng(image_seeds[i])
-        return i, prepare(image, processor, generator, mask), None
+        return i, prepare(image, processor, generator, mask, crop_scale=crop_scale, flip=flip), None
 
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     if train and len(chunks) > 1 and len(chunks[-1]) == 1:

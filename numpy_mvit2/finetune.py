@@ -103,6 +103,8 @@ class Recipe:
     val_fraction: float = 0.1  # held out when DATA has no train/ and val/ folders
     accumulate: int = 1
     max_grad_norm: float | None = None
+    min_crop: float = 0.08  # the smallest share of the area a random resized crop takes (torchvision's)
+    flip: bool = True  # horizontal flips half the time (off for digits, text, anything with a handedness)
 
     def check(self) -> None:
         def need(ok, what):
@@ -113,7 +115,15 @@ class Recipe:
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("epochs", "batch_size", "accumulate"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                 f"{name} must be a positive integer, got {value!r}")
+        for name in ("freeze_backbone", "flip"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("lr", "weight_decay", "warmup", "val_fraction", "min_crop", "max_grad_norm"):
+            value = getattr(self, name)
+            need((value is None and name == "max_grad_norm") or (isinstance(value, (int, float)) and not isinstance(value, bool)),
+                 f"{name} must be a number, got {value!r}")
+        need(0 < self.min_crop <= 1, f"min_crop must be a fraction of the area above 0 and at most 1, got {self.min_crop!r}")
         need(self.image_size is None or (isinstance(self.image_size, int) and 32 <= self.image_size <= 2048),
              f"image_size must be an integer from 32 to 2048, got {self.image_size!r}")
         for name in ("lr", "weight_decay"):
@@ -124,7 +134,7 @@ class Recipe:
         need(0 < self.val_fraction < 1, f"val_fraction must lie between 0 and 1, got {self.val_fraction!r}")
         need(self.max_grad_norm is None or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),
              f"max_grad_norm must be a positive number, got {self.max_grad_norm!r}")
-        need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63, f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,9 +194,10 @@ def training_processor(processor: MobileViTImageProcessor, image_size: int | Non
     256 / 288 checkpoint keeps its ratio); unchanged for None."""
     settings = processor.to_dict()
     if image_size is not None:
-        crop = processor.crop_size if processor.do_center_crop else {"height": image_size, "width": image_size}
+        # the resize's ratio to the crop, kept (a processor that does not crop resizes to the size itself)
         edge = processor.size.get("shortest_edge") if isinstance(processor.size, dict) else None
-        ratio = edge / min(crop["height"], crop["width"]) if edge else 1.0
+        crop = processor.crop_size
+        ratio = edge / min(crop["height"], crop["width"]) if edge and processor.do_center_crop else 1.0
         settings["crop_size"] = {"height": image_size, "width": image_size}
         settings["size"] = {"shortest_edge": int(round(image_size * ratio))}
         settings["do_center_crop"] = True
@@ -234,12 +245,14 @@ def _safetensors_bytes(tensors: dict, metadata: dict) -> bytes:
     return save({k: np.require(v, requirements="C") for k, v in tensors.items()}, metadata=metadata)  # (ascontiguousarray makes a 0-d array 1-d)
 
 
-def export_state(model, steps: int) -> dict[str, np.ndarray]:
+def export_state(model, batches: int, frozen: str | None = None) -> dict[str, np.ndarray]:
     """The model's tensors as transformers' ``save_pretrained`` writes them: float32, batch norms
-    unfolded, each with its ``num_batches_tracked`` (the training steps taken)."""
+    unfolded, each with its ``num_batches_tracked``: the train-mode batches run, that updated its
+    running statistics (0 for the batch norms under ``frozen``, a frozen backbone's)."""
     state = {k: np.asarray(v, np.float32) for k, v in model.state_dict().items() if not k.endswith(".num_batches_tracked")}
     for name in [k for k in state if k.endswith(".running_mean")]:
-        state[name.replace(".running_mean", ".num_batches_tracked")] = np.array(steps, np.int64)
+        count = 0 if frozen is not None and name.startswith(frozen) else batches
+        state[name.replace(".running_mean", ".num_batches_tracked")] = np.array(count, np.int64)
     return state
 
 
@@ -270,7 +283,9 @@ class Run:
             self.optimizer = AdamW(model, groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
         else:
             self.optimizer = SGD(model, groups, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
-        self.schedule = CosineWithWarmup(self.optimizer, total_steps=total, warmup_steps=int(round(recipe.warmup * total)))
+        # (at most all but the last step: a one-step run has no warm-up)
+        warmup = min(int(round(recipe.warmup * total)), total - 1)
+        self.schedule = CosineWithWarmup(self.optimizer, total_steps=total, warmup_steps=warmup)
         self.reported = 0  # how many of the data's skipped files were named on stderr
 
     @property
@@ -310,7 +325,7 @@ class Run:
 
     def _batches(self, split, train: bool):
         return batches(split, self.processor, batch_size=self.recipe.batch_size, train=train, seed=self.recipe.seed,
-                       epoch=self.epoch)
+                       epoch=self.epoch, crop_scale=(self.recipe.min_crop, 1.0), flip=self.recipe.flip)
 
     def train_epoch(self) -> float:
         """One pass over the training images; returns the mean loss per image."""
@@ -408,7 +423,9 @@ class Run:
     def export(self) -> None:
         """The checkpoint (model.safetensors, config.json, preprocessor_config.json), the log, the plot."""
         out = self.out
-        weights = _safetensors_bytes(export_state(self.model, self.schedule.last_step), {"format": "pt"})
+        batches_run = self.epoch * batch_count(len(self.data.train), self.recipe.batch_size, True)
+        weights = _safetensors_bytes(export_state(self.model, batches_run, BACKBONE if self.recipe.freeze_backbone else None),
+                                     {"format": "pt"})
         write_whole(out / "model.safetensors", lambda f: f.write(weights))
         config = self.model.config.to_dict()
         config["numpy_mvit2_finetuned"] = {"base": self.base, "data": self.data_root, "epochs": self.epoch,

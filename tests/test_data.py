@@ -213,3 +213,16 @@ def test_a_lone_last_training_image_joins_the_batch_before(flat):
     sizes = [len(y) for _, y in batches(data.train, PROCESSOR, batch_size=13, train=False)]
     assert sizes == [13, 13, 1] and batch_count(27, 13, train=False) == 3
     assert batch_count(1, 4, train=True) == 1 and batch_count(8, 4, train=True) == 2
+
+
+def test_the_augmentation_can_keep_the_whole_image_and_its_handedness():
+    """``crop_scale=(1, 1)`` on an image of a ratio within 3/4..4/3 crops all of it; ``flip=False``
+    never flips, and draws the same crops as with flips."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (36, 40, 3), dtype=np.uint8))
+    whole = PROCESSOR(image.resize((32, 32), Image.Resampling.BILINEAR), do_resize=False, do_center_crop=False,
+                      return_tensors="np")["pixel_values"][0]
+    for seed in range(8):
+        out = prepare(image, PROCESSOR, np.random.default_rng(seed), crop_scale=(1.0, 1.0), flip=False)
+        np.testing.assert_allclose(out, whole, atol=1e-6)
+        flipped = prepare(image, PROCESSOR, np.random.default_rng(seed), crop_scale=(1.0, 1.0))
+        assert np.allclose(flipped, whole, atol=1e-6) or np.allclose(flipped, whole[..., ::-1], atol=1e-6)

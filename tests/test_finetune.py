@@ -261,6 +261,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(classifier, folder, tmp_path)
     assert_usage_error(run_cli(folder, *base, "--lr", "nan"), "--lr")
     assert_usage_error(run_cli(folder, *base, "--optimizer", "lamb"), "--optimizer")
     assert_usage_error(run_cli(folder, *base, "--image-size", "8"), "image")
+    assert_usage_error(run_cli(folder, *base, "--min-crop", "0"), "min_crop")
     assert_usage_error(run_cli(folder, "--model", classifier), "--out")
     assert_usage_error(run_cli(folder, *base, "--resume"), "resume")  # nothing saved there yet
     assert not out.exists()  # nothing written by a refused run
@@ -358,3 +359,18 @@ def test_learns_as_transformers_and_torch_adamw_do(classifier, tmp_path):
     assert theirs[-1]["val_top1"] >= 0.6, theirs  # the folder is learnable in these epochs
     assert abs(ours[-1]["val_top1"] - theirs[-1]["val_top1"]) <= 0.05, (ours, theirs)
     assert abs(ours[-1]["train_loss"] - theirs[-1]["train_loss"]) <= 0.5 * max(theirs[-1]["train_loss"], 0.05), (ours, theirs)
+
+
+def test_recipe_settings_are_checked_and_a_one_step_run_has_no_warmup(classifier, folder, tmp_path):
+    from numpy_mvit2.finetune import FinetuneError
+
+    for bad in (dict(epochs=True), dict(max_grad_norm="x"), dict(flip="no"), dict(lr=float("inf")), dict(min_crop=1.5),
+                dict(warmup=1.0), dict(seed=-1), dict(image_size=16), dict(task="detection")):
+        with pytest.raises(FinetuneError):
+            Recipe(**bad).check()
+    base = MobileViTV2ForImageClassification.from_pretrained(classifier, fold_batch_norm=False)
+    run = start(folder, base, MobileViTImageProcessor.from_pretrained(classifier), tmp_path / "one",
+                Recipe(epochs=1, batch_size=64, warmup=0.9, flip=False, min_crop=0.5), quiet=True)
+    assert run.steps_per_epoch == 1 and run.schedule.get_last_lr()[0] == run.recipe.lr  # the one step at the peak
+    (record,) = run.fit()
+    assert record["lr"] == run.recipe.lr

@@ -58,7 +58,7 @@ def torch_finetune(data_root, base_folder, recipe: Recipe, *, seed: int = 0) -> 
             model.mobilevitv2.eval()
         total_loss, count = 0.0, 0
         for pixels, labels in batches(data.train, processor, batch_size=recipe.batch_size, train=True,
-                                      seed=recipe.seed, epoch=epoch):
+                                      seed=recipe.seed, epoch=epoch, crop_scale=(recipe.min_crop, 1.0), flip=recipe.flip):
             loss = model(torch.from_numpy(pixels), labels=torch.from_numpy(labels)).loss
             optimizer.zero_grad()
             loss.backward()
