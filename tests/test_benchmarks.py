@@ -1,11 +1,13 @@
 """Smoke tests of the benchmark scripts: ``bench_forward.py --quick`` runs, compares the sides on the
-same weights and prints its tables; ``bench_train.py --quick`` likewise for a training step. Speed
-is never asserted; the benchmarks print it."""
+same weights and prints its tables; ``bench_train.py --quick`` likewise for a training step, and
+``bench_finetune.py --quick`` for a fine-tuning epoch. Speed is never asserted; the benchmarks print
+it."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,3 +49,19 @@ def test_quick_training_step_benchmark_runs_and_prints_ratios(tmp_path):
     assert "time ratio numpy/torch" in run.stdout and "memory ratio" in run.stdout
     data = json.loads(results.read_text())
     assert abs(data["numpy"]["loss"] - data["torch"]["loss"]) < 1e-4 * (1 + abs(data["torch"]["loss"]))
+
+
+def test_quick_finetune_benchmark_runs_and_prints_ratio(tmp_path):
+    """``bench_finetune.py --quick``: both sides train an epoch on the same batches and report images/s."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    results = tmp_path / "finetune.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_finetune.py"), "--quick", "--json", str(results)],
+                         check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "speed ratio numpy/torch" in run.stdout and "images/s" in run.stdout
+    data = json.loads(results.read_text())
+    for side in ("numpy", "torch"):
+        assert data[side]["images_per_s"] > 0 and data[side]["images"] == 12 and math.isfinite(data[side]["loss"])
+    assert data["ratio"] > 0
+    # the same weights, batches and recipe: the epoch's mean losses agree (to what AdamW makes of round-off)
+    assert abs(data["numpy"]["loss"] - data["torch"]["loss"]) < 1e-3 * (1 + abs(data["torch"]["loss"]))
