@@ -153,7 +153,7 @@ def illegible(texts) -> list:
 
 @pytest.fixture(scope="module")
 def generated_dir(tmp_path_factory):
-    """One folder for the generated checkpoints of all five notebooks (most share theirs): the
+    """One folder for the generated checkpoints of all six notebooks (most share theirs): the
     test's own, not the user's cache."""
     return tmp_path_factory.mktemp("generated")
 
@@ -161,7 +161,7 @@ def generated_dir(tmp_path_factory):
 @pytest.mark.slow  # a kernel each, minutes in all; the two tests below check the saved notebooks quickly
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path, generated_dir):
-    for module in ("nbclient", "nbformat", "ipykernel", "matplotlib", "torch", "transformers"):
+    for module in ("nbclient", "nbformat", "ipykernel", "matplotlib", "torch", "transformers", "sklearn"):
         require(module)
     notebook, texts = execute(path, tmp_path, generated_dir)
     code_cells = [c for c in notebook.cells if c.cell_type == "code"]
@@ -175,13 +175,14 @@ def test_notebook_executes(path, tmp_path, generated_dir):
                                   f"offset label (cell index, text, points, dpi, offset): {illegible(texts)}")
 
 
-def test_there_are_five_notebooks():
+def test_there_are_six_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         "01_architecture.ipynb",
         "02_separable_attention.ipynb",
         "03_crosscheck_pytorch.ipynb",
         "04_segmentation.ipynb",
         "05_gradients.ipynb",
+        "06_finetune.ipynb",
     ]
 
 
