@@ -5,21 +5,46 @@
   weight decay, parameter groups) on a model's parameters, each step's gradients (ours, from
   ``value_and_grad``) handed to both ``opt.step(grads)`` and, as ``.grad``, to ``torch.optim``:
   the parameters within 1e-12 (float64) and 1e-6 (float32) of PyTorch's.
-- **Whole training steps** with SGD: ten steps of ours (``value_and_grad``, ``opt.step``) and of
-  transformers' model with ``torch.optim.SGD`` (``loss.backward()``, ``opt.step()``) from
-  transformers' own initialisation on the same batches (dropout 0, train-mode batch norm): every
-  loss, parameter and running statistic within 1e-10 of PyTorch's float64 run in float64; in
-  float32 within 5e-3 of it, or ``MARGIN`` times PyTorch's own float32 run's distance from it.
-  (Not the issue's 1e-4, which no float32 run reaches: PyTorch's own float32 run ends up to 0.7
-  away from its float64 run in a running mean near zero and up to 4e-2 in a batch norm's shift,
-  small tensors whose gradient is zero or nearly so in exact arithmetic, where float32 round-off
-  is all the gradient there is; the medians over the tensors are 3e-7 to 2e-5 for PyTorch's
-  float32 run and 5e-7 to 1.4e-5 for ours.)
-  (With AdamW the same comparison is not well posed: its first steps move each parameter by about
-  ``lr * sign(gradient)``, so a gradient element that round-off carries across zero moves its
-  parameter the other way, and PyTorch's float32 AdamW drifts from its float64 run by 6e-4 of
-  the loss in ten steps of the width-0.5 classifier; in float64 the two implementations' different
-  summation orders drift the same way, to 1e-5 of a parameter. Hence the update-rule test above.)
+- **Whole training steps**, ten of ours (``value_and_grad``, ``opt.step``) and of transformers'
+  model with ``torch.optim`` (``loss.backward()``, ``opt.step()``, ``foreach=False``, the same
+  groups and hyper-parameters) from transformers' own initialisation on the same batches
+  (dropout 0, train-mode batch norm), against PyTorch's float64 run: each step's loss, relative,
+  and each tensor (parameters and running statistics) relative to ``max(max|theirs|, lr)``.
+  In float32 the measure is PyTorch's own float32 runs, which training takes far from float64
+  and at random: from other float32 roundings of the same initialisation (``_nudged``: each value
+  one unit in the last place down, up or not) PyTorch's float32 SGD ends 3e-3, 6e-2 or 1 away in
+  the same running mean (the Nesterov classifier). So the measure is the farthest, per step and
+  tensor, of 1 + ``NUDGES`` (8) such runs, and ours must be within ``MARGIN`` (4) times it, or
+  within ``LOSS_TOL`` (1e-4) and ``TOL`` (5e-3). (Against one run ours was up to 45 times
+  farther in a tensor. Against the farthest of five, within 3.2 times in all 12 AdamW
+  configurations tried and in 7 of 8 SGD ones; the eighth, the momentum segmentation case here,
+  needed six. It stays a matter of chance with SGD: one of PyTorch's own runs is beyond
+  ``MARGIN`` times the farthest of 8 others in some tensor in 0 to 2 of 13 tries, per case;
+  never with AdamW.)
+
+  - **SGD** (momentum, Nesterov, weight decay): in float64 everything within 1e-10. In float32
+    the losses within 4e-6; the tensors not within 1e-4, which no float32 run reaches: PyTorch's
+    own end up to 2 away in a running mean near zero and 0.7 in a bias, small tensors whose
+    gradient is zero or nearly so in exact arithmetic, where round-off is all the gradient there
+    is; the medians over the tensors are 3e-7 to 2e-5, ours and PyTorch's alike.
+  - **AdamW** (``no_decay_groups``, lr 1e-3, PyTorch's betas and eps, weight decay 0.05). Adam
+    divides each step by ``sqrt(v) + eps``, so a gradient element below ``eps`` moves its
+    parameter by ``lr * g / (|g| + eps)``, ``lr / eps`` times any difference in ``g``; gradients
+    zero in exact arithmetic (a batch norm's shift followed by another batch norm) or nearly so
+    are round-off, and two correct implementations part there. (First step, float64, lr 2e-3: a
+    bias with ``g = 6.5e-10``, 1.3e-15 apart in the two, ends 2.3e-10 apart, as that predicts.)
+    Measured (both heads; widths 0.5 and 0.75; 64 and 96 pixels; lr 1e-3 and 2e-3; betas 0.999
+    and 0.99; weight decay 0 to 0.05; several seeds and label counts): in float64 every loss
+    within 4e-11 (6e-13 and 6e-15 here), asserted within 1e-10; the tensors 3e-8 to 3e-5 apart
+    (3e-7 here), as far as PyTorch's own float64 run on the same batches with their two images
+    swapped (the same arithmetic in exact terms, other sums), asserted within ``MARGIN`` times
+    that or ``FLOOR64`` (1e-8), below which both are noise (ratios up to 3.2 above it, 11 below).
+    In float32 the gradient noise (up to 1e-4) swamps ``eps``, elements of every tensor take
+    steps of ``lr`` in random directions, and ours and PyTorch's runs end up to 6 ``lr`` away in
+    a tensor, with losses 2e-6 to 4e-4 and 4e-7 to 3e-3 off (not the issue's 1e-4 always).
+    (From ``reference.make_reference``'s random tensors even float64 is not well posed: the
+    segmentation model's losses part by 7e-4 in ten steps, ours from PyTorch's as PyTorch's from
+    itself on swapped batches. Hence transformers' initialisation.)
 - The schedule's rates against ``torch.optim.lr_scheduler``; clipping against
   ``clip_grad_norm_``; a restored optimizer continuing bit for bit; frozen parameters; errors.
 """
@@ -47,8 +72,11 @@ from numpy_mvit2.training import (  # noqa: E402
     value_and_grad,
 )
 
-TOL = {np.float32: 5e-3, np.float64: 1e-10}
-MARGIN = 4.0  # float32: how much farther from PyTorch's float64 run than PyTorch's own float32 run ours may be
+TOL = {np.float32: 5e-3, np.float64: 1e-10}  # per tensor (float32: or MARGIN times PyTorch's own, below)
+LOSS_TOL = {np.float32: 1e-4, np.float64: 1e-10}  # every step's loss, relative (float32: or MARGIN times ...)
+MARGIN = 4.0  # how much farther from PyTorch's float64 run than PyTorch's own runs (module docstring) ours may be
+NUDGES = 8  # float32: PyTorch's own runs from this many other roundings of the initialisation, besides the nearest
+FLOOR64 = 1e-8  # float64 AdamW, per tensor: below this ours and PyTorch's own distances are both noise
 STEPS = 10
 
 
@@ -130,42 +158,72 @@ def _distances(run, reference_run, floor):
     return out
 
 
-def _check_against_torch(head, dtype, ours_opt, torch_opt, randomized):
-    """Ten steps of ours in ``dtype`` against PyTorch's float64 run; in float32, also PyTorch's own
-    float32 run against its float64 one (see the module docstring)."""
-    config, reference, batches = _setup(head, randomized=randomized)
-    model = _ours(config, reference, head, dtype)
-    ours = _train_ours(model, batches, ours_opt(model))
-    exact_model = copy.deepcopy(reference)
-    exact = _train_torch(exact_model, batches, torch_opt(exact_model))
-    errors = _distances(ours, exact)
-    if dtype == np.float64:
-        worst = max(errors, key=errors.get)
-        assert errors[worst] <= TOL[dtype], (worst, errors[worst])
-        return
-    model32 = copy.deepcopy(reference).float()
-    torch32 = _train_torch(model32, batches, torch_opt(model32))
-    own = _distances(torch32, exact)
-    beyond = {k: (e, own[k]) for k, e in errors.items() if e > max(TOL[dtype], MARGIN * own[k])}
-    assert not beyond, beyond
+def _swapped(batches):
+    """The two images (and labels) of each batch in the other order: the same training in exact
+    arithmetic, other sums in floating point."""
+    return [(pixels[::-1].copy(), labels[::-1].copy()) for pixels, labels in batches]
 
 
-def _check_against_torch(head, dtype, ours_opt, torch_opt, lr):
-    """Ten SGD steps of ours in ``dtype`` against PyTorch's float64 run; in float32, also
-    PyTorch's own float32 run against its float64 one (see the module docstring)."""
+def _nudged(model, seed):
+    """``model`` (float32), each value of each tensor moved by one unit in the last place down, up
+    or not, at random: another float32 rounding of the same float64 initialisation, as good as the
+    nearest."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                values = tensor.numpy()  # (the tensor's own memory)
+                step = rng.integers(-1, 2, values.shape)
+                values[...] = np.where(step > 0, np.nextafter(values, np.float32(np.inf)),
+                                       np.where(step < 0, np.nextafter(values, np.float32(-np.inf)), values))
+    return model
+
+
+def _check_against_torch(head, dtype, make_ours, make_torch, float64_floor=None):
+    """Ten steps of ours in ``dtype`` (``make_ours(model)``) against PyTorch's float64 run
+    (``make_torch(groups)``, our optimizer's groups), from transformers' initialisation: every loss
+    within ``LOSS_TOL`` and every tensor within ``TOL``; in float64 with ``float64_floor`` (AdamW),
+    each tensor within ``MARGIN`` times PyTorch's own run on the swapped batches instead, or the
+    floor; in float32 each loss and tensor within ``MARGIN`` times the farthest of PyTorch's own
+    float32 runs too, from the nearest rounding of the initialisation and ``NUDGES`` others (module
+    docstring)."""
     config, reference, batches = _setup(head)
     model = _ours(config, reference, head, dtype)
-    ours = _train_ours(model, batches, ours_opt(model))
+    opt = make_ours(model)
+    lr = opt.param_groups[0]["lr"]
+
+    def torch_opt(m):
+        named = dict(m.named_parameters())
+        return make_torch([{**{k: v for k, v in g.items() if k not in ("params", "initial_lr")},
+                            "params": [named[n] for n in g["params"]]} for g in opt.param_groups])
+
+    ours = _train_ours(model, batches, opt)
     exact_model = copy.deepcopy(reference)
     exact = _train_torch(exact_model, batches, torch_opt(exact_model))
     errors = _distances(ours, exact, lr)
+    losses = [k for k in errors if k.startswith("loss")]
     if dtype == np.float64:
-        worst = max(errors, key=errors.get)
-        assert errors[worst] <= TOL[dtype], (worst, errors[worst])
+        beyond = {k: errors[k] for k in losses if errors[k] > LOSS_TOL[dtype]}
+        if float64_floor is None:
+            beyond.update({k: e for k, e in errors.items() if k not in losses and e > TOL[dtype]})
+        else:
+            swapped_model = copy.deepcopy(reference)
+            own = _distances(_train_torch(swapped_model, _swapped(batches), torch_opt(swapped_model)), exact, lr)
+            beyond.update({k: (e, own[k]) for k, e in errors.items()
+                           if k not in losses and e > max(float64_floor, MARGIN * own[k])})
+        assert not beyond, beyond
         return
-    model32 = copy.deepcopy(reference).float()
-    own = _distances(_train_torch(model32, batches, torch_opt(model32)), exact, lr)
-    beyond = {k: (e, own[k]) for k, e in errors.items() if e > max(TOL[dtype], MARGIN * own[k])}
+    runs = []
+    for seed in (None, *range(NUDGES)):
+        model32 = copy.deepcopy(reference).float()
+        if seed is not None:
+            _nudged(model32, seed)
+        runs.append(_distances(_train_torch(model32, batches, torch_opt(model32)), exact, lr))
+    own = {k: max(run[k] for run in runs) for k in errors}
+    own_loss = max(own[k] for k in losses)  # (the steps' losses part at random too: any step's)
+    beyond = {k: (errors[k], own_loss) for k in losses if errors[k] > max(LOSS_TOL[dtype], MARGIN * own_loss)}
+    beyond.update({k: (e, own[k]) for k, e in errors.items()
+                   if k not in losses and e > max(TOL[dtype], MARGIN * own[k])})
     assert not beyond, beyond
 
 
@@ -175,7 +233,22 @@ def _check_against_torch(head, dtype, ours_opt, torch_opt, lr):
 def test_sgd_ten_training_steps_as_torch(head, dtype, nesterov):
     hyper = dict(lr=1e-2, momentum=0.9, weight_decay=1e-4, nesterov=nesterov)
     _check_against_torch(head, dtype, lambda m: SGD(m, **hyper),
-                         lambda m: torch.optim.SGD(m.parameters(), foreach=False, **hyper), hyper["lr"])
+                         lambda groups: torch.optim.SGD(groups, foreach=False, **hyper))
+
+
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05)  # (eps 1e-8) weight decay on the weights only
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("head", ["classification", "segmentation"])
+def test_adamw_ten_training_steps_as_torch(head, dtype):
+    def make_ours(model):
+        opt = AdamW(model, params=no_decay_groups(model), **ADAMW)
+        assert [g["weight_decay"] for g in opt.param_groups] == [ADAMW["weight_decay"], 0.0]
+        return opt
+
+    _check_against_torch(head, dtype, make_ours, lambda groups: torch.optim.AdamW(groups, foreach=False, **ADAMW),
+                         float64_floor=FLOOR64)
 
 
 UPDATES = {
