@@ -955,6 +955,8 @@ def cmd_finetune(args) -> int:
             note(f"{data!r}; {run.steps_per_epoch} steps per epoch", args.quiet)
     except (DataError, FinetuneError) as e:
         raise UsageError(str(e)) from None
+    except OSError as e:  # writing the checkpoint a resumed run re-exports
+        raise ModelError(f"finetune: cannot write in {printable(args.out)}: {e.strerror or e}") from None
     try:
         run.fit()
     except FinetuneError as e:

@@ -44,10 +44,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .config import MAX_LABELS
 from .processing import ImageLoadError, load_image, open_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 VALIDATION_NAMES = ("val", "validation")
+IGNORED_FOLDERS = ("__MACOSX",)  # what a zip made on a Mac carries beside the data: not a class
+# a validation image is resized whole before its centre crop: one of a wild shape (1 x 100000) is
+# refused rather than resized to billions of pixels (as `numpy-mvit2 classify` refuses it)
+MAX_PREPARED_PIXELS = 4_000_000
 CROP_SCALE = (0.08, 1.0)  # the random resized crop's share of the area: torchvision's and ml-cvnets' default
 
 
@@ -71,7 +76,7 @@ class Split:
 def _class_folders(folder: Path) -> dict[str, list[Path]]:
     """``{class name: its image files, sorted}`` for the sub-folders of ``folder`` (hidden ones left out)."""
     classes = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS):
         classes[sub.name] = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return classes
 
@@ -179,7 +184,15 @@ class SegmentationFolder:
         found = max(self.class_ids, default=0) + 1
         names = root / "classes.txt"
         if names.is_file():
-            self.classes = [line.strip() for line in names.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            lines = names.read_text(encoding="utf-8-sig", errors="replace")[:1_000_000].splitlines()
+            while lines and not lines[-1].strip():
+                lines.pop()
+            blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
+            if blank is not None:  # dropping it would shift every later name onto the wrong class id
+                raise DataError(f"{names}: line {blank + 1} is blank; one class name per line, class id 0 first")
+            if len(lines) > MAX_LABELS:
+                raise DataError(f"{names}: {len(lines)} class names, more than {MAX_LABELS}")
+            self.classes = [line.strip() for line in lines]
             if len(self.classes) < found:
                 raise DataError(f"{names}: {len(self.classes)} class names, but the masks hold class id {found - 1}")
         else:
@@ -208,13 +221,16 @@ class SegmentationFolder:
         def ids(k):
             try:
                 mask = load_mask(split.masks[k])
-                with Image.open(split.files[k]) as photo:  # the header only: the size
-                    size = photo.size
-            except (ImageLoadError, OSError, ValueError) as error:
+                size = load_image(split.files[k]).size  # decoded with the readers' guards: the photo is usable
+            except ImageLoadError as error:
                 return None, str(error)
             if mask.shape[::-1] not in (size, size[::-1]):  # (a photo may stand upright by its EXIF)
                 return None, f"{split.masks[k]}: a {mask.shape[1]}x{mask.shape[0]} mask for a {size[0]}x{size[1]} photo"
-            return np.unique(mask), None
+            ids = np.unique(mask)
+            wild = ids[((ids < 0) | (ids >= MAX_LABELS)) & (ids != self.ignore_index)]
+            if len(wild):
+                return None, f"{split.masks[k]}: class id {int(wild[0])}, outside 0 to {MAX_LABELS - 1} (and not {self.ignore_index}, ignored)"
+            return ids, None
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             results = list(pool.map(ids, range(len(split))))
@@ -296,7 +312,7 @@ def prepare(image: Image.Image, processor, rng: np.random.Generator | None, mask
 def batch_count(images: int, batch_size: int, train: bool) -> int:
     """How many batches ``batches`` makes of ``images`` (before any file is found broken)."""
     count = math.ceil(images / batch_size)
-    return count - 1 if train and count > 1 and images % batch_size == 1 else count
+    return count - 1 if train and count > 1 and (images % batch_size == 1 or batch_size == 1) else count
 
 
 def batches(split: Split, processor, *, batch_size: int, train: bool, seed: int = 0, epoch: int = 0,
@@ -316,7 +332,9 @@ def batches(split: Split, processor, *, batch_size: int, train: bool, seed: int 
 
     def load(i):
         try:
-            image = load_image(split.files[i])
+            resized = not train and processor.do_resize
+            image = load_image(split.files[i], size=processor.size if resized else None,
+                               max_prepared_pixels=MAX_PREPARED_PIXELS if resized else None)
             mask = None if split.masks is None else load_mask(split.masks[i])
         except ImageLoadError as error:
             return i, None, str(error)

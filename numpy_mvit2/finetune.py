@@ -59,8 +59,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .config import MobileViTV2Config
-from .data import ImageFolder, SegmentationFolder, batch_count, batches
+from .config import ConfigError, MobileViTV2Config
+from .data import DataError, ImageFolder, SegmentationFolder, batch_count, batches
 from .modeling import MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 from .ops import interpolate_bilinear
 from .optim import SGD, AdamW, CosineWithWarmup, clip_grad_norm, no_decay_groups, trainable_names
@@ -193,6 +193,7 @@ def training_processor(processor: MobileViTImageProcessor, image_size: int | Non
     """``processor`` with its crop at ``image_size`` (and its shortest edge scaled with it, so a
     256 / 288 checkpoint keeps its ratio); unchanged for None."""
     settings = processor.to_dict()
+    settings["do_reduce_labels"] = False  # the classes are the masks' own ids, in training and validation alike
     if image_size is not None:
         # the resize's ratio to the crop, kept (a processor that does not crop resizes to the size itself)
         edge = processor.size.get("shortest_edge") if isinstance(processor.size, dict) else None
@@ -206,9 +207,13 @@ def training_processor(processor: MobileViTImageProcessor, image_size: int | Non
 
 def open_data(root, recipe: Recipe, ignore_index: int = 255):
     """The data folder for ``recipe.task`` (``data.ImageFolder`` or ``data.SegmentationFolder``)."""
-    if recipe.task == "classification":
-        return ImageFolder(root, val_fraction=recipe.val_fraction, seed=recipe.seed)
-    return SegmentationFolder(root, val_fraction=recipe.val_fraction, seed=recipe.seed, ignore_index=ignore_index)
+    try:
+        if recipe.task == "classification":
+            return ImageFolder(root, val_fraction=recipe.val_fraction, seed=recipe.seed)
+        return SegmentationFolder(root, val_fraction=recipe.val_fraction, seed=recipe.seed, ignore_index=ignore_index)
+    except OSError as error:  # a folder or classes.txt that cannot be read
+        where = error.filename or root
+        raise DataError(f"{where}: cannot read ({error.strerror or error})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,9 +316,12 @@ class Run:
         return self.history
 
     def describe(self, record: dict) -> str:
-        metric = (f"val top-1 {100 * record['val_top1']:.1f}%" if "val_top1" in record
-                  else f"val mIoU {100 * record['val_miou']:.1f}%")
-        val = "no validation images" if record["val_loss"] is None else f"val loss {record['val_loss']:.4f}, {metric}"
+        if record["val_loss"] is None:
+            val = "no validation images"
+        else:
+            metric = (f"val top-1 {100 * record['val_top1']:.1f}%" if "val_top1" in record
+                      else f"val mIoU {100 * record['val_miou']:.1f}%")
+            val = f"val loss {record['val_loss']:.4f}, {metric}"
         return (f"epoch {record['epoch']}/{self.recipe.epochs}: train loss {record['train_loss']:.4f}, {val} "
                 f"(lr {record['lr']:.3g}, {record['seconds']:.1f} s)")
 
@@ -338,6 +346,9 @@ class Run:
         try:
             for k, (pixels, labels) in enumerate(self._batches(self.data.train, train=True)):
                 generator = np.random.default_rng((recipe.seed, self.epoch, k))  # this step's dropout
+                if recipe.task == "segmentation" and np.all(labels == model.config.semantic_loss_ignore_index):
+                    bar.update(1)  # crops on ignored pixels alone: no loss to take (its gradient is 0)
+                    continue
                 if recipe.freeze_backbone:
                     # the frozen backbone's output, in eval mode (its last stage)
                     features = model(pixels, output_hidden_states=True).hidden_states[-1]
@@ -379,8 +390,12 @@ class Run:
         confusion = np.zeros((classes, classes), np.int64)
         ignore = model.config.semantic_loss_ignore_index
         for pixels, labels in self._batches(self.data.val, train=False):
+            # the loss is a mean over the batch's images, or, for segmentation, over its pixels not ignored
+            weight = len(labels) if task == "classification" else int(np.sum(labels != ignore))
+            if weight == 0:
+                continue
             output = model(pixels, labels=labels)
-            loss, count = loss + float(output.loss) * len(labels), count + len(labels)
+            loss, count = loss + float(output.loss) * weight, count + weight
             if task == "classification":
                 correct += int(np.sum(output.logits.argmax(-1) == labels))
             else:
@@ -461,8 +476,11 @@ def start(data_root, base, base_processor: MobileViTImageProcessor, out, recipe:
         data = open_data(data_root, recipe, base.config.semantic_loss_ignore_index)
     processor = training_processor(base_processor, recipe.image_size)
     crop = processor.crop_size
-    model = new_model(base, recipe.task, data.id2label, image_size=crop["height"] if recipe.image_size else None,
-                      seed=recipe.seed)
+    try:
+        model = new_model(base, recipe.task, data.id2label, image_size=crop["height"] if recipe.image_size else None,
+                          seed=recipe.seed)
+    except ConfigError as error:  # (more classes than a config holds, for one)
+        raise FinetuneError(f"{data.root}: {error}") from None
     try:
         model.config.check_input_size(crop["height"], crop["width"])
     except ValueError as error:
@@ -515,7 +533,7 @@ def resume(out, data_root=None, *, quiet: bool = False, echo=print, **changes) -
             raise ValueError(f"its history is not {recipe.epochs} or fewer epochs' records")
         classes, train_images, base = list(map(str, state["classes"])), int(state["train_images"]), str(state["base"])
         saved_data = str(state["data"])
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as error:
         raise FinetuneError(f"{path}: cannot continue from it ({error})") from None
     differ = {k: (v, getattr(recipe, k)) for k, v in changes.items() if v is not None and getattr(recipe, k) != v}
     if differ:
@@ -539,7 +557,7 @@ def resume(out, data_root=None, *, quiet: bool = False, echo=print, **changes) -
             optimizer_state.setdefault(name, {}).update(entry)
         run.optimizer.load_state_dict({"state": optimizer_state, "param_groups": state["optimizer_groups"]})
         run.schedule.load_state_dict(state["schedule"])
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as error:
         raise FinetuneError(f"{path}: its optimizer state cannot be restored ({error})") from None
     run.export()  # the checkpoint files may lag the state by an epoch (a stop between the two)
     return run

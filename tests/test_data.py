@@ -226,3 +226,27 @@ def test_the_augmentation_can_keep_the_whole_image_and_its_handedness():
         np.testing.assert_allclose(out, whole, atol=1e-6)
         flipped = prepare(image, PROCESSOR, np.random.default_rng(seed), crop_scale=(1.0, 1.0))
         assert np.allclose(flipped, whole, atol=1e-6) or np.allclose(flipped, whole[..., ::-1], atol=1e-6)
+
+
+def test_hostile_segmentation_folders_are_named(tmp_path):
+    root = tmp_path / "wild"
+    _write_pairs(root, 5, seed=0)
+    Image.fromarray(np.full((40, 48), 70000, np.int32), mode="I").save(root / "masks" / "p00.tif")
+    (root / "masks" / "p00.png").unlink()  # p00's mask is now a 32-bit TIFF holding class id 70000
+    data = SegmentationFolder(root, val_fraction=0.3)
+    assert any("p00" in line and "70000" in line for line in data.train.skipped + data.val.skipped)
+    assert data.classes == ["0", "1", "2"]
+    (root / "classes.txt").write_bytes("\ufeffbackground\n\ncat\ndog\n".encode())
+    with pytest.raises(DataError, match="line 2 is blank"):
+        SegmentationFolder(root)
+    (root / "classes.txt").write_bytes("\ufeffbackground\ncat\ndog\n\n\n".encode())
+    assert SegmentationFolder(root).classes == ["background", "cat", "dog"]  # no BOM in the first name
+
+
+def test_a_mac_zip_s_folder_is_not_a_class_and_batch_size_one(flat):
+    (flat / "__MACOSX" / "cat").mkdir(parents=True)
+    (flat / "__MACOSX" / "cat" / "._img00.png").write_bytes(b"\x00\x05\x16\x07")
+    data = ImageFolder(flat)
+    assert data.classes == ["cat", "dog", "owl"]
+    sizes = [len(y) for _, y in batches(data.train, PROCESSOR, batch_size=1, train=True)]
+    assert len(sizes) == batch_count(len(data.train), 1, train=True) and sizes[-1] == 2

@@ -374,3 +374,28 @@ def test_recipe_settings_are_checked_and_a_one_step_run_has_no_warmup(classifier
     assert run.steps_per_epoch == 1 and run.schedule.get_last_lr()[0] == run.recipe.lr  # the one step at the peak
     (record,) = run.fit()
     assert record["lr"] == run.recipe.lr
+
+
+def test_no_validation_images_and_crops_on_ignored_pixels_alone(classifier, segmenter, tmp_path):
+    data = tmp_path / "split"
+    class_images(data / "train", 2, 5)
+    (data / "val" / "class_0").mkdir(parents=True)
+    (data / "val" / "class_1").mkdir()
+    result = run_cli(data, "--model", classifier, "--out", tmp_path / "out", "--epochs", "1", "--batch-size", "4", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "no validation images" in result.stdout
+    (record,) = log_of(tmp_path / "out")
+    assert record["val_loss"] is None and record["val_top1"] is None
+
+    voc = segmentation_folder(tmp_path / "voc", 6)
+    void = np.full((52, 60), 255, np.uint8)  # a frame all ignored, in a batch of its own
+    for i in range(2):
+        Image.new("RGB", (60, 52)).save(voc / "images" / f"void{i}.jpg")
+        palette = Image.fromarray(void, mode="P")
+        palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [224, 224, 192] * 253)
+        palette.save(voc / "masks" / f"void{i}.png")
+    base = MobileViTV2ForSemanticSegmentation.from_pretrained(segmenter, fold_batch_norm=False)
+    run = start(voc, base, MobileViTImageProcessor.from_pretrained(segmenter), tmp_path / "seg",
+                Recipe(task="segmentation", epochs=1, batch_size=2, val_fraction=0.25), quiet=True)
+    (record,) = run.fit()
+    assert np.isfinite(record["train_loss"]) and (record["val_loss"] is None or np.isfinite(record["val_loss"]))
