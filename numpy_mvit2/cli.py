@@ -56,7 +56,7 @@ from .processing import (
     post_process_semantic_segmentation,
     voc_palette,
 )
-from .safeio import read_settings_json
+from .safeio import current_umask, read_settings_json
 from .summary import format_summary, summarize
 
 PROG = "numpy-mvit2"
@@ -654,11 +654,7 @@ class Outputs:
     def __init__(self, folder: Path, overwrite: bool):
         self.folder, self.overwrite = folder, overwrite
         self.claimed: set[str] = set()  # this run's file names, casefolded (a case-insensitive disk)
-        # mkstemp makes 0600 files; results get the usual 0666 & ~umask. Reading the umask means
-        # setting it: put back at once, before any file is created.
-        umask = os.umask(0o077)
-        os.umask(umask)
-        self.mode = 0o666 & ~umask
+        self.mode = 0o666 & ~current_umask()  # mkstemp makes 0600 files; results get the usual mode
 
     def claim(self, stem: str) -> tuple[Path, Path]:
         """The (labels, overlay) paths for ``stem``: the first of stem, stem-2, stem-3, ... whose
@@ -982,44 +978,25 @@ RECIPE_FLAGS = ("task", "epochs", "batch_size", "lr", "weight_decay", "optimizer
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _argument(convert, valid, wanted: str, parsed_wanted: str | None = None):
+    """An argparse ``type``: ``convert(text)``, refused unless ``valid(value)``; the messages say
+    what was ``wanted`` (``parsed_wanted``: what text that does not convert was expected to be)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {parsed_wanted or wanted}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def _seed_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 2**63 - 1, got {value}")
-    return value
+_positive_int = _argument(int, lambda v: v >= 1, "a positive integer")
+_fraction = _argument(float, lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1")
+_number = _argument(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0", "a number")
+_seed_number = _argument(int, lambda v: 0 <= v < 2**63, "a whole number from 0 to 2**63 - 1", "a whole number")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,7 @@ from .modeling import MobileViTV2ForImageClassification, MobileViTV2ForSemanticS
 from .ops import interpolate_bilinear
 from .optim import SGD, AdamW, CosineWithWarmup, clip_grad_norm, no_decay_groups, trainable_names
 from .processing import MobileViTImageProcessor
+from .safeio import current_umask
 from .training import head_value_and_grad, value_and_grad
 from .weights.convert import flatten
 from .weights.files import read_safetensors
@@ -231,17 +232,11 @@ def write_whole(path: Path, write) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _safetensors_bytes(tensors: dict, metadata: dict) -> bytes:

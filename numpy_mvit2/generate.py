@@ -48,6 +48,7 @@ import numpy as np
 from .config import MobileViTV2Config
 from .errors import ConfigError
 from .processing import MobileViTImageProcessor
+from .safeio import current_umask
 from .weights.init import random_state_dict
 
 MARKER = "numpy_mvit2_generated"
@@ -206,7 +207,7 @@ def generate_checkpoint(folder: str | os.PathLike, head: str = "classification",
         processor.save_pretrained(staging)
         (staging / "README.md").write_text(model_card(config, head, seed, random_norms), encoding="utf-8")
         # mkdtemp makes the folder 0700 and safetensors its file 0600: a checkpoint is ordinary files
-        mask = _umask()
+        mask = current_umask()
         os.chmod(staging, 0o777 & ~mask)
         for name in FILES:
             os.chmod(staging / name, 0o666 & ~mask)
@@ -216,12 +217,6 @@ def generate_checkpoint(folder: str | os.PathLike, head: str = "classification",
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _move_into_place(staging: Path, folder: Path) -> None:

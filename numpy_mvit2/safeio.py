@@ -40,6 +40,15 @@ MAX_JSON_VALUES = 2**19
 MAX_SETTINGS_BYTES = 16 * 2**20
 MAX_SETTINGS_VALUES = 2**18
 
+def current_umask() -> int:
+    """The process's umask: the permissions a file written through ``mkstemp`` (0600) or a folder
+    made by ``mkdtemp`` (0700) is given before it is renamed into place, so that it ends up as an
+    ordinarily created one would. Reading it means setting it: put back at once."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 
