@@ -160,10 +160,15 @@ def _blas_state() -> _Blas:
     return blas
 
 
+_serial = threading.local()  # .depth: how many ``one_thread`` blocks this thread is in
+
+
 def threads() -> int:
-    """How many threads the fast path uses: ``THREADS``, else ``NUMPY_MVIT2_THREADS``, else BLAS's
-    own thread count; 1 where BLAS's thread count cannot be controlled (then BLAS would compete
-    with our threads for the cores)."""
+    """How many threads the fast path uses: 1 inside ``one_thread``, else ``THREADS``, else
+    ``NUMPY_MVIT2_THREADS``, else BLAS's own thread count; 1 where BLAS's thread count cannot be
+    controlled (then BLAS would compete with our threads for the cores)."""
+    if getattr(_serial, "depth", 0):
+        return 1
     blas = _blas_state()
     if not blas.libraries:
         return 1
@@ -194,6 +199,22 @@ def blas_limited():
             if blas.depth == 0:
                 for lib, count in zip(blas.libraries, blas.saved):
                     lib.set_num_threads(count)
+
+
+@contextmanager
+def one_thread():
+    """The calling thread's passes run on it alone, BLAS on one thread, whatever ``THREADS`` says
+    (other threads are not affected). A pass then sums in one order that depends only on its
+    input: an image's outputs come out bit for bit the same on any machine's thread count, in any
+    process, which splitting a batch into parts (or an image into bands) does not give. Several
+    threads, each in ``one_thread`` and each on its own images, use the cores as well as the
+    batch parts do (benchmarks/README.md, "Streaming inference")."""
+    _serial.depth = getattr(_serial, "depth", 0) + 1
+    try:
+        with blas_limited():
+            yield
+    finally:
+        _serial.depth -= 1
 
 
 # --------------------------------------------------------------------------------------------
