@@ -17,7 +17,10 @@ from ._signals import _exit_now, take_signals  # noqa: F401 - take_signals: also
 
 
 def main() -> int:
-    take_signals()
+    try:
+        take_signals()
+    except KeyboardInterrupt:  # a Ctrl-C in the instant before the handler was in place
+        _exit_now(signal.SIGINT, None)
     from .cli import Interrupted, remove_temporary_files
     from .cli import main as cli_main
 
