@@ -2,6 +2,7 @@
 
     numpy-mvit2 classify photo.jpg photos/ [--model ID_OR_FOLDER] [--top-k 5] [--json]
     numpy-mvit2 segment photo.jpg --out-dir masks/ [--model ID_OR_FOLDER]
+    numpy-mvit2 classify --paths-from list.txt --output records.jsonl [--resume] [--engine dask --workers N]
     numpy-mvit2 info [--model ID_OR_FOLDER] [--image-size H W]
 
 (also ``python -m numpy_mvit2 ...``). Results go to stdout; errors, notes and the progress bar to
@@ -31,54 +32,50 @@ import sys
 import tempfile
 import textwrap
 import threading
-import traceback
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from ._version import __version__
 from .config import BEHAVIORS, DEFAULT_BEHAVIOR, MobileViTV2Config
-from .errors import CheckpointError, CheckpointNotFoundError
-from .hub import PROBE_TIMEOUT, resolve_file
+from .errors import CheckpointNotFoundError
+from .hub import PROBE_TIMEOUT
+from .inference import (  # noqa: F401 - the command line's names of the building block's pieces
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_PREPARED_PIXELS,
+    DEFAULT_MODELS,
+    HEAD_WORDS,
+    LOAD_ERRORS,
+    Job,
+    ModelError,
+    Predictor,
+    _reason,
+    guess_head,
+    input_key,
+    label_image,
+    load_model,
+    load_processor,
+    made_from,
+    overlay_image,
+    photo_classes,
+    usable_cpus,
+)
 from .modeling import (
     MobileViTV2ForImageClassification,
     MobileViTV2ForSemanticSegmentation,
 )
-from .processing import (
-    PREPROCESSOR_CONFIG,
-    ImageLoadError,
-    MobileViTImageProcessor,
-    load_image,
-    output_size,
-    post_process_image_classification,
-    post_process_semantic_segmentation,
-    voc_palette,
-)
-from .safeio import current_umask, read_settings_json
+from .processing import PREPROCESSOR_CONFIG
+from .safeio import current_umask
+from .streaming import EngineError, RecordFile, StreamError, read_path_list, run_dask, run_local, to_json
 from .summary import format_summary, summarize
 
 PROG = "numpy-mvit2"
-DEFAULT_CLASSIFIER = "apple/mobilevitv2-1.0-imagenet1k-256"
-DEFAULT_SEGMENTER = "apple/mobilevitv2-1.0-voc-deeplabv3"
+DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER = DEFAULT_MODELS["classify"], DEFAULT_MODELS["segment"]
 # What a folder expands to (case-insensitive); a file named on the command line is always tried.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".pbm", ".pgm", ".ppm", ".pnm",
                     ".tif", ".tiff", ".webp")
-# The limits on one image, per command: the largest image they admit must stay under 1 GB of memory
-# and 10 CPU seconds (the hostile-input bar), with one BLAS thread, on noisy photos at the worst
-# aspect ratio the prepared limit admits, JPEG and RGBA PNG (the measurements behind the numbers:
-# benchmarks/README.md, "The limits on one image"):
-# - decoded pixels. classify holds the photo decoded and converted to RGB (up to 8 bytes a pixel)
-#   and little else. segment also upsamples the label scores to the photo's size, holds its class
-#   map and writes two PNGs that size, so its limit is lower, a 4K frame, where a width-2.0 model
-#   just meets the bar (most of it the network on the prepared pixels). Pillow's own limit
-#   (89,478,485) would take segment past the memory bar.
-DEFAULT_MAX_PIXELS = {"classify": 40_000_000, "segment": 8_500_000}
-# - pixels after the checkpoint's resize (before classify's center crop): the resize turns a 1x20000
-#   strip into 288x5,760,000. classify only resizes and rescales them; segment runs the network on
-#   all of them (800,000 = a 2.7:1 panorama at shortest edge 544).
-DEFAULT_MAX_PREPARED_PIXELS = {"classify": 4_000_000, "segment": 800_000}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # stdout's reader has gone (`numpy-mvit2 classify photos/ | head -2`): 128 + SIGPIPE, the status a
 # shell reports for the Unix tools SIGPIPE kills in such a pipe (Python ignores SIGPIPE and gets
@@ -110,6 +107,16 @@ Exit status:
   141  stdout closed (`| head` exited): the run stops at once, quietly
   143  terminated (SIGTERM)"""
 
+STREAM_TEXT = """\
+
+--output FILE.jsonl writes the same records, one a line, as each batch of --batch-size completes
+(nothing on stdout then). --resume skips the inputs FILE has records of and redoes a last line cut
+short by a crash: a run killed at any moment, resumed, ends with every input once. - among the
+inputs (or --paths-from FILE) reads paths, one a line or NUL-separated. --engine dask computes the
+same records on a Dask cluster.
+  find photos -name '*.jpg' -print0 | numpy-mvit2 classify - --output records.jsonl
+"""
+
 JSON_TEXT = """\
 
 The JSON is UTF-8. Characters of a file name that are not valid UTF-8 (bytes Python holds as lone
@@ -127,7 +134,7 @@ or, for an input that failed,
   {"file": "broken.jpg", "error": "truncated or corrupt image data (...)"}
 The predictions are the top-k, best first; score is the softmax probability (a sigmoid for a
 multi-label model). Errors are also named on stderr, and the exit status is 1 if any input failed.
-""" + JSON_TEXT
+""" + STREAM_TEXT + JSON_TEXT
 
 SEGMENT_JSON = LIMITS_HELP + """
 
@@ -145,7 +152,7 @@ temporary files in DIR (.NAME.XXXXXXXX.tmp), removed if the run fails or is inte
    "overlay": "out/cat_overlay.png", "size": [width, height],
    "classes": [{"label": "cat", "index": 8, "fraction": 0.41}, ...]}
 (the classes present, largest area first) or {"file": "broken.jpg", "error": "..."}.
-""" + JSON_TEXT
+""" + STREAM_TEXT + JSON_TEXT
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -181,10 +188,6 @@ class UsageError(Exception):
     """Bad arguments found after parsing: reported like argparse's errors, exit status 2."""
 
 
-class ModelError(Exception):
-    """The model (or its processor settings) cannot be loaded: one message, exit status 1."""
-
-
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
@@ -196,10 +199,8 @@ class Item:
 
     file: str
     error: str | None = None
-    image: Image.Image | None = None  # the upright RGB photo, while it is being processed
-    pixels: np.ndarray | None = None  # its [1, 3, h, w] model input
     outputs: tuple | None = None  # segment: the (labels, overlay) paths claimed for it
-    result: dict = field(default_factory=dict)
+    replace: bool = False  # segment: its files are to be replaced (--overwrite, or made by the run resumed)
 
 
 def expand_inputs(inputs: list[str]) -> list[Item]:
@@ -208,6 +209,14 @@ def expand_inputs(inputs: list[str]) -> list[Item]:
     items = []
     for name in inputs:
         path = Path(name)
+        try:
+            path.stat()
+        except FileNotFoundError:
+            items.append(Item(name, error="no such file or folder"))
+            continue
+        except (OSError, ValueError) as e:  # a name too long, a loop of links, no permission
+            items.append(Item(name, error=f"cannot open ({getattr(e, 'strerror', None) or e})"))
+            continue
         if path.is_dir():
             try:
                 found = sorted(p for p in path.iterdir()
@@ -258,19 +267,6 @@ def printable_lines(text) -> str:
     """``printable`` line by line: a message of several lines (the library's: a first line, then
     indented details) keeps its line breaks, and nothing else in it can break a line."""
     return "\n".join(printable(line) for line in str(text).split("\n"))
-
-
-# In JSON, C0 controls are escaped by json.dumps itself; these are valid JSON raw but not as UTF-8
-# (lone surrogates) or not safe on a terminal (C1, bidi controls): written as \uXXXX escapes.
-_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def to_json(value, **kwargs) -> str:
-    """``json.dumps(value)`` that always encodes as UTF-8: non-ASCII text as it is, lone surrogates
-    (a file name's undecodable bytes) as ``\\udcXX`` escapes, which ``json.loads`` turns back into
-    the same surrogates (and ``os.fsencode`` into the original bytes)."""
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, **kwargs)  # NaN is not JSON
-    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def write_json(text: str) -> None:
@@ -359,23 +355,6 @@ def note(text: str, quiet: bool) -> None:
 # Loading the model
 # --------------------------------------------------------------------------------------------
 
-# What loading a hostile checkpoint may raise: the library's errors (ValueError and OSError
-# subclasses) and, as a last resort, what a crafted file can still provoke deeper down.
-LOAD_ERRORS = (CheckpointError, OSError, ValueError, TypeError, LookupError, ArithmeticError, MemoryError,
-               RecursionError)
-
-
-def _reason(name: str, e: BaseException) -> str:
-    """The error's message without a leading repetition of the model's name."""
-    text = str(e)
-    if not isinstance(e, (ValueError, OSError)) or not text:
-        return f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text[len(name) + 2 :] if text.startswith(f"{name}: ") else text
-
-
-HEAD_WORDS = {"base": "a backbone-only (MobileViTV2Model)", "classification": "an image classification",
-              "segmentation": "a semantic segmentation"}
-
 
 def model_location(name: str) -> str:
     """--model as given, with a checkpoint's config.json or preprocessor_config.json standing for
@@ -390,204 +369,146 @@ def model_location(name: str) -> str:
     return name
 
 
-def behavior_overrides(behavior: str | None) -> dict:
-    """``from_pretrained``'s keywords for ``--behavior`` (none: the checkpoint's own framework's)."""
-    return {} if behavior is None else {"behavior": behavior}
-
-
-def load_model(cls, name: str, command: str, default: str, behavior: str | None = None, **load):
-    path = Path(name)
-    # a folder, or a weights file with its config.json beside it (as from_pretrained reads them)
-    config_path = (path.parent if path.is_file() else path) / "config.json"
-    if config_path.is_file():  # say plainly when it holds the other kind of model
-        try:
-            head = guess_head(MobileViTV2Config.from_pretrained(config_path), default=None)
-        except LOAD_ERRORS:
-            head = None  # the loader below reports what is wrong with the file
-        if head is not None and head != cls.head:
-            raise ModelError(f"{name} is {HEAD_WORDS[head]} checkpoint (config.json's architectures); "
-                             f"`{command}` needs {HEAD_WORDS[cls.head]} one, such as {default}")
-    try:
-        return cls.from_pretrained(name, **behavior_overrides(behavior), **load)
-    except LOAD_ERRORS as e:
-        raise ModelError(f"cannot load model {name}: {_reason(name, e)}") from None
-
-
-def check_crop(processor: MobileViTImageProcessor, name: str, max_prepared_pixels: int | None) -> None:
-    """Every image becomes a crop_size model input: a crop over the prepared-pixel limit is the
-    checkpoint's error, reported once."""
-    height, width = processor.crop_size["height"], processor.crop_size["width"]
-    if processor.do_center_crop and max_prepared_pixels is not None and height * width > max_prepared_pixels:
-        raise ModelError(f"cannot use the image processor settings of {name}: crop_size {height}x{width} = "
-                         f"{height * width:,} pixels is over the limit of {max_prepared_pixels:,} prepared pixels "
-                         "(--max-prepared-pixels)")
-
-
-def load_processor(name: str, config: MobileViTV2Config, quiet: bool,
-                   max_prepared_pixels: int | None = None) -> MobileViTImageProcessor:
-    """The checkpoint's preprocessor_config.json; without one, the settings the apple checkpoints
-    use, derived from the model's image_size (with a note)."""
-    try:
-        path = resolve_file(name, PREPROCESSOR_CONFIG, required=False)
-        if path is not None:
-            # read as a file from a stranger: regular, bounded in size and nesting (safeio)
-            settings = read_settings_json(path, error=ValueError, what=PREPROCESSOR_CONFIG)
-            if not isinstance(settings, dict):
-                raise ValueError(f"{path} must hold a JSON object, found {type(settings).__name__}")
-            try:
-                processor = MobileViTImageProcessor.from_dict(settings)
-            except LOAD_ERRORS as e:
-                raise ValueError(f"{path}: {_reason(str(path), e)}") from None
-            check_crop(processor, name, max_prepared_pixels)
-            return processor
-    except LOAD_ERRORS as e:
-        raise ModelError(f"cannot load the image processor settings of {name}: {_reason(name, e)}") from None
-    processor = MobileViTImageProcessor.for_model_config(config)
-    check_crop(processor, name, max_prepared_pixels)
-    where = f"there is no {PREPROCESSOR_CONFIG} beside {name}" if Path(name).is_file() else f"{name} has no {PREPROCESSOR_CONFIG}"
-    note(f"{where}; preparing images as the apple/mobilevitv2 checkpoints expect: "
-         f"shortest edge {processor.size['shortest_edge']}, center crop {config.image_size}, BGR, values in [0, 1]", quiet)
-    return processor
-
-
 # --------------------------------------------------------------------------------------------
 # Running a model over the inputs
 # --------------------------------------------------------------------------------------------
 
 
-# The flag that raises each of open_image's limits, named after its message.
-_LIMIT_FLAGS = (("prepared pixels", "--max-prepared-pixels"), ("is over the limit of", "--max-pixels"))
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, ImageLoadError):
-        for words, flag in _LIMIT_FLAGS:
-            if words in e.reason:
-                return f"{e.reason} ({flag})"
-        return e.reason
-    text = str(e)
-    if isinstance(e, (ValueError, OSError)) and text:
-        return text
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def resized_photo(photo: Image.Image, processor: MobileViTImageProcessor) -> Image.Image | None:
-    """The photo resized as the processor's resize step does it: the same Pillow call on the same
-    pixels, so the same result, without the processor's round trip through arrays (about ten bytes
-    a pixel of the full photo). None where the processor would first composite a transparent colour
-    onto white (then it must do the whole job itself)."""
-    if not processor.do_resize:
-        return photo
-    if processor.do_convert_rgb and photo.info.get("transparency") is not None:
-        return None
-    height, width = output_size(photo.height, photo.width, processor.size)
-    return photo.resize((width, height), resample=processor.resample)
-
-
-def prepare(item: Item, args, processor: MobileViTImageProcessor, keep_photo: bool) -> None:
-    """Open the item's file within the limits and compute its model input (and keep the photo,
-    for segment)."""
-    photo = load_image(item.file, max_pixels=args.max_pixels, size=processor.size if processor.do_resize else None,
-                       max_prepared_pixels=args.max_prepared_pixels)
-    resized = resized_photo(photo, processor)
-    if resized is None:
-        item.pixels = processor(photo, return_tensors="np")["pixel_values"]
-    else:
-        item.pixels = processor(resized, return_tensors="np", do_resize=False)["pixel_values"]
-    del resized
-    item.image = photo if keep_photo else None
-
-
-def run_batches(items: list[Item], args, model, processor, reporter: Reporter, finish, keep_photo: bool = False) -> None:
-    """Open, preprocess and run the good items, in input order; ``finish(item, logits)`` turns one
-    image's logits into its result. A failure is pinned on its own image: a batch whose forward pass
-    fails is rerun one image at a time.
-
-    A batch holds at most ``args.batch_size`` images, at most ``args.max_prepared_pixels`` pixels
-    of model input in all, and (with ``keep_photo``) at most ``args.max_pixels`` pixels of photos:
-    the memory of a batch is then that of one image at the limits, whatever the batch size."""
-    batch: list[Item] = []
-    input_pixels = photo_pixels = 0
-    for item in items:
-        if item.error is not None:
+def input_names(args) -> list[str]:
+    """The command line's inputs, with ``-`` (stdin) and --paths-from FILE read as lists of paths."""
+    names: list[str] = []
+    stdin_read = False
+    sources = [("-", name) if name == "-" else (None, name) for name in args.inputs]
+    sources += [("list", name) for name in args.paths_from or []]
+    for kind, name in sources:
+        if kind is None:
+            names.append(name)
             continue
+        if name == "-":
+            if stdin_read:
+                raise UsageError("stdin (-) is given twice as a list of paths")
+            stdin_read = True
+        try:
+            names += read_path_list(name)
+        except StreamError as e:
+            raise UsageError(str(e)) from None
+    if not names:
+        if args.inputs or args.paths_from:  # lists, all empty
+            raise UsageError("no inputs: the lists of paths given are empty")
+        args.subparser.error("the following arguments are required: IMAGE_OR_FOLDER (or - or --paths-from FILE)")
+    return names
+
+
+def check_run_flags(args) -> None:
+    if args.output is not None and args.json:
+        raise UsageError("--json and --output are two outputs; give one (--output - writes JSON lines to stdout)")
+    if args.resume and args.output in (None, "-"):
+        raise UsageError("--resume continues the run recorded in --output FILE; give that file")
+    if args.engine is None:
+        for flag, value in (("--address", args.address), ("--workers", args.workers), ("--send-bytes", args.send_bytes or None)):
+            if value is not None:
+                raise UsageError(f"{flag} is a setting of --engine; give --engine dask too")
+    elif args.address is not None and args.workers is not None:
+        raise UsageError("--workers sets the size of a local cluster; a cluster at --address has its own workers")
+
+
+class Sink:
+    """Where a run's records go, batch by batch, in input order: the --output file (or JSON lines on
+    stdout), the text on stdout, or, with --json, one array at the end; errors on stderr as they
+    come; the progress bar stepped. ``prepare(item, record)`` turns a worker's record into the one
+    written (segment writes its PNGs there); when it raises OutputError, the record is the error."""
+
+    def __init__(self, args, items: list[Item], reporter: Reporter, text, prepare, file: RecordFile | None):
+        self.args, self.items, self.reporter, self.text, self.prepare, self.file = args, items, reporter, text, prepare, file
+        self.position = 0  # the next item whose record is due
+        self.kept: list[dict] = []  # --json's records
+        self.failed = 0
+
+    def emit(self, records: list[dict]) -> None:
         check_output()
-        try:
-            prepare(item, args, processor, keep_photo)
-        except Exception as e:  # noqa: BLE001 - any failure is this file's, reported, never a traceback
-            _fail(item, e, reporter)
-            continue
-        item_input = item.pixels.shape[-2] * item.pixels.shape[-1]
-        item_photo = item.image.width * item.image.height if item.image is not None else 0
-        if batch and (input_pixels + item_input > args.max_prepared_pixels or photo_pixels + item_photo > args.max_pixels):
-            _run_batch(batch, model, reporter, finish)
-            batch, input_pixels, photo_pixels = [], 0, 0
-        batch.append(item)
-        input_pixels, photo_pixels = input_pixels + item_input, photo_pixels + item_photo
-        if len(batch) == args.batch_size:
-            _run_batch(batch, model, reporter, finish)
-            batch, input_pixels, photo_pixels = [], 0, 0
-    if batch:
-        _run_batch(batch, model, reporter, finish)
-
-
-def _run_batch(batch: list[Item], model, reporter: Reporter, finish) -> None:
-    """One forward pass per input shape in the batch, then ``finish`` for each image in input order
-    (the passes come grouped by shape; the text output must follow the inputs, as --json does).
-    The logits of a whole batch are small next to its inputs: [L, h/16, w/16] for segment."""
-    logits: dict[int, np.ndarray] = {}  # id(item) -> its logits
-    for group in _same_shape_groups(batch):
-        try:
-            logits.update(zip(map(id, group), model(np.concatenate([item.pixels for item in group])).logits))
-        except Exception:  # noqa: BLE001
-            for item in group:
+        finished = []
+        for record in records:
+            item = self.items[self.position]
+            self.position += 1
+            if "error" not in record and self.prepare is not None:
                 try:
-                    logits[id(item)] = model(item.pixels).logits[0]
-                except Exception as e:  # noqa: BLE001
-                    _fail(item, e, reporter)
-        for item in group:
-            item.pixels = None  # the model input is no longer needed
-        del group
-    for item in batch:
-        item_logits = logits.pop(id(item), None)
-        if item_logits is None:  # its forward pass failed, and was reported
-            continue
-        check_output()  # before segment's two PNGs of each image, too
-        try:
-            if not np.isfinite(item_logits).all():  # NaN would also be invalid JSON
-                raise ValueError("the model gave scores that are not finite numbers (NaN or infinity): "
-                                 "its weights may be damaged")
-            finish(item, item_logits)
-        except Exception as e:  # noqa: BLE001
-            _fail(item, e, reporter)
+                    record = self.prepare(item, record)
+                except OutputError as e:
+                    record = {"file": record["file"], "error": str(e)}
+            if "error" in record:
+                self.failed += 1
+                self.reporter.error(Item(record["file"], error=record["error"]))
+            elif self.args.output is None and not self.args.json:
+                self.reporter.out(self.text(record))
+            finished.append(record)
+        if self.file is not None:
+            self.file.write(finished)
+        elif self.args.output == "-" and finished:
+            write_json("\n".join(to_json(r) for r in finished))
+        elif self.args.json:
+            self.kept += finished
+        self.reporter.step(len(records))
+
+
+def run_images(args, task: str, text, prepare_outputs=None) -> int:
+    """classify's and segment's run: inputs -> records, streamed, on this machine or a cluster.
+    ``prepare_outputs(items, done)``: segment's claim of its file names, before anything runs,
+    which returns the ``prepare`` of ``Sink``."""
+    check_run_flags(args)
+    items = expand_inputs(input_names(args))
+    try:
+        record_file = RecordFile(args.output, args.resume) if args.output not in (None, "-") else None
+    except StreamError as e:
+        raise UsageError(str(e)) from None
+    settings = dict(top_k=getattr(args, "top_k", 5), behavior=args.behavior, max_pixels=args.max_pixels,
+                    max_prepared_pixels=args.max_prepared_pixels, alpha=getattr(args, "alpha", 0.5))
+    predictor = None
+    try:
+        predictor = Predictor(args.model, task, note=lambda words: note(words, args.quiet), **settings)
+        config = predictor.model.config
+        if task == "classify" and args.top_k > config.num_labels:  # capped by the model, and said so
+            note(f"--top-k {args.top_k}: the model has {config.num_labels} labels; showing all "
+                 f"{config.num_labels}", args.quiet)
+        done = record_file.done if record_file is not None else set()
+        prepare = prepare_outputs(items, done) if prepare_outputs is not None else None
+        todo = [item for item in items if item.file not in done]
+        if record_file is not None and (done or record_file.torn):
+            torn = "; its last line, cut short, was cut off and its input is redone" if record_file.torn else ""
+            note(f"resuming {args.output}: {len(done):,} inputs have records, {len(todo):,} to go{torn}", args.quiet)
+        reporter = Reporter(len(todo), args.quiet, task)
+        sink = Sink(args, todo, reporter, text, prepare, record_file)
+        started = time.monotonic()
+        if args.engine is None:
+            run_local(predictor, todo, args.batch_size, sink.emit)
         else:
-            item.image = None  # free the memory as we go
-            reporter.step()
-
-
-def _fail(item: Item, e: BaseException, reporter: Reporter) -> None:
-    if os.environ.get("NUMPY_MVIT2_DEBUG"):
-        traceback.print_exception(e)
-    item.error = _describe(e)
-    item.image = None
-    item.pixels = None
-    reporter.error(item)
-    reporter.step()
-
-
-def _same_shape_groups(items: list[Item]) -> list[list[Item]]:
-    groups: dict[tuple, list[Item]] = {}
-    for item in items:
-        groups.setdefault(item.pixels.shape[1:], []).append(item)
-    return list(groups.values())
-
-
-def _start(args, items: list[Item], desc: str) -> Reporter:
-    reporter = Reporter(sum(item.error is None for item in items), args.quiet, desc)
-    for item in items:
-        if item.error is not None:
-            reporter.error(item)
-    return reporter
+            predictor.close()
+            # the workers read the checkpoint themselves: a local one by its absolute path
+            model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+            run_dask(Job(model, task, threads=1, **settings), todo, args.batch_size, sink.emit, address=args.address,
+                     workers=args.workers or usable_cpus(), send_bytes=args.send_bytes,
+                     note=lambda words: note(words, args.quiet))
+        reporter.close()
+        if args.json:
+            write_json(json_lines(sink.kept))
+        if record_file is not None:
+            seconds = time.monotonic() - started
+            rate = f", {len(todo) / seconds:.2f} images/s" if todo and seconds > 0 else ""
+            note(f"{len(todo):,} records written to {args.output} in {seconds:.1f} s{rate}"
+                 + (f", {sink.failed:,} of them errors" if sink.failed else ""), args.quiet)
+        # a resumed run ends as the uninterrupted one would: failed if an input's record is an error
+        failed_before = record_file is not None and any(item.file in record_file.failed for item in items)
+        return EXIT_FAILED if sink.failed or failed_before else EXIT_OK
+    except EngineError as e:
+        raise ModelError(str(e)) from None
+    except (ModelError, UsageError):
+        if record_file is not None and record_file.written == 0:
+            record_file.discard()  # made by this run, and nothing in it: not left behind
+        raise
+    finally:
+        if predictor is not None:
+            predictor.close()
+        if record_file is not None:
+            record_file.close()
 
 
 def json_lines(records: list[dict]) -> str:
@@ -597,40 +518,18 @@ def json_lines(records: list[dict]) -> str:
     return "[\n" + ",\n".join("  " + to_json(r) for r in records) + "\n]"
 
 
-def _finish_run(args, items: list[Item], reporter: Reporter) -> int:
-    reporter.close()
-    if args.json:
-        records = [{"file": item.file, "error": item.error} if item.error is not None else {"file": item.file, **item.result}
-                   for item in items]
-        write_json(json_lines(records))
-    return EXIT_FAILED if any(item.error is not None for item in items) else EXIT_OK
-
-
 # --------------------------------------------------------------------------------------------
 # classify
 # --------------------------------------------------------------------------------------------
 
 
+def classify_text(record: dict) -> str:
+    return "\n".join([f"{printable(record['file'])}:"] + [f"  {p['score']:7.4f}  {printable(p['label'])}  [{p['index']}]"
+                                                        for p in record["predictions"]])
+
+
 def cmd_classify(args) -> int:
-    items = expand_inputs(args.inputs)
-    model = load_model(MobileViTV2ForImageClassification, args.model, "classify", DEFAULT_CLASSIFIER, args.behavior)
-    processor = load_processor(args.model, model.config, args.quiet, args.max_prepared_pixels)
-    function = "sigmoid" if model.config.problem_type == "multi_label_classification" else "softmax"
-    if args.top_k > model.config.num_labels:  # capped by the model, and said so rather than silently
-        note(f"--top-k {args.top_k}: the model has {model.config.num_labels} labels; showing all "
-             f"{model.config.num_labels}", args.quiet)
-    reporter = _start(args, items, "classify")
-
-    def finish(item: Item, logits: np.ndarray) -> None:
-        predictions = post_process_image_classification(logits[None], args.top_k, model.config.id2label, function)[0]
-        item.result = {"predictions": predictions}
-        if not args.json:
-            lines = [f"{printable(item.file)}:"] + [f"  {p['score']:7.4f}  {printable(p['label'])}  [{p['index']}]"
-                                                     for p in predictions]
-            reporter.out("\n".join(lines))
-
-    run_batches(items, args, model, processor, reporter, finish)
-    return _finish_run(args, items, reporter)
+    return run_images(args, "classify", classify_text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -668,10 +567,12 @@ class Outputs:
                 return paths
         raise AssertionError("unreachable")
 
-    def refuse_existing(self, paths, inputs: frozenset = frozenset()) -> None:
+    def refuse_existing(self, paths, inputs: frozenset = frozenset(), resumed: str | None = None) -> bool:
         """Refuse paths that exist (unless ``overwrite``) and, always, paths that are one of this
         run's input files (``inputs``: their (device, inode)): with the output folder among the
-        inputs, x.jpg's x_labels.png could replace the photo x_labels.png before it is read."""
+        inputs, x.jpg's x_labels.png could replace the photo x_labels.png before it is read.
+        ``resumed``: the input of a resumed run; files that an earlier run made from that input
+        (``made_from``) may be replaced. Returns whether the files are to be replaced."""
         for path in paths:
             try:
                 found = os.lstat(path)
@@ -680,13 +581,16 @@ class Outputs:
             if (found.st_dev, found.st_ino) in inputs:
                 raise OutputError(f"{path} is one of this run's input images; not replaced")
         if self.overwrite:
-            return
-        for path in paths:
-            if os.path.lexists(path):  # a link counts, dangling or not: it is never written through
-                raise OutputError(f"{path} exists; not replaced without --overwrite")
+            return True
+        existing = [path for path in paths if os.path.lexists(path)]  # a link counts, dangling or not
+        if resumed is not None and existing and all(made_from(path) == input_key(resumed) for path in existing):
+            return True
+        if existing:
+            raise OutputError(f"{existing[0]} exists; not replaced without --overwrite")
+        return False
 
-    def save(self, image: Image.Image, path: Path) -> None:
-        """Write ``image`` as a PNG at ``path``, whole or not at all. The temporary file is made by
+    def save(self, data: bytes, path: Path, replace: bool = False) -> None:
+        """Write ``data`` (a PNG) at ``path``, whole or not at all. The temporary file is made by
         mkstemp in the same folder (a fresh random name, O_CREAT | O_EXCL: a file or link planted
         there is never opened) and renamed or linked into place; a rename replaces a link at
         ``path`` itself, never its target."""
@@ -704,9 +608,8 @@ class Outputs:
             with os.fdopen(fd, "wb") as file:
                 if hasattr(os, "fchmod"):
                     os.fchmod(file.fileno(), self.mode)
-                # zlib level 1: a fifth of the default level's time on a photo, for a larger file
-                image.save(file, format="PNG", compress_level=1)
-            self._move(tmp, path)
+                file.write(data)
+            self._move(tmp, path, replace)
         except OSError as e:
             if isinstance(e, OutputError):
                 raise
@@ -716,8 +619,8 @@ class Outputs:
                 os.unlink(tmp)
             _TEMPORARY.discard(tmp)
 
-    def _move(self, tmp: str, path: Path) -> None:
-        if self.overwrite:
+    def _move(self, tmp: str, path: Path, replace: bool) -> None:
+        if self.overwrite or replace:
             os.replace(tmp, path)
             return
         try:
@@ -739,124 +642,62 @@ def remove_temporary_files() -> None:
         _TEMPORARY.discard(tmp)
 
 
-def label_image(classes: np.ndarray, palette: np.ndarray) -> Image.Image:
-    """[H, W] class ids -> a palette PNG image ("P", VOC colours) or, past 256 classes, 16-bit grey."""
-    if classes.max(initial=0) < 256:
-        image = Image.fromarray(classes.astype(np.uint8, copy=False), mode="P")
-        image.putpalette(palette[:256].reshape(-1).tolist())
-        return image
-    return Image.fromarray(classes.astype(np.uint16))
-
-
-# Values per block of the full-size work (label scores upsampled, colours): a few MB, in cache.
-BLOCK_VALUES = 2**19
-
-
-def overlay_image(photo: Image.Image, classes: np.ndarray, palette: np.ndarray, alpha: float) -> Image.Image:
-    """The photo with each pixel's class colour blended over it: ``(1 - alpha) * photo + alpha * colour``
-    (Pillow's ``Image.blend``, in 8 bits), a band of rows at a time: only the result is full size."""
-    width, height = photo.size
-    out = Image.new("RGB", photo.size)
-    rows = max(1, BLOCK_VALUES // width)
-    for top in range(0, height, rows):
-        box = (0, top, width, min(height, top + rows))
-        colours = Image.fromarray(palette[classes[top : top + rows].astype(np.intp) % len(palette)])
-        out.paste(Image.blend(photo.crop(box).convert("RGB"), colours, alpha), box)
-    return out
-
-
-# The most label scores upsampled to a photo's height at once (float32 values): past it, a model
-# with very many labels is refused for that photo rather than exhausting memory.
-MAX_SCORE_VALUES = 2**26
-
-
-def photo_classes(logits: np.ndarray, height: int, width: int) -> np.ndarray:  # [L, h, w] -> [H, W]
-    """The class of each photo pixel (the smallest integer type that holds them): the logits
-    upsampled to the photo's size as ``post_process_semantic_segmentation`` does, in blocks of rows
-    small enough to stay in cache."""
-    num_labels, _, logits_width = logits.shape
-    if num_labels * height * logits_width > MAX_SCORE_VALUES:
-        raise ValueError(f"{num_labels} label scores upsampled to the photo's height {height} need "
-                         f"{4 * num_labels * height * logits_width:,} bytes, more than the "
-                         f"{4 * MAX_SCORE_VALUES:,} allowed")
-    rows = max(1, BLOCK_VALUES // (num_labels * width))
-    classes = post_process_semantic_segmentation(logits[None], target_sizes=[(height, width)], rows_per_chunk=rows)[0]
-    return classes.astype(np.uint8 if num_labels <= 256 else np.min_scalar_type(num_labels - 1))
+def segment_text(record: dict) -> str:
+    present = record["classes"]
+    summary = ", ".join(f"{printable(c['label'])} {100 * c['fraction']:.1f}%" for c in present[:5])
+    summary += f", and {len(present) - 5} more" if len(present) > 5 else ""
+    return f"{printable(record['file'])}: {printable(record['labels'])}, {printable(record['overlay'])} ({summary})"
 
 
 def cmd_segment(args) -> int:
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: exists and is not a folder")
-    items = expand_inputs(args.inputs)
-    model = load_model(MobileViTV2ForSemanticSegmentation, args.model, "segment", DEFAULT_SEGMENTER, args.behavior)
-    processor = load_processor(args.model, model.config, args.quiet)
-    # The whole photo is segmented: resized as the checkpoint says but not center-cropped (the
-    # network is fully convolutional), so every pixel of the photo gets a label and the mask lines
-    # up with the photo once the logits are resized to its size.
-    processor = MobileViTImageProcessor.from_dict({**processor.to_dict(), "do_center_crop": False})
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out-dir {args.out_dir}: cannot create the folder ({e.strerror or e})") from None
-    palette = voc_palette(256)
-    id2label = model.config.id2label
-    outputs = Outputs(out_dir, args.overwrite)
-    # Names are claimed in input order, before anything runs: the same command line always gives
-    # the same names, and an image whose files exist is skipped before it is decoded.
-    inputs = set()
-    for item in items:
+
+    def prepare_outputs(items: list[Item], done: set):
         try:
-            found = os.stat(item.file)
-            inputs.add((found.st_dev, found.st_ino))
-        except OSError:  # reported when it is opened
-            pass
-    inputs = frozenset(inputs)
-    for item in items:
-        if item.error is None:
-            item.outputs = outputs.claim(Path(item.file).stem)
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out-dir {args.out_dir}: cannot create the folder ({e.strerror or e})") from None
+        outputs = Outputs(out_dir, args.overwrite)
+        # Names are claimed in input order, before anything runs, for every input, those a resumed
+        # run skips too: the same command line always gives the same names, and an image whose
+        # files exist is skipped before it is decoded.
+        inputs = set()
+        for item in items:
             try:
-                outputs.refuse_existing(item.outputs, inputs)
-            except OutputError as e:
-                item.error = str(e)
-    reporter = _start(args, items, "segment")
+                found = os.stat(item.file)
+                inputs.add((found.st_dev, found.st_ino))
+            except (OSError, ValueError):  # reported when it is opened
+                pass
+        inputs = frozenset(inputs)
+        for item in items:
+            if item.error is None:
+                item.outputs = outputs.claim(Path(item.file).stem)
+                if item.file in done:
+                    continue
+                try:
+                    # a resumed run replaces the files the interrupted one wrote for this input
+                    item.replace = outputs.refuse_existing(item.outputs, inputs, item.file if args.resume else None)
+                except OutputError as e:
+                    item.error = str(e)
 
-    def finish(item: Item, logits: np.ndarray) -> None:
-        width, height = item.image.size
-        classes = photo_classes(logits, height, width)
-        labels_path, overlay_path = item.outputs
-        outputs.save(label_image(classes, palette), labels_path)
-        outputs.save(overlay_image(item.image, classes, palette, args.alpha), overlay_path)
-        counts = np.bincount(classes.reshape(-1))
-        ids = np.flatnonzero(counts)
-        order = np.argsort(-counts[ids], kind="stable")
-        present = [{"label": id2label.get(int(ids[i]), f"LABEL_{int(ids[i])}"), "index": int(ids[i]),
-                    "fraction": round(float(counts[ids[i]]) / classes.size, 6)} for i in order]
-        item.result = {"labels": str(labels_path), "overlay": str(overlay_path), "size": [width, height], "classes": present}
-        if not args.json:
-            summary = ", ".join(f"{printable(c['label'])} {100 * c['fraction']:.1f}%" for c in present[:5])
-            summary += f", and {len(present) - 5} more" if len(present) > 5 else ""
-            reporter.out(f"{printable(item.file)}: {printable(labels_path)}, {printable(overlay_path)} ({summary})")
+        def prepare(item: Item, record: dict) -> dict:
+            png = record["png"]
+            labels_path, overlay_path = item.outputs
+            outputs.save(png["labels"], labels_path, item.replace)
+            outputs.save(png["overlay"], overlay_path, item.replace)
+            return {"file": record["file"], "labels": str(labels_path), "overlay": str(overlay_path),
+                    "size": record["size"], "classes": record["classes"]}
 
-    run_batches(items, args, model, processor, reporter, finish, keep_photo=True)
-    return _finish_run(args, items, reporter)
+        return prepare
+
+    return run_images(args, "segment", segment_text, prepare_outputs)
 
 
 # --------------------------------------------------------------------------------------------
 # info
 # --------------------------------------------------------------------------------------------
-
-ARCHITECTURE_HEADS = {"ForImageClassification": "classification", "ForSemanticSegmentation": "segmentation",
-                      "V2Model": "base"}
-
-
-def guess_head(config: MobileViTV2Config, default: str | None = "classification") -> str | None:
-    """The head named in config.json's ``architectures`` (``default`` when it names none)."""
-    for arch in config.extra.get("architectures") or []:
-        for suffix, head in ARCHITECTURE_HEADS.items():
-            if str(arch).endswith(suffix):
-                return head
-    return default
 
 
 def info_config(name: str, behavior: str | None) -> MobileViTV2Config:
@@ -946,7 +787,7 @@ def cmd_finetune(args) -> int:
             if base_head == "base":
                 from .modeling import MobileViTV2Model as cls
             base = load_model(cls, name, "finetune", DEFAULT_CLASSIFIER, fold_batch_norm=False)
-            processor = load_processor(name, base.config, args.quiet)
+            processor = load_processor(name, base.config, lambda words: note(words, args.quiet))
             run = start(data, base, processor, args.out, recipe, base_name=name, quiet=args.quiet)
             note(f"{data!r}; {run.steps_per_epoch} steps per epoch", args.quiet)
     except (DataError, FinetuneError) as e:
@@ -1012,14 +853,35 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   epilog=f"{epilog}\n\n{MODEL_HELP}\n\n{EXIT_HELP}", formatter_class=HelpFormatter)
         sub.set_defaults(subparser=sub)  # for the errors only found once it has parsed (main)
-        sub.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+        sub.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER",
                          help="image files, and folders whose image files (" + " ".join(IMAGE_EXTENSIONS)
-                              + ", sorted by name, not recursive) are all used")
+                              + ", sorted by name, not recursive) are all used; - reads a list of paths from stdin")
+        sub.add_argument("--paths-from", action="append", metavar="FILE",
+                         help="read more inputs from FILE (- for stdin), one path a line, or separated by NUL bytes "
+                              "(find -print0); may be given more than once")
         sub.add_argument("--model", "-m", default=default_model, metavar="MODEL",
                          help=f"checkpoint folder, weights file or Hugging Face repo id (default: {default_model})")
         sub.add_argument("--batch-size", "-b", type=_positive_int, default=8, metavar="N",
-                         help="images per forward pass, at most (default: 8; a batch also holds at most "
-                              "--max-prepared-pixels of model input)")
+                         help="records written at a time, and images a cluster's task takes (default: 8); "
+                              "each image runs through the network alone, several at a time on threads")
+        sub.add_argument("--output", metavar="FILE.jsonl",
+                         help="write one JSON record per input to FILE, a line each, as each batch completes "
+                              "(- for stdout); nothing goes to stdout then. FILE must not exist unless --resume")
+        sub.add_argument("--resume", action="store_true",
+                         help="go on with the run recorded in --output FILE: inputs it has records of are skipped, "
+                              "a last line cut short by a crash is cut off and its input redone")
+        sub.add_argument("--engine", choices=("dask",),
+                         help="run on a Dask cluster (pip install 'numpy-mvit2[dask]'): a local one of --workers "
+                              "processes, or the scheduler at --address; the records are those of a run without it")
+        sub.add_argument("--address", metavar="HOST:PORT",
+                         help="--engine's scheduler (e.g. tcp://10.0.0.5:8786); its workers need numpy-mvit2 and "
+                              "MODEL at the same path (or repo id in their cache), and the images unless --send-bytes")
+        sub.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="--engine's local cluster: N worker processes, one image at a time each "
+                              "(default: the usable cores)")
+        sub.add_argument("--send-bytes", action="store_true",
+                         help="--engine: read the images here and send their bytes, for workers that do not "
+                              "see this disk")
         sub.add_argument("--json", action="store_true", help="print the results as JSON (shape below)")
         sub.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS[name], metavar="N",
                          help=f"refuse images with more pixels than this, from their header, before decoding "

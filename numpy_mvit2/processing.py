@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import json
+import io
 import math
 import os
 import warnings
@@ -271,7 +272,7 @@ def _describe_size(size: dict) -> str:
 
 
 def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: dict | None = None,
-               max_prepared_pixels: int | None = None, formats=IMAGE_FORMATS) -> Image.Image:
+               max_prepared_pixels: int | None = None, formats=IMAGE_FORMATS, data: bytes | None = None) -> Image.Image:
     """Open an image file and decode it fully, raising ``ImageLoadError`` with the reason.
 
     Only regular files are read (a FIFO or a device named ``x.jpg`` is refused, never waited on),
@@ -279,13 +280,18 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: 
     (see ``check_image_size``) are checked from the header, before decoding, and a JPEG of more
     than ``MAX_JPEG_SCANS`` scans is refused. Without ``max_pixels``,
     Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) applies and is reported the
-    same way. The image is returned as stored: no EXIF rotation, no mode conversion."""
+    same way. The image is returned as stored: no EXIF rotation, no mode conversion. ``data``: the
+    file's bytes, already read (a cluster's worker that does not see the file); ``path`` then only
+    names the image in errors."""
 
     name = os.fspath(path)
-    try:
-        file = open_regular_file(name, error=_OpenError, what="file")
-    except _OpenError as e:
-        raise ImageLoadError(name, str(e).removeprefix(f"{Path(name)}: ")) from None
+    if data is not None:
+        file = io.BytesIO(data)
+    else:
+        try:
+            file = open_regular_file(name, error=_OpenError, what="file")
+        except _OpenError as e:
+            raise ImageLoadError(name, str(e).removeprefix(f"{Path(name)}: ")) from None
     with file:
         head = file.read(4)
         file.seek(0)
@@ -332,12 +338,12 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: 
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int | None = None, size: dict | None = None,
-               max_prepared_pixels: int | None = None) -> Image.Image:
+               max_prepared_pixels: int | None = None, data: bytes | None = None) -> Image.Image:
     """A photo from a file as transformers' ``load_image`` gives it: opened, turned upright by its
     EXIF orientation, converted to RGB with ``Image.convert("RGB")`` (transparency dropped, not
     composited). Raises ``ImageLoadError`` for a file that cannot be used (the limits as in
-    ``open_image``)."""
-    image = open_image(path, max_pixels=max_pixels, size=size, max_prepared_pixels=max_prepared_pixels)
+    ``open_image``; ``data``: the file's bytes, as there)."""
+    image = open_image(path, max_pixels=max_pixels, size=size, max_prepared_pixels=max_prepared_pixels, data=data)
     try:
         # in place, and no convert of an RGB image: both would copy the whole photo (four bytes a
         # pixel) to get the same pixels

@@ -141,12 +141,12 @@ if __name__ == '__main__':
 def test_ctrl_c_at_any_moment(form, classifier, many_photos, tmp_path):
     """SIGINT 0.05 s to 1 s after the start: during the imports of NumPy and the models, the
     loading of the model, the images. Always `numpy-mvit2: interrupted`, status 130, no traceback."""
-    if form == "older console script":
+    if form == "python -m":
+        command = ["-m", "numpy_mvit2"]
+    else:  # a file named as pip names it: the package's __init__ knows its program by that name
         script = tmp_path / "numpy-mvit2"
-        script.write_text(OLDER_CONSOLE_SCRIPT)
+        script.write_text(OLDER_CONSOLE_SCRIPT if form == "older console script" else console_script_child())
         command = [str(script)]
-    else:
-        command = (["-m", "numpy_mvit2"] if form == "python -m" else ["-c", console_script_child()])
     args = ["classify", many_photos, many_photos, many_photos, "--model", classifier, "-q"]
     moments = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0]
     landed = 0
@@ -303,8 +303,8 @@ def test_model_as_a_weights_file_a_config_file_or_empty(classifier, many_photos,
 
 
 def test_text_output_follows_the_inputs(classifier, segmenter, many_photos, tmp_path):
-    """The photos alternate between three shapes, and a batch runs one pass per shape: the text
-    lines still come in input order, as the JSON records do."""
+    """The photos alternate between three shapes and run on several threads, finishing out of
+    order: the text lines still come in input order, as the JSON records do."""
     names = sorted(str(p) for p in many_photos.iterdir())[:12]
     shuffled = names[5:] + names[:5]
     result = run_cli("segment", *shuffled, "--model", segmenter, "-o", tmp_path / "out", "-b", "8")

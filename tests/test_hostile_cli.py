@@ -402,9 +402,7 @@ def test_printable_and_to_json():
 def test_fast_resize_matches_the_processor(tmp_path):
     """The CLI resizes the photo itself (saving the processor's array round trip): the same pixels
     as the processor, also for the images it hands back to the processor (a transparent colour)."""
-    from argparse import Namespace
-
-    from numpy_mvit2.cli import Item, prepare
+    from numpy_mvit2.inference import model_input
     from numpy_mvit2.processing import load_image
 
     photo(4, 97, 61).save(tmp_path / "rgb.png")
@@ -412,15 +410,13 @@ def test_fast_resize_matches_the_processor(tmp_path):
     rgb_with_transparency.info["transparency"] = (0, 0, 0)
     rgb_with_transparency.save(tmp_path / "trns.png", transparency=(0, 0, 0))
     photo(6, 80, 50).convert("P").save(tmp_path / "palette.gif", transparency=3)
-    args = Namespace(max_pixels=10**6, max_prepared_pixels=10**6)
     for do_convert_rgb in (None, True, False):
         processor = MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size=64, resample="bicubic",
                                             do_convert_rgb=do_convert_rgb)
         for name in ("rgb.png", "trns.png", "palette.gif"):
-            item = Item(str(tmp_path / name))
-            prepare(item, args, processor, keep_photo=False)
+            pixels = model_input(load_image(tmp_path / name), processor)
             expected = processor(load_image(tmp_path / name), return_tensors="np")["pixel_values"]
-            assert np.array_equal(item.pixels, expected), (name, do_convert_rgb)
+            assert np.array_equal(pixels, expected), (name, do_convert_rgb)
 
 
 def test_outputs_never_replace_this_runs_inputs(segmenter, tmp_path):
