@@ -404,6 +404,9 @@ def check_run_flags(args) -> None:
         raise UsageError("--json and --output are two outputs; give one (--output - writes JSON lines to stdout)")
     if args.resume and args.output in (None, "-"):
         raise UsageError("--resume continues the run recorded in --output FILE; give that file")
+    if args.engine == "ray":
+        raise UsageError("--engine ray is not offered: the engine is dask, chosen by measurement (README, "
+                         "'Many images'); Predictor serves Ray Data's map_batches from Python")
     if args.engine is None:
         for flag, value in (("--address", args.address), ("--workers", args.workers), ("--send-bytes", args.send_bytes or None)):
             if value is not None:
@@ -870,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--resume", action="store_true",
                          help="go on with the run recorded in --output FILE: inputs it has records of are skipped, "
                               "a last line cut short by a crash is cut off and its input redone")
-        sub.add_argument("--engine", choices=("dask",),
+        sub.add_argument("--engine", choices=("dask", "ray"), metavar="dask",
                          help="run on a Dask cluster (pip install 'numpy-mvit2[dask]'): a local one of --workers "
                               "processes, or the scheduler at --address; the records are those of a run without it")
         sub.add_argument("--address", metavar="HOST:PORT",

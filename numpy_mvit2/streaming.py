@@ -305,9 +305,12 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
     try:
         try:
             if address is None:
+                # on loopback; no dashboard, and the scheduler's HTTP routes on a free port (its
+                # default, 8787, taken by another cluster, is a warning on stderr)
                 cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                   dashboard_address=None, silence_logs=logging.ERROR,
-                                                   env=WORKER_ENV)
+                                                   host="127.0.0.1", dashboard_address=None,
+                                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                                   silence_logs=logging.ERROR, env=WORKER_ENV)
                 client = distributed.Client(cluster)
             else:
                 client = distributed.Client(address, timeout="10s")

@@ -168,6 +168,7 @@ def test_an_existing_output_is_never_replaced(classifier, photos, reference, tmp
     (["--address", "tcp://127.0.0.1:1"], "--engine dask too"),
     (["--engine", "dask", "--address", "tcp://127.0.0.1:1", "--workers", "2"], "has its own workers"),
     (["--workers", "0", "--engine", "dask"], "positive integer"),
+    (["--engine", "ray"], "the engine is dask"),
 ])
 def test_usage_errors(classifier, photos, tmp_path, args, words):
     result = run("classify", photos, "--model", classifier, *args)
@@ -392,6 +393,7 @@ def test_engine_records_equal_the_single_process_run(classifier, photos, referen
                      "--engine", "dask", "--workers", workers, "-b", batch)
         assert result.returncode == 1, result.stderr
         assert f"dask: {workers} workers on this machine" in result.stderr
+        assert all(line.startswith("numpy-mvit2: ") for line in result.stderr.splitlines()), result.stderr  # no Dask noise
         assert read_records(out) == reference
     # --send-bytes: the files read by the driver, their bytes sent
     out = tmp_path / "bytes.jsonl"
@@ -445,6 +447,7 @@ def test_a_worker_killed_mid_job_is_retried(slow_classifier, tmp_path):
         if process.poll() is None:
             process.kill()
     assert process.returncode == 1 and b"Traceback" not in stderr, stderr  # 1: the two broken files
+    assert all(line.startswith(b"numpy-mvit2: ") for line in stderr.splitlines()), stderr
     records = read_records(out)
     assert written < len(records)  # the kill landed mid-job
     assert_each_once(records, photos)
