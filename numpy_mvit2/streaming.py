@@ -293,6 +293,24 @@ def _import_dask():
     return distributed
 
 
+def local_cluster(workers: int):
+    """A Dask cluster of ``workers`` processes on this machine, one thread each with BLAS on one
+    thread, on loopback and quiet."""
+    distributed = _import_dask()
+    import dask  # distributed's own dependency
+
+    # No dashboard, and the scheduler's HTTP routes on a free port (its default, 8787, taken by
+    # another cluster, is a warning on stderr). Dask's nannies set MALLOC_TRIM_THRESHOLD_ in their
+    # workers; any setting of it stops glibc from raising its mmap threshold, so every layer's
+    # large temporaries are mapped and unmapped afresh, page faults and all, a third more CPU per
+    # image (benchmarks/README.md): the workers get glibc's default instead.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        host="127.0.0.1", dashboard_address=None,
+                                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                        silence_logs=logging.ERROR, env=WORKER_ENV)
+
+
 def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = None, workers: int | None = None,
              send_bytes: bool = False, note=None) -> None:
     """``run_local``'s records, computed by a Dask cluster: the scheduler at ``address``, or a
@@ -305,12 +323,7 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
     try:
         try:
             if address is None:
-                # on loopback; no dashboard, and the scheduler's HTTP routes on a free port (its
-                # default, 8787, taken by another cluster, is a warning on stderr)
-                cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                   host="127.0.0.1", dashboard_address=None,
-                                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                                                   silence_logs=logging.ERROR, env=WORKER_ENV)
+                cluster = local_cluster(workers)
                 client = distributed.Client(cluster)
             else:
                 client = distributed.Client(address, timeout="10s")
