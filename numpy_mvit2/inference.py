@@ -36,7 +36,7 @@ from PIL import Image, PngImagePlugin
 
 from .config import MobileViTV2Config
 from .errors import CheckpointError
-from .fast.executors import blas_limited, one_thread
+from .fast.executors import blas_limited, configured_threads, one_thread
 from .hub import resolve_file
 from .modeling import MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 from .processing import (
@@ -155,9 +155,6 @@ def load_processor(name: str, config: MobileViTV2Config, note=None,
         note(f"{where}; preparing images as the apple/mobilevitv2 checkpoints expect: "
              f"shortest edge {processor.size['shortest_edge']}, center crop {config.image_size}, BGR, values in [0, 1]")
     return processor
-
-
-# The flag that raises each of open_image's limits, named after its message.
 
 
 ARCHITECTURE_HEADS = {"ForImageClassification": "classification", "ForSemanticSegmentation": "segmentation",
@@ -322,7 +319,7 @@ class Job:
     max_pixels: int | None = None  # None: DEFAULT_MAX_PIXELS[task]
     max_prepared_pixels: int | None = None  # None: DEFAULT_MAX_PREPARED_PIXELS[task]
     alpha: float = 0.5  # segment: the class colours' weight in the overlay
-    threads: int | None = None  # images in flight; None: the usable cores, at least 2
+    threads: int | None = None  # images in flight; None: fast.THREADS or NUMPY_MVIT2_THREADS, else the usable cores, at least 2
 
 
 class Predictor:
@@ -351,7 +348,8 @@ class Predictor:
             # the mask lines up with the photo once the logits are resized to its size.
             self.processor = MobileViTImageProcessor.from_dict({**processor.to_dict(), "do_center_crop": False})
             self.palette = voc_palette(256)
-        self.threads = job.threads or max(2, usable_cpus())
+        # two at least: one image decoding while another runs on one core
+        self.threads = job.threads or configured_threads() or max(2, usable_cpus())
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._blas = None  # BLAS held at one thread while the pool lives (``submit``)

@@ -172,10 +172,15 @@ def threads() -> int:
     blas = _blas_state()
     if not blas.libraries:
         return 1
+    return configured_threads() or max(1, *blas.counts())
+
+
+def configured_threads() -> int | None:
+    """The thread count the user set: ``THREADS``, else ``NUMPY_MVIT2_THREADS``; None if neither."""
     if THREADS is not None:
         return max(1, int(THREADS))
     env = os.environ.get("NUMPY_MVIT2_THREADS")
-    return max(1, int(env)) if env else max(1, *blas.counts())
+    return max(1, int(env)) if env else None
 
 
 @contextmanager
