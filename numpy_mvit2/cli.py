@@ -33,6 +33,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +202,7 @@ class Item:
     error: str | None = None
     outputs: tuple | None = None  # segment: the (labels, overlay) paths claimed for it
     replace: bool = False  # segment: its files are to be replaced (--overwrite, or made by the run resumed)
+    recorded: bool = False  # the output resumed has its record: skipped
 
 
 def expand_inputs(inputs: list[str]) -> list[Item]:
@@ -413,6 +415,13 @@ def check_run_flags(args) -> None:
                 raise UsageError(f"{flag} is a setting of --engine; give --engine dask too")
     elif args.address is not None and args.workers is not None:
         raise UsageError("--workers sets the size of a local cluster; a cluster at --address has its own workers")
+    elif args.workers is not None and args.workers > MAX_WORKERS_PER_CORE * usable_cpus():
+        # each is a process holding the model: more than a few a core only costs memory
+        raise UsageError(f"--workers {args.workers}: at most {MAX_WORKERS_PER_CORE} a usable core "
+                         f"({MAX_WORKERS_PER_CORE * usable_cpus()} here)")
+
+
+MAX_WORKERS_PER_CORE = 4
 
 
 class Sink:
@@ -428,7 +437,8 @@ class Sink:
         self.failed = 0
 
     def emit(self, records: list[dict]) -> None:
-        check_output()
+        if self.file is None:  # records or text on stdout: a reader gone ends the run (status 141)
+            check_output()
         finished = []
         for record in records:
             item = self.items[self.position]
@@ -455,7 +465,7 @@ class Sink:
 
 def run_images(args, task: str, text, prepare_outputs=None) -> int:
     """classify's and segment's run: inputs -> records, streamed, on this machine or a cluster.
-    ``prepare_outputs(items, done)``: segment's claim of its file names, before anything runs,
+    ``prepare_outputs(items)``: segment's claim of its file names, before anything runs,
     which returns the ``prepare`` of ``Sink``."""
     check_run_flags(args)
     items = expand_inputs(input_names(args))
@@ -465,19 +475,25 @@ def run_images(args, task: str, text, prepare_outputs=None) -> int:
         raise UsageError(str(e)) from None
     settings = dict(top_k=getattr(args, "top_k", 5), behavior=args.behavior, max_pixels=args.max_pixels,
                     max_prepared_pixels=args.max_prepared_pixels, alpha=getattr(args, "alpha", 0.5))
-    predictor = None
+    predictor = reporter = None
     try:
         predictor = Predictor(args.model, task, note=lambda words: note(words, args.quiet), **settings)
         config = predictor.model.config
         if task == "classify" and args.top_k > config.num_labels:  # capped by the model, and said so
             note(f"--top-k {args.top_k}: the model has {config.num_labels} labels; showing all "
                  f"{config.num_labels}", args.quiet)
-        done = record_file.done if record_file is not None else set()
-        prepare = prepare_outputs(items, done) if prepare_outputs is not None else None
-        todo = [item for item in items if item.file not in done]
-        if record_file is not None and (done or record_file.torn):
+        # An input named n times in the list has n records: the first ones the output holds are skipped.
+        unclaimed = Counter(record_file.done) if record_file is not None else Counter()
+        for item in items:
+            if unclaimed[item.file] > 0:
+                unclaimed[item.file] -= 1
+                item.recorded = True
+        prepare = prepare_outputs(items) if prepare_outputs is not None else None
+        todo = [item for item in items if not item.recorded]
+        if record_file is not None and (len(todo) < len(items) or record_file.torn):
             torn = "; its last line, cut short, was cut off and its input is redone" if record_file.torn else ""
-            note(f"resuming {args.output}: {len(done):,} inputs have records, {len(todo):,} to go{torn}", args.quiet)
+            note(f"resuming {args.output}: {len(items) - len(todo):,} inputs have records, {len(todo):,} to go{torn}",
+                 args.quiet)
         reporter = Reporter(len(todo), args.quiet, task)
         sink = Sink(args, todo, reporter, text, prepare, record_file)
         started = time.monotonic()
@@ -501,13 +517,15 @@ def run_images(args, task: str, text, prepare_outputs=None) -> int:
         # a resumed run ends as the uninterrupted one would: failed if an input's record is an error
         failed_before = record_file is not None and any(item.file in record_file.failed for item in items)
         return EXIT_FAILED if sink.failed or failed_before else EXIT_OK
-    except EngineError as e:
-        raise ModelError(str(e)) from None
-    except (ModelError, UsageError):
+    except (ModelError, UsageError, EngineError, StreamError) as e:
         if record_file is not None and record_file.written == 0:
             record_file.discard()  # made by this run, and nothing in it: not left behind
+        if isinstance(e, (EngineError, StreamError)):  # the run failed as it went: status 1
+            raise ModelError(str(e)) from None
         raise
     finally:
+        if reporter is not None:
+            reporter.close()
         if predictor is not None:
             predictor.close()
         if record_file is not None:
@@ -657,7 +675,7 @@ def cmd_segment(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir}: exists and is not a folder")
 
-    def prepare_outputs(items: list[Item], done: set):
+    def prepare_outputs(items: list[Item]):
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -677,7 +695,7 @@ def cmd_segment(args) -> int:
         for item in items:
             if item.error is None:
                 item.outputs = outputs.claim(Path(item.file).stem)
-                if item.file in done:
+                if item.recorded:
                     continue
                 try:
                     # a resumed run replaces the files the interrupted one wrote for this input

@@ -29,9 +29,10 @@ import json
 import logging
 import os
 import re
+import signal
 import stat
 import sys
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 from .inference import Job, ModelError, Predictor, predict_partition
@@ -99,7 +100,7 @@ class RecordFile:
 
     def __init__(self, path: str, resume: bool):
         self.path = path
-        self.done: set[str] = set()
+        self.done: Counter[str] = Counter()  # the inputs it has records of: how many each (a list may repeat one)
         self.failed: set[str] = set()  # the inputs of ``done`` whose records are errors
         self.torn = False  # a last line cut short was cut off
         self.written = 0
@@ -116,8 +117,12 @@ class RecordFile:
             raise StreamError(f"--output {path} exists; give --resume to go on with its run "
                               "(inputs it has records of are skipped), or name another file")
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        if self.created:  # made here, or refused: never a file another run made in the meantime
+            flags |= os.O_EXCL
         try:
             self.fd = os.open(path, flags, 0o666)
+        except FileExistsError:
+            raise StreamError(f"--output {path}: made by another run while this one started") from None
         except OSError as e:
             raise StreamError(f"--output {path}: cannot open for writing ({e.strerror or e})") from None
         try:
@@ -169,19 +174,24 @@ class RecordFile:
                         return offset
                     raise StreamError(f"--output {self.path}, line {number}: not a JSON record with a \"file\"; "
                                       "not resumed (is it the output of numpy-mvit2?)")
-                self.done.add(record["file"])
+                self.done[record["file"]] += 1
                 if "error" in record:
                     self.failed.add(record["file"])
                 offset += len(line)
 
     def write(self, records: list[dict]) -> None:
-        """The records' lines, appended with one write (looped only if the system writes less)."""
+        """The records' lines, appended with one write (looped only if the system writes less).
+        A write that fails (a full disk, a file-size limit) is a ``StreamError``; what it left of a
+        line is a torn last line, which ``--resume`` cuts off."""
         data = memoryview("".join(to_json(r) + "\n" for r in records).encode("utf-8"))
         while data:
             try:
                 n = os.write(self.fd, data)
             except InterruptedError:
                 continue
+            except OSError as e:
+                raise StreamError(f"--output {self.path}: cannot write ({e.strerror or e}); the records before "
+                                  "are kept, and --resume goes on from them") from None
             data = data[n:]
         self.written += len(records)
 
@@ -308,7 +318,15 @@ def local_cluster(workers: int):
         return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                         host="127.0.0.1", dashboard_address=None,
                                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                                        silence_logs=logging.ERROR, env=WORKER_ENV)
+                                        silence_logs=logging.ERROR, env=WORKER_ENV,
+                                        preload=[__name__])  # dask_setup, in each worker
+
+
+def dask_setup(worker) -> None:
+    """Dask's preload hook, run in each worker of ``local_cluster`` as it starts (and restarts):
+    a Ctrl-C at the terminal reaches the whole process group; it is the command's to answer, by
+    closing the cluster, not each worker's with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = None, workers: int | None = None,
@@ -320,6 +338,13 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
     ahead of the one being written."""
     distributed = _import_dask()
     cluster = client = None
+    # Dask's client logs a lost scheduler on stderr as it retries; the run's own error says it.
+    # (Dask's logging settings give some of its loggers levels of their own.)
+    loggers = [logging.getLogger(name) for name in ["distributed", *logging.root.manager.loggerDict]
+               if name == "distributed" or name.startswith("distributed.")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         try:
             if address is None:
@@ -327,13 +352,15 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
                 client = distributed.Client(cluster)
             else:
                 client = distributed.Client(address, timeout="10s")
-        except (OSError, TimeoutError, ValueError) as e:
+        except (OSError, TimeoutError, ValueError, TypeError, RuntimeError) as e:
+            # TypeError: an address of a protocol not installed (tls without its certificates,
+            # ucx); RuntimeError: a nanny that could not start its worker
             where = f"the Dask scheduler at {address}" if address else f"a local Dask cluster of {workers} workers"
             raise EngineError(f"cannot reach {where}: {e}") from None
-        count = len(client.scheduler_info().get("workers", {})) if address else workers
+        count = _workers(client)
         if note is not None:
-            note(f"dask: {count} workers" + (f" at {address}" if address else " on this machine"))
-        ahead = 2 * max(1, count or 1) + 1
+            note(f"dask: {count} worker{'s' * (count != 1)}" + (f" at {address}" if address else " on this machine")
+                 + ("; waiting for workers to join" if count == 0 else ""))
         pending: deque = deque()
 
         def chunks():
@@ -346,9 +373,11 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
             if chunk:
                 yield chunk
 
-        for chunk in chunks():
+        for number, chunk in enumerate(chunks()):
             pending.append(_submit(client, job, chunk, send_bytes))
-            if len(pending) >= ahead:
+            if number % 16 == 15:  # workers join and leave a remote cluster as it runs
+                count = _workers(client)
+            if len(pending) >= 2 * max(1, count) + 1:  # a few partitions a worker in flight
                 _emit_partition(pending.popleft(), emit)
         while pending:
             _emit_partition(pending.popleft(), emit)
@@ -359,6 +388,13 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
                     closing.close()
                 except Exception:  # noqa: BLE001 - a cluster that will not close cleanly: the run is over anyway
                     pass
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _workers(client) -> int:
+    """The cluster's worker threads now (all of them: ``scheduler_info`` lists only a few)."""
+    return sum(client.nthreads().values())
 
 
 def _submit(client, job: Job, chunk: list, send_bytes: bool):
@@ -368,18 +404,26 @@ def _submit(client, job: Job, chunk: list, send_bytes: bool):
             continue
         if send_bytes:
             try:
-                data = read_bounded(item.file, MAX_SENT_BYTES, error=OSError, what="image")
+                data = read_bounded(item.file, MAX_SENT_BYTES, error=OSError, what="image file")
             except OSError as e:
                 item.error = str(e).removeprefix(f"{Path(item.file)}: ")
                 continue
             inputs.append((item.file, data))
         else:
-            inputs.append(item.file)
-    future = client.submit(predict_partition, inputs, job, pure=False) if inputs else None
-    return chunk, future
+            # the workers' working folder is not this one; the records keep the name as given
+            inputs.append(os.path.abspath(item.file))
+    if not inputs:
+        return chunk, None
+    if send_bytes:  # straight to a worker, not through the scheduler with the task
+        inputs = client.scatter([inputs], hash=False)[0]
+    return chunk, client.submit(predict_partition, inputs, job, pure=False)
 
 
 def _emit_partition(unit, emit) -> None:
+    """A partition's records, written; a cluster that fails is an ``EngineError``, and the run
+    stops with the records so far (a resumed run does the rest)."""
+    from distributed import KilledWorker
+
     chunk, future = unit
     records = iter(())
     if future is not None:
@@ -387,7 +431,20 @@ def _emit_partition(unit, emit) -> None:
             records = iter(future.result())
         except ModelError:
             raise
-        except Exception as e:  # noqa: BLE001 - the workers died on it, or it raised: its inputs' error
-            reason = f"the cluster could not run this input's partition ({type(e).__name__}: {e})"
+        except KilledWorker:  # its inputs' records: every worker that ran it died
+            reason = ("every Dask worker that ran this input's partition died (the scheduler's "
+                      "allowed-failures): an image that kills its worker, or workers short of memory")
             records = iter([{"file": item.file, "error": reason} for item in chunk if item.error is None])
-    emit([_error_record(item) if item.error is not None else next(records) for item in chunk])
+        except Exception as e:  # noqa: BLE001 - the scheduler lost, the task undeliverable: no records
+            said = " ".join(str(e).split())  # Dask's messages run over lines
+            raise EngineError(f"the Dask cluster failed ({type(e).__name__}: {said}); the records so far are "
+                              "kept, and --resume goes on from them") from None
+    out = []
+    for item in chunk:
+        if item.error is not None:
+            out.append(_error_record(item))
+        else:
+            record = next(records)
+            record["file"] = item.file
+            out.append(record)
+    emit(out)

@@ -43,8 +43,9 @@ def command(*args) -> list[str]:
     return [sys.executable, "-m", "numpy_mvit2", *map(str, args)]
 
 
-def run(*args, stdin: bytes | None = None, timeout: float = DEADLINE) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(*args), input=stdin, capture_output=True, check=False, env=env(), timeout=timeout)
+def run(*args, stdin: bytes | None = None, timeout: float = DEADLINE, cwd=None, **popen) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(*args), input=stdin, capture_output=True, check=False, env=env(), timeout=timeout,
+                            cwd=cwd, **popen)
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     assert "Traceback" not in result.stderr, result.stderr
     return result
@@ -169,6 +170,7 @@ def test_an_existing_output_is_never_replaced(classifier, photos, reference, tmp
     (["--engine", "dask", "--address", "tcp://127.0.0.1:1", "--workers", "2"], "has its own workers"),
     (["--workers", "0", "--engine", "dask"], "positive integer"),
     (["--engine", "ray"], "the engine is dask"),
+    (["--engine", "dask", "--workers", "100000"], "at most 4 a usable core"),
 ])
 def test_usage_errors(classifier, photos, tmp_path, args, words):
     result = run("classify", photos, "--model", classifier, *args)
@@ -260,6 +262,43 @@ def test_a_torn_last_line_is_cut_off_and_redone(classifier, photos, reference, t
     out.write_bytes(whole)
     result = run("classify", photos, "--model", classifier, "--output", out, "--resume")
     assert result.returncode == 1 and out.read_bytes() == whole
+
+
+def test_an_input_listed_twice_has_its_two_records_after_resume(classifier, photos, tmp_path):
+    """A list may name an input more than once (or a folder and a file in it): each occurrence has
+    its record, and a resumed run skips only as many as the output holds."""
+    names = inputs_of(photos)[:5]
+    listed = [names[0], names[1], names[0], str(photos), names[2], names[0]]
+    (tmp_path / "list.txt").write_text("\n".join(listed) + "\n")
+    full = tmp_path / "full.jsonl"
+    run("classify", "--paths-from", tmp_path / "list.txt", "--model", classifier, "--output", full, "-q", "-k", "3")
+    records = read_records(full)
+    assert len(records) == 5 + len(inputs_of(photos))
+    lines = full.read_bytes().splitlines(keepends=True)
+    for keep in (1, 2, 3, 7):
+        out = tmp_path / f"part{keep}.jsonl"
+        out.write_bytes(b"".join(lines[:keep]))
+        run("classify", "--paths-from", tmp_path / "list.txt", "--model", classifier, "--output", out, "--resume",
+            "-q", "-k", "3")
+        assert read_records(out) == records, keep
+
+
+def test_a_write_that_fails_is_the_runs_error_and_resume_goes_on(classifier, photos, reference, tmp_path):
+    """The output file's writes fail part way (a file-size limit here, a full disk elsewhere): the
+    run stops with its own error (status 1), the whole lines before kept; resumed, it ends as the
+    uninterrupted run."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))  # (Python ignores SIGXFSZ: EFBIG)
+
+    out = tmp_path / "records.jsonl"
+    result = run("classify", photos, "--model", classifier, "--output", out, "-q", "-k", "3", "-b", "2",
+                 preexec_fn=limited)
+    assert result.returncode == 1 and "cannot write (File too large)" in result.stderr, result.stderr
+    assert 0 < out.stat().st_size <= 3000
+    run("classify", photos, "--model", classifier, "--output", out, "-q", "-k", "3", "--resume")
+    assert read_records(out) == reference
 
 
 def kill_at_random_moments(args: list, out: Path, rng: random.Random, span: float, attempts: int) -> list[int]:
@@ -365,6 +404,15 @@ def test_predictor_takes_paths_bytes_and_columns(classifier, photos, reference):
     assert worker_predictor(job) is worker_predictor(job)  # the checkpoint is loaded once per process
 
 
+def test_predictor_threads_follow_the_fast_paths_setting(classifier, monkeypatch):
+    from numpy_mvit2.inference import usable_cpus
+
+    assert Predictor(str(classifier)).threads == max(2, usable_cpus())
+    monkeypatch.setenv("NUMPY_MVIT2_THREADS", "3")
+    assert Predictor(str(classifier)).threads == 3
+    assert Predictor(str(classifier), threads=1).threads == 1
+
+
 def test_predict_partition_in_a_dask_bag(classifier, photos, reference):
     """The README's pipeline: a Dask bag of paths, ``map_partitions(predict_partition, job)``."""
     import dask.bag as db
@@ -392,7 +440,7 @@ def test_engine_records_equal_the_single_process_run(classifier, photos, referen
         result = run("classify", photos, "--model", classifier, "--output", out, "-k", "3",
                      "--engine", "dask", "--workers", workers, "-b", batch)
         assert result.returncode == 1, result.stderr
-        assert f"dask: {workers} workers on this machine" in result.stderr
+        assert f"dask: {workers} worker{'s' * (workers != '1')} on this machine" in result.stderr
         assert all(line.startswith("numpy-mvit2: ") for line in result.stderr.splitlines()), result.stderr  # no Dask noise
         assert read_records(out) == reference
     # --send-bytes: the files read by the driver, their bytes sent
@@ -402,10 +450,107 @@ def test_engine_records_equal_the_single_process_run(classifier, photos, referen
     assert read_records(out) == reference
 
 
-def test_an_unreachable_scheduler_is_one_error(classifier, photos):
-    result = run("classify", photos, "--model", classifier, "--engine", "dask", "--address", "tcp://127.0.0.1:9",
-                 timeout=120)
-    assert result.returncode == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.stderr
+def test_an_unreachable_scheduler_is_one_error(classifier, photos, tmp_path):
+    out = tmp_path / "records.jsonl"
+    for address in ("tcp://127.0.0.1:9", "tls://127.0.0.1:9", "ucx://127.0.0.1:9", "nonsense"):
+        result = run("classify", photos, "--model", classifier, "--engine", "dask", "--address", address,
+                     "--output", out, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert f"error: cannot reach the Dask scheduler at {address}" in result.stderr, result.stderr
+        assert not out.exists()  # a run that fails first leaves no file
+
+
+def start_remote_cluster(folder: Path, workers: int = 1) -> list[subprocess.Popen]:
+    """``dask scheduler`` on loopback and ``dask worker`` processes working in ``/`` (another folder
+    than the command's), started as the README says; their own sessions, so they can be killed."""
+    dask = [sys.executable, "-c", "import sys; from distributed.cli.dask_{0} import main; sys.argv[0] = 'dask'; main()"]
+    scheduler_file = folder / "scheduler.json"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    started = [subprocess.Popen([dask[0], dask[1], dask[2].format("scheduler"), "--host", "127.0.0.1", "--port", "0",
+                                 "--no-dashboard", "--scheduler-file", str(scheduler_file)], env=env(), **quiet)]
+    deadline = time.monotonic() + DEADLINE
+    while not scheduler_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    remote_env = {**env(), "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": '{"MALLOC_TRIM_THRESHOLD_": None}'}
+    started += [subprocess.Popen([dask[0], dask[1], dask[2].format("worker"), "--scheduler-file", str(scheduler_file),
+                                  "--nthreads", "1", "--nworkers", str(workers), "--no-dashboard"],
+                                 cwd="/", env=remote_env, **quiet)]
+    return started
+
+
+def test_a_cluster_at_an_address_relative_names_and_a_lost_scheduler(classifier, slow_classifier, photos, reference,
+                                                                       tmp_path):
+    """--address: a scheduler and a worker started apart, the worker in another folder. Relative
+    names are the records' names, as without the engine; the scheduler SIGKILLed mid-job ends the
+    run with its own error (status 1) and no error records, and --resume goes on from the records
+    so far."""
+    import distributed as dd
+
+    cluster = start_remote_cluster(tmp_path)
+    try:
+        address = json.loads((tmp_path / "scheduler.json").read_text())["address"]
+        with dd.Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=DEADLINE)
+        out = tmp_path / "relative.jsonl"
+        result = run("classify", photos.name, "--model", classifier, "--output", out, "-k", "3", "--engine", "dask",
+                     "--address", address, cwd=photos.parent)
+        assert result.returncode == 1 and f"dask: 1 worker at {address}" in result.stderr, result.stderr
+        expected = [{**r, "file": os.path.relpath(r["file"], photos.parent)} for r in reference]
+        assert read_records(out) == expected
+        # the scheduler lost in the middle of a job
+        many = make_folder(tmp_path / "many", 80, seed=9, broken=False)
+        out = tmp_path / "lost.jsonl"
+        process = subprocess.Popen(command("classify", many, "--model", slow_classifier, "--output", out, "-b", "2",
+                                           "--engine", "dask", "--address", address),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and process.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 4:
+                break
+            time.sleep(0.05)
+        os.killpg(cluster[0].pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=DEADLINE)
+        assert process.returncode == 1, stderr
+        assert all(line.startswith(b"numpy-mvit2: ") for line in stderr.splitlines()), stderr
+        assert b"error: the Dask cluster failed" in stderr and b"--resume goes on from them" in stderr, stderr
+        records = read_records(out)
+        assert 4 <= len(records) < 80 and not any("error" in r for r in records)
+        run("classify", many, "--model", slow_classifier, "--output", out, "-q", "--resume")
+        assert_each_once(read_records(out), many)
+    finally:
+        for process in cluster:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=60)
+
+
+def test_ctrl_c_ends_an_engine_run_quietly(slow_classifier, tmp_path):
+    """Ctrl-C at a terminal reaches the command and the local cluster's workers (one process
+    group): the command says 'interrupted' (status 130), the workers print nothing; resumed, the run
+    ends with each input once."""
+    photos = make_folder(tmp_path / "photos", 60, seed=8, broken=False)
+    out = tmp_path / "records.jsonl"
+    process = subprocess.Popen(command("classify", photos, "--model", slow_classifier, "--output", out, "-b", "2",
+                                       "--engine", "dask", "--workers", "2"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and process.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 2:
+                break
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=DEADLINE)  # to the end of stderr: the workers' too
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == b"numpy-mvit2: interrupted", stderr
+    assert all(line.startswith(b"numpy-mvit2: ") for line in stderr.splitlines()), stderr
+    run("classify", photos, "--model", slow_classifier, "--output", out, "-q", "--resume")
+    assert_each_once(read_records(out), photos)
 
 
 def test_the_local_clusters_workers_environment():
