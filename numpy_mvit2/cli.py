@@ -42,6 +42,7 @@ from PIL import Image
 from ._version import __version__
 from .config import BEHAVIORS, DEFAULT_BEHAVIOR, MobileViTV2Config
 from .errors import CheckpointNotFoundError
+from .fast.executors import configured_threads
 from .hub import PROBE_TIMEOUT
 from .inference import (  # noqa: F401 - the command line's names of the building block's pieces
     DEFAULT_MAX_PIXELS,
@@ -406,6 +407,10 @@ def check_run_flags(args) -> None:
         raise UsageError("--json and --output are two outputs; give one (--output - writes JSON lines to stdout)")
     if args.resume and args.output in (None, "-"):
         raise UsageError("--resume continues the run recorded in --output FILE; give that file")
+    try:
+        configured_threads()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.engine == "ray":
         raise UsageError("--engine ray is not offered: the engine is dask, chosen by measurement (README, "
                          "'Many images'); Predictor serves Ray Data's map_batches from Python")
@@ -476,6 +481,7 @@ def run_images(args, task: str, text, prepare_outputs=None) -> int:
     settings = dict(top_k=getattr(args, "top_k", 5), behavior=args.behavior, max_pixels=args.max_pixels,
                     max_prepared_pixels=args.max_prepared_pixels, alpha=getattr(args, "alpha", 0.5))
     predictor = reporter = None
+    finished = False
     try:
         predictor = Predictor(args.model, task, note=lambda words: note(words, args.quiet), **settings)
         config = predictor.model.config
@@ -516,19 +522,18 @@ def run_images(args, task: str, text, prepare_outputs=None) -> int:
                  + (f", {sink.failed:,} of them errors" if sink.failed else ""), args.quiet)
         # a resumed run ends as the uninterrupted one would: failed if an input's record is an error
         failed_before = record_file is not None and any(item.file in record_file.failed for item in items)
+        finished = True
         return EXIT_FAILED if sink.failed or failed_before else EXIT_OK
-    except (ModelError, UsageError, EngineError, StreamError) as e:
-        if record_file is not None and record_file.written == 0:
-            record_file.discard()  # made by this run, and nothing in it: not left behind
-        if isinstance(e, (EngineError, StreamError)):  # the run failed as it went: status 1
-            raise ModelError(str(e)) from None
-        raise
+    except (EngineError, StreamError) as e:  # the run failed as it went: status 1
+        raise ModelError(str(e)) from None
     finally:
         if reporter is not None:
             reporter.close()
         if predictor is not None:
             predictor.close()
         if record_file is not None:
+            if not finished:
+                record_file.discard()  # if this run made it and wrote nothing: not left behind
             record_file.close()
 
 

@@ -363,10 +363,12 @@ class Predictor:
                            max_prepared_pixels=self.max_prepared_pixels, data=data)
         return photo, model_input(photo, processor)
 
-    def predict_one(self, file: str, data: bytes | None = None) -> dict:
-        """One input's record; any failure is the record's ``error``."""
+    def predict_one(self, file: str, data: bytes | None = None, read_from: str | None = None) -> dict:
+        """One input's record; any failure is the record's ``error``. ``file`` names it (in the
+        record, and in segment's PNGs); it is read from ``read_from`` if given (another
+        machine's path to it), else from ``file``, unless ``data`` holds its bytes."""
         try:
-            photo, pixels = self.pixels(file, data)
+            photo, pixels = self.pixels(file if read_from is None else read_from, data)
             if self.job.task == "classify":
                 photo = None  # free the photo before the pass
             with one_thread():
@@ -400,7 +402,7 @@ class Predictor:
 
     # --- many images ----------------------------------------------------------------------
 
-    def submit(self, file: str, data: bytes | None = None) -> Future:
+    def submit(self, file: str, data: bytes | None = None, read_from: str | None = None) -> Future:
         """``predict_one`` on the predictor's threads: a future of the record."""
         with self._pool_lock:
             if self._pool is None:
@@ -410,15 +412,19 @@ class Predictor:
                 self._blas = blas_limited()
                 self._blas.__enter__()
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="numpy_mvit2-predict")
-        return self._pool.submit(self.predict_one, file, data)
+        return self._pool.submit(self.predict_one, file, data, read_from)
 
-    def predict(self, files, data=None) -> list[dict]:
-        """The records of ``files`` (paths, or names of ``data``'s bytes), in their order."""
+    def predict(self, files, data=None, folder: str | None = None) -> list[dict]:
+        """The records of ``files`` (paths, or names of ``data``'s bytes), in their order.
+        ``folder``: where relative paths are, if not this process's working folder (a cluster's
+        worker, reading for a command run elsewhere); the records keep the names as given."""
         files = [str(f) for f in files]
         data = [None] * len(files) if data is None else list(data)
         if len(data) != len(files):
             raise ValueError(f"{len(files)} files and {len(data)} data items: give one each")
-        futures = [self.submit(f, d) for f, d in zip(files, data)]
+        # joined as text, never normalized: "link/../x" is the file the OS finds, as for the command
+        futures = [self.submit(f, d, None if folder is None or d is not None else os.path.join(folder, f))
+                   for f, d in zip(files, data)]
         return [future.result() for future in futures]
 
     def __call__(self, batch: dict) -> dict:
@@ -452,8 +458,9 @@ def worker_predictor(job: Job) -> Predictor:
         return predictor
 
 
-def predict_partition(inputs, job: Job) -> list[dict]:
+def predict_partition(inputs, job: Job, folder: str | None = None) -> list[dict]:
     """A partition function (Dask's ``map_partitions``, ``client.submit``): ``inputs`` are file
-    names, or ``(name, bytes)`` pairs, -> their records, in order."""
+    names, or ``(name, bytes)`` pairs, -> their records, in order. ``folder``: the folder relative
+    names are in (the command's working folder; a worker's own is another)."""
     pairs = [(item, None) if isinstance(item, (str, os.PathLike)) else tuple(item) for item in inputs]
-    return worker_predictor(job).predict([name for name, _ in pairs], [data for _, data in pairs])
+    return worker_predictor(job).predict([name for name, _ in pairs], [data for _, data in pairs], folder)

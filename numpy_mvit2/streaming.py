@@ -32,6 +32,7 @@ import re
 import signal
 import stat
 import sys
+import warnings
 from collections import Counter, deque
 from pathlib import Path
 
@@ -55,7 +56,8 @@ WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THRE
 
 
 class StreamError(Exception):
-    """--output, --resume or a path list cannot be used (exit status 2): nothing was run."""
+    """--output, --resume or a path list cannot be used (exit status 2: nothing was run), or the
+    output cannot be written as the run goes (status 1)."""
 
 
 class EngineError(Exception):
@@ -117,8 +119,8 @@ class RecordFile:
             raise StreamError(f"--output {path} exists; give --resume to go on with its run "
                               "(inputs it has records of are skipped), or name another file")
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-        if self.created:  # made here, or refused: never a file another run made in the meantime
-            flags |= os.O_EXCL
+        if self.created and not os.path.islink(path):
+            flags |= os.O_EXCL  # made here, or refused: never a file another run made in the meantime
         try:
             self.fd = os.open(path, flags, 0o666)
         except FileExistsError:
@@ -352,15 +354,18 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
                 client = distributed.Client(cluster)
             else:
                 client = distributed.Client(address, timeout="10s")
+            count = _workers(client)
         except (OSError, TimeoutError, ValueError, TypeError, RuntimeError) as e:
             # TypeError: an address of a protocol not installed (tls without its certificates,
             # ucx); RuntimeError: a nanny that could not start its worker
             where = f"the Dask scheduler at {address}" if address else f"a local Dask cluster of {workers} workers"
             raise EngineError(f"cannot reach {where}: {e}") from None
-        count = _workers(client)
         if note is not None:
-            note(f"dask: {count} worker{'s' * (count != 1)}" + (f" at {address}" if address else " on this machine")
-                 + ("; waiting for workers to join" if count == 0 else ""))
+            if address is None:
+                note(f"dask: {count} worker{'s' * (count != 1)} on this machine")
+            else:
+                note(f"dask: {count} worker thread{'s' * (count != 1)} at {address}"
+                     + ("; waiting for workers to join" if count == 0 else ""))
         pending: deque = deque()
 
         def chunks():
@@ -373,10 +378,17 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
             if chunk:
                 yield chunk
 
+        try:
+            folder = os.getcwd()
+        except OSError:  # removed under this process: relative names are not found anyway
+            folder = None
         for number, chunk in enumerate(chunks()):
-            pending.append(_submit(client, job, chunk, send_bytes))
-            if number % 16 == 15:  # workers join and leave a remote cluster as it runs
-                count = _workers(client)
+            try:
+                pending.append(_submit(client, job, chunk, send_bytes, folder))
+                if count == 0 or number % 16 == 15:  # workers join and leave a remote cluster as it runs
+                    count = _workers(client)
+            except (OSError, TimeoutError) as e:  # the scheduler lost while a task went out
+                raise _failed(e) from None
             if len(pending) >= 2 * max(1, count) + 1:  # a few partitions a worker in flight
                 _emit_partition(pending.popleft(), emit)
         while pending:
@@ -397,7 +409,7 @@ def _workers(client) -> int:
     return sum(client.nthreads().values())
 
 
-def _submit(client, job: Job, chunk: list, send_bytes: bool):
+def _submit(client, job: Job, chunk: list, send_bytes: bool, folder: str | None):
     inputs = []
     for item in chunk:
         if item.error is not None:
@@ -410,13 +422,21 @@ def _submit(client, job: Job, chunk: list, send_bytes: bool):
                 continue
             inputs.append((item.file, data))
         else:
-            # the workers' working folder is not this one; the records keep the name as given
-            inputs.append(os.path.abspath(item.file))
+            inputs.append(item.file)
     if not inputs:
         return chunk, None
-    if send_bytes:  # straight to a worker, not through the scheduler with the task
-        inputs = client.scatter([inputs], hash=False)[0]
-    return chunk, client.submit(predict_partition, inputs, job, pure=False)
+    with warnings.catch_warnings():
+        # the bytes travel in the task, so that a worker lost with them costs only a rerun; Dask
+        # warns of "large graphs" from 10 MB, which a partition of photos often is
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+        # the workers find relative names in this process's working folder, not their own
+        return chunk, client.submit(predict_partition, inputs, job, folder, pure=False)
+
+
+def _failed(e: BaseException) -> EngineError:
+    said = " ".join(str(e).split())  # Dask's messages run over lines
+    return EngineError(f"the Dask cluster failed ({type(e).__name__}: {said}); --resume goes on from the "
+                       "records written before")
 
 
 def _emit_partition(unit, emit) -> None:
@@ -436,15 +456,5 @@ def _emit_partition(unit, emit) -> None:
                       "allowed-failures): an image that kills its worker, or workers short of memory")
             records = iter([{"file": item.file, "error": reason} for item in chunk if item.error is None])
         except Exception as e:  # noqa: BLE001 - the scheduler lost, the task undeliverable: no records
-            said = " ".join(str(e).split())  # Dask's messages run over lines
-            raise EngineError(f"the Dask cluster failed ({type(e).__name__}: {said}); the records so far are "
-                              "kept, and --resume goes on from them") from None
-    out = []
-    for item in chunk:
-        if item.error is not None:
-            out.append(_error_record(item))
-        else:
-            record = next(records)
-            record["file"] = item.file
-            out.append(record)
-    emit(out)
+            raise _failed(e) from None
+    emit([_error_record(item) if item.error is not None else next(records) for item in chunk])

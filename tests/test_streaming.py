@@ -381,6 +381,17 @@ def test_segment_output_resume_and_engine(segmenter, tmp_path):
             {k: v for k, v in theirs.items() if k not in ("labels", "overlay")}
         for key in ("labels", "overlay"):
             assert Path(mine[key]).read_bytes() == Path(theirs[key]).read_bytes()
+    # relative names: the PNGs carry the name as given, on the cluster as in one process
+    for where, engine_args in (("local", []), ("cluster", ["--engine", "dask", "--workers", "1"])):
+        result = run("segment", photos.name, "--model", segmenter, "-o", tmp_path / f"rel-{where}", "--json", "-q",
+                     *engine_args, cwd=photos.parent)
+        assert result.returncode == 1, result.stderr
+        for record in json.loads(result.stdout):
+            if "error" not in record:
+                assert not Path(record["file"]).is_absolute()
+                assert made_from(record["labels"]) == input_key(record["file"]), (where, record["file"])
+    assert [p.read_bytes() for p in sorted((tmp_path / "rel-local").iterdir())] == \
+        [p.read_bytes() for p in sorted((tmp_path / "rel-cluster").iterdir())]
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,6 +418,7 @@ def test_predictor_takes_paths_bytes_and_columns(classifier, photos, reference):
 def test_predictor_threads_follow_the_fast_paths_setting(classifier, monkeypatch):
     from numpy_mvit2.inference import usable_cpus
 
+    monkeypatch.delenv("NUMPY_MVIT2_THREADS", raising=False)
     assert Predictor(str(classifier)).threads == max(2, usable_cpus())
     monkeypatch.setenv("NUMPY_MVIT2_THREADS", "3")
     assert Predictor(str(classifier)).threads == 3
@@ -494,7 +506,7 @@ def test_a_cluster_at_an_address_relative_names_and_a_lost_scheduler(classifier,
         out = tmp_path / "relative.jsonl"
         result = run("classify", photos.name, "--model", classifier, "--output", out, "-k", "3", "--engine", "dask",
                      "--address", address, cwd=photos.parent)
-        assert result.returncode == 1 and f"dask: 1 worker at {address}" in result.stderr, result.stderr
+        assert result.returncode == 1 and f"dask: 1 worker thread at {address}" in result.stderr, result.stderr
         expected = [{**r, "file": os.path.relpath(r["file"], photos.parent)} for r in reference]
         assert read_records(out) == expected
         # the scheduler lost in the middle of a job
@@ -512,7 +524,7 @@ def test_a_cluster_at_an_address_relative_names_and_a_lost_scheduler(classifier,
         _, stderr = process.communicate(timeout=DEADLINE)
         assert process.returncode == 1, stderr
         assert all(line.startswith(b"numpy-mvit2: ") for line in stderr.splitlines()), stderr
-        assert b"error: the Dask cluster failed" in stderr and b"--resume goes on from them" in stderr, stderr
+        assert b"error: the Dask cluster failed" in stderr and b"--resume goes on from the records" in stderr, stderr
         records = read_records(out)
         assert 4 <= len(records) < 80 and not any("error" in r for r in records)
         run("classify", many, "--model", slow_classifier, "--output", out, "-q", "--resume")

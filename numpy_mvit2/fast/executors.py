@@ -179,8 +179,12 @@ def configured_threads() -> int | None:
     """The thread count the user set: ``THREADS``, else ``NUMPY_MVIT2_THREADS``; None if neither."""
     if THREADS is not None:
         return max(1, int(THREADS))
-    env = os.environ.get("NUMPY_MVIT2_THREADS")
-    return max(1, int(env)) if env else None
+    env = os.environ.get("NUMPY_MVIT2_THREADS", "").strip()
+    if not env:
+        return None
+    if not env.isdigit() or len(env) > 6 or int(env) < 1:
+        raise ValueError(f"NUMPY_MVIT2_THREADS={env!r}: not a positive whole number of threads")
+    return int(env)
 
 
 @contextmanager
