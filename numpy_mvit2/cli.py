@@ -70,7 +70,16 @@ from .modeling import (
 )
 from .processing import PREPROCESSOR_CONFIG
 from .safeio import current_umask
-from .streaming import EngineError, RecordFile, StreamError, read_path_list, run_dask, run_local, to_json
+from .streaming import (
+    EngineError,
+    RecordFile,
+    StreamError,
+    quiet_dask_logs,
+    read_path_list,
+    run_dask,
+    run_local,
+    to_json,
+)
 from .summary import format_summary, summarize
 
 PROG = "numpy-mvit2"
@@ -507,6 +516,7 @@ def run_images(args, task: str, text, prepare_outputs=None) -> int:
             run_local(predictor, todo, args.batch_size, sink.emit)
         else:
             predictor.close()
+            quiet_dask_logs()
             # the workers read the checkpoint themselves: a local one by its absolute path
             model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
             run_dask(Job(model, task, threads=1, **settings), todo, args.batch_size, sink.emit, address=args.address,

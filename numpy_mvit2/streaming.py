@@ -305,6 +305,17 @@ def _import_dask():
     return distributed
 
 
+def quiet_dask_logs() -> None:
+    """Dask's loggers at CRITICAL for the rest of the process: the command line's own errors say
+    what failed, where Dask would log a lost scheduler as its client retries, or a cluster closed
+    in a hurry (Ctrl-C) as its workers end. For a program that owns its process, as the command
+    line does; ``run_dask`` leaves logging as it finds it."""
+    _import_dask()  # its logging settings are applied on import, some loggers with levels of their own
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def local_cluster(workers: int):
     """A Dask cluster of ``workers`` processes on this machine, one thread each with BLAS on one
     thread, on loopback and quiet."""
@@ -340,13 +351,6 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
     ahead of the one being written."""
     distributed = _import_dask()
     cluster = client = None
-    # Dask's client logs a lost scheduler on stderr as it retries; the run's own error says it.
-    # (Dask's logging settings give some of its loggers levels of their own.)
-    loggers = [logging.getLogger(name) for name in ["distributed", *logging.root.manager.loggerDict]
-               if name == "distributed" or name.startswith("distributed.")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
     try:
         try:
             if address is None:
@@ -400,8 +404,6 @@ def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = No
                     closing.close()
                 except Exception:  # noqa: BLE001 - a cluster that will not close cleanly: the run is over anyway
                     pass
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _workers(client) -> int:
