@@ -338,8 +338,12 @@ def local_cluster(workers: int):
 def dask_setup(worker) -> None:
     """Dask's preload hook, run in each worker of ``local_cluster`` as it starts (and restarts):
     a Ctrl-C at the terminal reaches the whole process group; it is the command's to answer, by
-    closing the cluster, not each worker's with a traceback."""
+    closing the cluster, not each worker's with a traceback. And the workers log nothing short of
+    CRITICAL: what goes wrong reaches the command as a task's failure, while a worker whose
+    heartbeat meets the scheduler already closed (a busy machine, the cluster closing) would log
+    an ERROR with a traceback on the command's stderr."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_dask_logs()
 
 
 def run_dask(job: Job, items, batch_size: int, emit, *, address: str | None = None, workers: int | None = None,

@@ -567,13 +567,21 @@ def test_ctrl_c_ends_an_engine_run_quietly(slow_classifier, tmp_path):
 
 def test_the_local_clusters_workers_environment():
     """Each worker on one BLAS thread, and glibc's malloc left to its default: Dask's
-    MALLOC_TRIM_THRESHOLD_ (which costs a third more CPU per image here) not set."""
+    MALLOC_TRIM_THRESHOLD_ (which costs a third more CPU per image here) not set; Ctrl-C ignored
+    and Dask's loggers quiet."""
     from numpy_mvit2.streaming import local_cluster
 
+    import logging
+
     names = ("MALLOC_TRIM_THRESHOLD_", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+
+    def look():  # in the worker: and its preload hook ran (Ctrl-C ignored, Dask's logs quiet)
+        return ([os.environ.get(name) for name in names], signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                logging.getLogger("distributed.worker").getEffectiveLevel())
+
     with local_cluster(2) as cluster, distributed.Client(cluster) as client:
-        seen = client.run(lambda: [os.environ.get(name) for name in names])
-    assert len(seen) == 2 and all(values == [None, "1", "1"] for values in seen.values()), seen
+        seen = client.run(look)
+    assert len(seen) == 2 and all(values == ([None, "1", "1"], True, logging.CRITICAL) for values in seen.values()), seen
 
 
 def cluster_workers(driver: psutil.Process) -> list[psutil.Process]:
