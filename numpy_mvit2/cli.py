@@ -411,6 +411,9 @@ def input_names(args) -> list[str]:
     return names
 
 
+MAX_WORKERS_PER_CORE = 4
+
+
 def check_run_flags(args) -> None:
     if args.output is not None and args.json:
         raise UsageError("--json and --output are two outputs; give one (--output - writes JSON lines to stdout)")
@@ -429,13 +432,9 @@ def check_run_flags(args) -> None:
                 raise UsageError(f"{flag} is a setting of --engine; give --engine dask too")
     elif args.address is not None and args.workers is not None:
         raise UsageError("--workers sets the size of a local cluster; a cluster at --address has its own workers")
-    elif args.workers is not None and args.workers > MAX_WORKERS_PER_CORE * usable_cpus():
+    elif args.workers is not None and args.workers > (most := MAX_WORKERS_PER_CORE * usable_cpus()):
         # each is a process holding the model: more than a few a core only costs memory
-        raise UsageError(f"--workers {args.workers}: at most {MAX_WORKERS_PER_CORE} a usable core "
-                         f"({MAX_WORKERS_PER_CORE * usable_cpus()} here)")
-
-
-MAX_WORKERS_PER_CORE = 4
+        raise UsageError(f"--workers {args.workers}: at most {MAX_WORKERS_PER_CORE} a usable core ({most} here)")
 
 
 class Sink:

@@ -319,7 +319,7 @@ class Job:
     max_pixels: int | None = None  # None: DEFAULT_MAX_PIXELS[task]
     max_prepared_pixels: int | None = None  # None: DEFAULT_MAX_PREPARED_PIXELS[task]
     alpha: float = 0.5  # segment: the class colours' weight in the overlay
-    threads: int | None = None  # images in flight; None: fast.THREADS or NUMPY_MVIT2_THREADS, else the usable cores, at least 2
+    threads: int | None = None  # images in flight; None: fast.THREADS or NUMPY_MVIT2_THREADS, else the cores (2 at least)
 
 
 class Predictor:

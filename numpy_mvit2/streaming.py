@@ -192,8 +192,8 @@ class RecordFile:
             except InterruptedError:
                 continue
             except OSError as e:
-                raise StreamError(f"--output {self.path}: cannot write ({e.strerror or e}); the records before "
-                                  "are kept, and --resume goes on from them") from None
+                raise StreamError(f"--output {self.path}: cannot write ({e.strerror or e}); --resume goes on "
+                                  "from the records written before") from None
             data = data[n:]
         self.written += len(records)
 
